@@ -1,0 +1,222 @@
+"""The wire contract: one Kinesis record carries one chunk of consecutive steps of one episode.
+
+A record's data is a UTF-8 JSON object (optionally gzip-compressed; detected from the gzip magic
+bytes ``1f 8b``)::
+
+    {
+      "v": 1,                                  # schema version (int)
+      "game_id": "CartPole-v1",                # str, 1..64 chars
+      "client_id": "client-0",                 # str, 1..128 chars
+      "episode_id": "3f2b...-uuid",            # str, a UUID
+      "model_version": 3,                      # int >= 0; 0 = no model yet (random play)
+      "steps": [                               # 1..MAX_STEPS_PER_CHUNK steps, increasing t
+        {"t": 0, "obs": [..], "action": 1, "reward": 1.0,
+         "next_obs": [..], "terminated": false, "truncated": false}
+      ]
+    }
+
+``action`` is an int for discrete action spaces and a list of floats for continuous ones.
+``terminated`` and ``truncated`` follow gymnasium: a truncated step is *not* terminal.
+The idempotency key of a step is ``(game_id, episode_id, t)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
+MAX_STEPS_PER_CHUNK = 1024
+MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' limit for one record's data blob.
+GZIP_MAGIC = b"\x1f\x8b"
+# Upper bound on a gzip record's decompressed size: protects consumers from decompression bombs
+# (1 MiB of gzip can expand to ~1 GiB). Producers must not emit chunks whose JSON exceeds it.
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+
+
+class ContractError(ValueError):
+    """A record that breaks the wire contract. ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One transition. ``obs``/``next_obs`` are flat float lists; ``action`` int or float list."""
+
+    t: int
+    obs: list[float]
+    action: int | list[float]
+    reward: float
+    next_obs: list[float]
+    terminated: bool
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Consecutive steps of one episode, the unit carried by one Kinesis record."""
+
+    game_id: str
+    client_id: str
+    episode_id: str
+    model_version: int
+    steps: list[Step] = field(default_factory=list)
+    v: int = SCHEMA_VERSION
+
+
+def encode_chunk(chunk: Chunk, compress: bool = False) -> bytes:
+    """Serialise a chunk to record bytes (compact JSON, gzip if ``compress``)."""
+    doc = {
+        "v": chunk.v,
+        "game_id": chunk.game_id,
+        "client_id": chunk.client_id,
+        "episode_id": chunk.episode_id,
+        "model_version": chunk.model_version,
+        "steps": [
+            {
+                "t": s.t,
+                "obs": s.obs,
+                "action": s.action,
+                "reward": s.reward,
+                "next_obs": s.next_obs,
+                "terminated": s.terminated,
+                "truncated": s.truncated,
+            }
+            for s in chunk.steps
+        ],
+    }
+    data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return gzip.compress(data, compresslevel=1) if compress else data
+
+
+def decode_chunk(data: bytes) -> Chunk:
+    """Parse and structurally validate record bytes; raises ``ContractError`` naming the field."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise ContractError("record", f"{len(data)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
+    if data[:2] == GZIP_MAGIC:
+        data = _gunzip_bounded(data)
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError("record", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ContractError("record", "not JSON: nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise ContractError("record", "must be a JSON object")
+    version = _require(doc, "v", int)
+    if version not in SUPPORTED_VERSIONS:
+        raise ContractError("v", f"unknown schema version {version}; supported: {sorted(SUPPORTED_VERSIONS)}")
+    game_id = _require_str(doc, "game_id", 64)
+    client_id = _require_str(doc, "client_id", 128)
+    episode_id = _require_str(doc, "episode_id", 64)
+    try:
+        uuid.UUID(episode_id)
+    except ValueError:
+        raise ContractError("episode_id", f"not a UUID: {episode_id!r}") from None
+    model_version = _require(doc, "model_version", int)
+    if model_version < 0:
+        raise ContractError("model_version", f"must be >= 0, got {model_version}")
+    raw_steps = _require(doc, "steps", list)
+    if not 1 <= len(raw_steps) <= MAX_STEPS_PER_CHUNK:
+        raise ContractError("steps", f"must hold 1..{MAX_STEPS_PER_CHUNK} steps, got {len(raw_steps)}")
+    steps = [_decode_step(raw, i) for i, raw in enumerate(raw_steps)]
+    for i in range(1, len(steps)):
+        if steps[i].t <= steps[i - 1].t:
+            raise ContractError(f"steps[{i}].t", f"must increase within a chunk ({steps[i - 1].t} then {steps[i].t})")
+    return Chunk(game_id, client_id, episode_id, model_version, steps, version)
+
+
+def _gunzip_bounded(data: bytes) -> bytes:
+    """Decompress (possibly multi-member) gzip, refusing output beyond MAX_DECOMPRESSED_BYTES.
+
+    ``gzip.decompress`` would inflate a bomb fully before we could check its size, and it raises
+    ``zlib.error`` (not ``OSError``) on corrupt deflate data, which must also become a ContractError.
+    """
+    out: list[bytes] = []
+    budget = MAX_DECOMPRESSED_BYTES
+    rest = data
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(rest, budget + 1)
+        except zlib.error as exc:
+            raise ContractError("record", f"not decompressible: {exc}") from None
+        budget -= len(part)
+        if budget < 0 or inflater.unconsumed_tail:
+            raise ContractError("record", f"decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")
+        if not inflater.eof:
+            raise ContractError("record", "not decompressible: truncated gzip stream")
+        out.append(part)
+        rest = inflater.unused_data.lstrip(b"\x00")  # gzip permits zero padding between members
+    return b"".join(out)
+
+
+def _decode_step(raw: Any, i: int) -> Step:
+    where = f"steps[{i}]"
+    if not isinstance(raw, dict):
+        raise ContractError(where, "must be a JSON object")
+    t = _require(raw, "t", int, where)
+    if t < 0:
+        raise ContractError(f"{where}.t", f"must be >= 0, got {t}")
+    action = raw.get("action")
+    if isinstance(action, bool) or not isinstance(action, (int, list)):
+        raise ContractError(f"{where}.action", "required, an int (discrete) or a list of numbers (continuous)")
+    if isinstance(action, list):
+        action = _floats(action, f"{where}.action")
+    reward = _require(raw, "reward", (int, float), where)
+    if not math.isfinite(reward):
+        raise ContractError(f"{where}.reward", "must be finite")
+    return Step(
+        t=t,
+        obs=_floats(_require(raw, "obs", list, where), f"{where}.obs"),
+        action=action,
+        reward=float(reward),
+        next_obs=_floats(_require(raw, "next_obs", list, where), f"{where}.next_obs"),
+        terminated=_require(raw, "terminated", bool, where),
+        truncated=_require(raw, "truncated", bool, where),
+    )
+
+
+def _require(doc: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    name = f"{where}.{key}" if where else key
+    if key not in doc:
+        raise ContractError(name, "missing")
+    value = doc[key]
+    # bool is an int subclass in Python but a distinct type on the wire.
+    if isinstance(value, bool) and kind is not bool:
+        raise ContractError(name, f"wrong type: expected {_kind_name(kind)}, got bool")
+    if not isinstance(value, kind):
+        raise ContractError(name, f"wrong type: expected {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _require_str(doc: dict, key: str, max_len: int) -> str:
+    value = _require(doc, key, str)
+    if not 1 <= len(value) <= max_len:
+        raise ContractError(key, f"length must be 1..{max_len}, got {len(value)}")
+    return value
+
+
+def _floats(values: list, name: str) -> list[float]:
+    for j, x in enumerate(values):
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise ContractError(f"{name}[{j}]", f"wrong type: expected number, got {type(x).__name__}")
+        if not math.isfinite(x):
+            raise ContractError(f"{name}[{j}]", "must be finite (no NaN or Inf)")
+    return [float(x) for x in values]
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return kind.__name__

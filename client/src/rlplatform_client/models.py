@@ -1,0 +1,233 @@
+"""Model registry layout in S3, shared by the publisher (platform) and the subscriber (game client).
+
+Layout (``version`` is an int >= 1, zero-padded so keys sort by version)::
+
+    models/{game_id}/v{version:06d}/model.onnx     the ONNX bytes
+    models/{game_id}/v{version:06d}/manifest.json  the manifest (immutable once written)
+    models/{game_id}/latest.json                   pointer; its body IS the newest manifest
+
+Publishers write the model, then its manifest, then the pointer, so a reader that sees a pointer can
+always fetch the model it names. Subscribers verify ``sha256`` before loading anything.
+
+ONNX convention: one input named ``"obs"``, float32 ``[batch, obs_dim]``.
+
+* discrete (``action_space={"type": "discrete", "n": N}``): output ``[batch, N]`` Q-values or logits;
+  the greedy action is the argmax.
+* continuous (``{"type": "box", "shape": [k], "low": [...], "high": [...]}``): output ``[batch, k]`` is
+  the action itself, clipped to ``low``/``high`` (a ``null`` bound means unbounded).
+
+Spaces are JSON: bounds must be finite numbers or ``null`` (JSON has no Infinity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from typing import Any
+
+MODEL_PREFIX = "models"
+INPUT_NAME = "obs"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ModelError(Exception):
+    """Base class for model registry / loading errors."""
+
+
+class ManifestError(ModelError, ValueError):
+    """A manifest that is not valid JSON or breaks the schema. ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"manifest.{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def model_key(game_id: str, version: int) -> str:
+    return f"{_version_prefix(game_id, version)}/model.onnx"
+
+
+def manifest_key(game_id: str, version: int) -> str:
+    return f"{_version_prefix(game_id, version)}/manifest.json"
+
+
+def latest_key(game_id: str) -> str:
+    return f"{MODEL_PREFIX}/{game_id}/latest.json"
+
+
+def _version_prefix(game_id: str, version: int) -> str:
+    if not game_id or "/" in game_id:
+        raise ValueError(f"game_id must be non-empty and contain no '/': {game_id!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be an int >= 1, got {version!r}")
+    return f"{MODEL_PREFIX}/{game_id}/v{version:06d}"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """Describes one published model version. Serialised as the manifest and the latest pointer."""
+
+    game_id: str
+    version: int
+    sha256: str
+    onnx_key: str
+    algorithm: str
+    learner_step: int
+    eval_return: float | None
+    observation_space: dict
+    action_space: dict
+    created_at: str
+
+    def __post_init__(self) -> None:
+        _validate(asdict(self))
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ModelManifest:
+        """Parse and validate; raises ``ManifestError`` naming the offending field."""
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ManifestError("(document)", f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ManifestError("(document)", "must be a JSON object")
+        _validate(doc)
+        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.action_space["type"] == "discrete"
+
+    @classmethod
+    def create(
+        cls,
+        game_id: str,
+        version: int,
+        onnx_bytes: bytes,
+        *,
+        algorithm: str,
+        learner_step: int,
+        observation_space: dict,
+        action_space: dict,
+        eval_return: float | None = None,
+    ) -> ModelManifest:
+        """Manifest for ``onnx_bytes`` at its canonical key, stamped now (UTC)."""
+        return cls(
+            game_id=game_id,
+            version=version,
+            sha256=sha256_hex(onnx_bytes),
+            onnx_key=model_key(game_id, version),
+            algorithm=algorithm,
+            learner_step=learner_step,
+            eval_return=eval_return,
+            observation_space=observation_space,
+            action_space=action_space,
+            created_at=datetime.now(timezone.utc).isoformat(),
+        )
+
+
+def publish_model(s3: Any, bucket: str, manifest: ModelManifest, onnx_bytes: bytes) -> None:
+    """Write model, manifest, then pointer (in that order, so the pointer never names a missing model)."""
+    body = manifest.to_json()
+    s3.put_object(Bucket=bucket, Key=manifest.onnx_key, Body=onnx_bytes, ContentType="application/octet-stream")
+    s3.put_object(
+        Bucket=bucket,
+        Key=manifest_key(manifest.game_id, manifest.version),
+        Body=body,
+        ContentType="application/json",
+    )
+    s3.put_object(Bucket=bucket, Key=latest_key(manifest.game_id), Body=body, ContentType="application/json")
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _validate(doc: dict) -> None:
+    _str(doc, "game_id")
+    _int(doc, "version", minimum=1)
+    if not _SHA256_RE.match(_str(doc, "sha256")):
+        raise ManifestError("sha256", "must be 64 lowercase hex characters")
+    _str(doc, "onnx_key")
+    _str(doc, "algorithm")
+    _int(doc, "learner_step", minimum=0)
+    _eval_return(doc)
+    _space(doc, "observation_space")
+    _action_space(doc)
+    try:
+        # Python 3.10's fromisoformat does not accept the common "Z" suffix.
+        datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", _str(doc, "created_at")))
+    except ValueError:
+        raise ManifestError("created_at", f"not an ISO 8601 timestamp: {doc['created_at']!r}") from None
+
+
+def _get(doc: dict, key: str) -> Any:
+    if key not in doc:
+        raise ManifestError(key, "missing")
+    return doc[key]
+
+
+def _str(doc: dict, key: str) -> str:
+    value = _get(doc, key)
+    if not isinstance(value, str) or not value:
+        raise ManifestError(key, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int(doc: dict, key: str, minimum: int) -> int:
+    value = _get(doc, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ManifestError(key, f"must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _eval_return(doc: dict) -> None:
+    value = _get(doc, "eval_return")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ManifestError("eval_return", f"must be a finite number or null, got {value!r}")
+
+
+def _space(doc: dict, key: str) -> dict:
+    value = _get(doc, key)
+    if not isinstance(value, dict) or value.get("type") not in ("discrete", "box"):
+        raise ManifestError(key, f'must be an object with "type" "discrete" or "box", got {value!r}')
+    if value["type"] == "discrete":
+        n = value.get("n")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ManifestError(f"{key}.n", f"must be an int >= 1, got {n!r}")
+        return value
+    shape = value.get("shape")
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise ManifestError(f"{key}.shape", f"must be a non-empty list of positive ints, got {shape!r}")
+    return value
+
+
+def _action_space(doc: dict) -> None:
+    space = _space(doc, "action_space")
+    if space["type"] == "discrete":
+        return
+    if len(space["shape"]) != 1:
+        raise ManifestError("action_space.shape", f"continuous actions must be 1-D [k], got {space['shape']}")
+    k = space["shape"][0]
+    for bound in ("low", "high"):
+        values = space.get(bound)
+        if not isinstance(values, list) or len(values) != k or not all(_is_number(v) for v in values):
+            raise ManifestError(f"action_space.{bound}", f"must be a list of {k} numbers or nulls, got {values!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite bound, or None for "unbounded" (JSON has no Infinity)."""
+    if value is None:
+        return True
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,213 @@
+"""Polls the S3 model registry and serves greedy actions from the newest verified ONNX model.
+
+Why a conditional GET: thousands of clients poll the small pointer object; with ``IfNoneMatch`` an
+unchanged pointer costs a 304 and no body. S3 (and moto) surface the 304 as a botocore ``ClientError``
+whose code is ``"304"`` (``"NotModified"`` is accepted too, for S3-compatible stores).
+
+Why verify sha256: a truncated or tampered download must never replace a working policy. On mismatch
+``poll`` raises ``ModelIntegrityError`` and the previously loaded model stays in service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from botocore.exceptions import ClientError
+
+from .models import INPUT_NAME, ManifestError, ModelError, ModelManifest, latest_key, sha256_hex
+
+log = logging.getLogger(__name__)
+
+_NOT_MODIFIED_CODES = frozenset({"304", "NotModified", "Not Modified"})
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+class ModelIntegrityError(ModelError):
+    """Downloaded model bytes do not match the manifest's sha256; the model was not loaded."""
+
+
+class ModelLoadError(ModelError):
+    """Verified model bytes could not be loaded or break the ONNX convention; the model was not loaded."""
+
+
+class NoModelError(ModelError, RuntimeError):
+    """``act``/``forward`` was called before any model was loaded."""
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    manifest: ModelManifest
+    session: Any  # onnxruntime.InferenceSession
+    output_name: str
+    low: np.ndarray | None
+    high: np.ndarray | None
+
+
+class ModelSubscriber:
+    """Keeps the newest verified model for ``game_id`` from ``bucket``. Thread-safe.
+
+    ``poll`` may run in one thread while others call ``act``: the swap is a single reference
+    assignment under a lock, and each ``act`` uses the model that was current when it started.
+    """
+
+    def __init__(self, bucket: str, game_id: str, *, s3: Any = None, intra_op_num_threads: int = 1) -> None:
+        if s3 is None:
+            import boto3  # Lazy: callers that inject a client need no AWS config.
+
+            s3 = boto3.client("s3")  # Endpoint from AWS_ENDPOINT_URL[_S3] if set.
+        self.bucket = bucket
+        self.game_id = game_id
+        self._s3 = s3
+        self._threads = intra_op_num_threads
+        self._lock = threading.Lock()  # Guards _loaded and counters.
+        self._poll_lock = threading.Lock()  # One poll at a time; keeps ETag bookkeeping consistent.
+        self._etag: str | None = None
+        self._loaded: _Loaded | None = None
+        self.verified_loads = 0
+        self.rejected_loads = 0
+
+    # ------------------------------------------------------------------ polling
+
+    def poll(self) -> bool:
+        """Check the pointer; load a newer model if there is one. True iff a new model was loaded.
+
+        Raises ``ModelIntegrityError`` (hash mismatch), ``ModelLoadError`` or ``ManifestError``; the
+        current model stays loaded in every failure case. A missing pointer means "no model yet".
+        """
+        with self._poll_lock:
+            pointer = self._get_pointer()
+            if pointer is None:
+                return False
+            body, etag = pointer
+            try:
+                manifest = self._parse(body)
+                if manifest.version <= self.version:
+                    self._etag = etag
+                    return False
+                loaded = self._download_and_load(manifest)
+            except ModelError:
+                # Remember the ETag of a bad model: re-downloading it every poll helps nobody; the publisher
+                # fixes it with a new pointer (new ETag). Network errors propagate WITHOUT updating the ETag,
+                # so the next poll retries.
+                self._etag = etag
+                with self._lock:
+                    self.rejected_loads += 1
+                raise
+            self._etag = etag
+            with self._lock:
+                self._loaded = loaded
+                self.verified_loads += 1
+            log.info("loaded model %s v%d (sha256 %s…)", self.game_id, manifest.version, manifest.sha256[:12])
+            return True
+
+    def _get_pointer(self) -> tuple[bytes, str] | None:
+        """Conditional GET of latest.json; None if unchanged since the last poll or absent."""
+        kwargs = {"Bucket": self.bucket, "Key": latest_key(self.game_id)}
+        if self._etag is not None:
+            kwargs["IfNoneMatch"] = self._etag
+        try:
+            response = self._s3.get_object(**kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_MODIFIED_CODES:
+                return None
+            if code in _MISSING_CODES:
+                return None  # No model published yet: not an error.
+            raise
+        return response["Body"].read(), response["ETag"]
+
+    def _parse(self, body: bytes) -> ModelManifest:
+        manifest = ModelManifest.from_json(body)
+        if manifest.game_id != self.game_id:
+            raise ManifestError("game_id", f"pointer for {self.game_id!r} names game {manifest.game_id!r}")
+        return manifest
+
+    def _download_and_load(self, manifest: ModelManifest) -> _Loaded:
+        data = self._s3.get_object(Bucket=self.bucket, Key=manifest.onnx_key)["Body"].read()
+        digest = sha256_hex(data)
+        if digest != manifest.sha256:
+            raise ModelIntegrityError(
+                f"{manifest.onnx_key}: sha256 {digest} does not match manifest v{manifest.version} "
+                f"({manifest.sha256}); keeping model v{self.version}"
+            )
+        return self._build(manifest, data)
+
+    def _build(self, manifest: ModelManifest, data: bytes) -> _Loaded:
+        """Create the CPU session and check it follows the ONNX convention (before it goes live)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...).
+            raise ModelLoadError(f"{manifest.onnx_key}: onnxruntime cannot load model: {exc}") from exc
+        inputs = [i.name for i in session.get_inputs()]
+        if inputs != [INPUT_NAME]:
+            raise ModelLoadError(f"{manifest.onnx_key}: expected one input named {INPUT_NAME!r}, got {inputs}")
+        low, high = _bounds(manifest.action_space)
+        return _Loaded(manifest, session, session.get_outputs()[0].name, low, high)
+
+    # ------------------------------------------------------------------ inference
+
+    def forward(self, obs_batch: Any) -> np.ndarray:
+        """Raw model output for a batch: ``[batch, n]`` Q-values/logits, or ``[batch, k]`` actions."""
+        loaded = self._current()
+        batch = np.asarray(obs_batch, dtype=np.float32)
+        if batch.ndim == 1:
+            batch = batch[None, :]
+        return loaded.session.run([loaded.output_name], {INPUT_NAME: batch.reshape(batch.shape[0], -1)})[0]
+
+    def q_values(self, obs: Any) -> np.ndarray:
+        """Model output for a single observation, shape ``[n]`` (discrete) or ``[k]`` (continuous)."""
+        return self.forward(np.asarray(obs, dtype=np.float32).reshape(1, -1))[0]
+
+    def act(self, obs: Any) -> int | np.ndarray:
+        """Greedy action: argmax for discrete spaces (int), the clipped output for box spaces."""
+        loaded = self._current()
+        out = loaded.session.run([loaded.output_name], {INPUT_NAME: np.asarray(obs, dtype=np.float32).reshape(1, -1)})
+        row = out[0][0]
+        if loaded.manifest.is_discrete:
+            return int(np.argmax(row))
+        if loaded.low is not None:
+            row = np.clip(row, loaded.low, loaded.high)
+        return row
+
+    def _current(self) -> _Loaded:
+        with self._lock:
+            loaded = self._loaded
+        if loaded is None:
+            raise NoModelError(f"no model loaded yet for {self.game_id!r}")
+        return loaded
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def version(self) -> int:
+        """Loaded model version; 0 when none (matching the contract's "random play" model_version)."""
+        with self._lock:
+            return 0 if self._loaded is None else self._loaded.manifest.version
+
+    @property
+    def manifest(self) -> ModelManifest | None:
+        with self._lock:
+            return None if self._loaded is None else self._loaded.manifest
+
+    @property
+    def has_model(self) -> bool:
+        with self._lock:
+            return self._loaded is not None
+
+
+def _bounds(action_space: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Clip bounds for box actions (null -> unbounded); None for discrete spaces."""
+    if action_space["type"] != "box":
+        return None, None
+    low = np.array([-np.inf if v is None else v for v in action_space["low"]], dtype=np.float32)
+    high = np.array([np.inf if v is None else v for v in action_space["high"]], dtype=np.float32)
+    return low, high

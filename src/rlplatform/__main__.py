@@ -1,0 +1,3 @@
+from rlplatform.cli import app
+
+app(prog_name="rlplatform")

@@ -1,0 +1,111 @@
+"""boto3 clients, the idempotent bootstrap of stream and bucket, and the embedded moto server.
+
+Endpoints come only from the SDK's standard variables, so the same bootstrap serves moto,
+LocalStack and real AWS.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from rlplatform import processes
+from rlplatform.settings import Settings
+
+_RETRIES = Config(retries={"max_attempts": 10, "mode": "adaptive"})
+# Emulators accept any credentials; real AWS ignores these defaults because real ones are set.
+EMULATOR_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def kinesis_client():
+    return boto3.client("kinesis", config=_RETRIES)
+
+
+def s3_client():
+    return boto3.client("s3", config=_RETRIES)
+
+
+def bootstrap(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Create the stream and the bucket if missing and wait until the stream is ACTIVE."""
+    kinesis = kinesis_client()
+    try:
+        kinesis.create_stream(StreamName=settings.stream_name, ShardCount=settings.shard_count)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=settings.stream_name, WaiterConfig={"Delay": 0.2, "MaxAttempts": int(timeout_s / 0.2)}
+    )
+    s3 = s3_client()
+    try:
+        region = s3.meta.region_name
+        if region and region != "us-east-1":
+            s3.create_bucket(Bucket=settings.bucket, CreateBucketConfiguration={"LocationConstraint": region})
+        else:
+            s3.create_bucket(Bucket=settings.bucket)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class MotoServer:
+    """A moto server in its own process on 127.0.0.1, so clients in other processes can reach it."""
+
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point any AWS SDK at this server."""
+        return {**EMULATOR_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+
+    @classmethod
+    def start(cls, timeout_s: float = 30.0) -> MotoServer:
+        port = free_port()
+        process = processes.spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = cls(port, process)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited with code {process.returncode} before it was ready")
+            try:
+                urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=1).close()
+                return server
+            except OSError:
+                time.sleep(0.1)
+        server.stop()
+        raise TimeoutError(f"moto server on port {port} not ready after {timeout_s} s")
+
+    def stop(self) -> None:
+        processes.stop(self.process, timeout_s=10)
+
+    def apply_env(self) -> None:
+        os.environ.update(self.env())

@@ -1,0 +1,103 @@
+"""``rlplatform`` command line: the embedded stack and each of its stages as its own command."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlplatform.settings import load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RL bots from real play.")
+
+GameOpt = Annotated[str, typer.Option("--game", help="gymnasium game id, also the game_id on the wire.")]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def up(
+    game: GameOpt = "CartPole-v1",
+    clients: Annotated[int, typer.Option("--clients", min=1, max=64, help="Simulated bot client processes.")] = 4,
+    target_return: Annotated[
+        float, typer.Option("--target-return", help="Stop once the latest model's greedy mean return reaches this.")
+    ] = 475.0,
+    max_minutes: Annotated[float, typer.Option("--max-minutes", min=0.1, help="Stop after this many minutes.")] = 15.0,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Default: runs/<timestamp>.")] = None,
+    client_steps_per_second: Annotated[
+        float, typer.Option("--client-steps-per-second", min=1, help="Step-rate cap per simulated client.")
+    ] = 250.0,
+    eval_episodes: Annotated[int, typer.Option("--eval-episodes", min=1, help="Episodes per greedy evaluation.")] = 20,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Start the embedded stack (moto, Spark ingest, RLlib trainer, N clients) and train until solved."""
+    from rlplatform.launcher import LaunchConfig, run_stack
+
+    summary = run_stack(
+        LaunchConfig(
+            game=game,
+            clients=clients,
+            target_return=target_return,
+            max_minutes=max_minutes,
+            run_dir=run_dir,
+            client_steps_per_second=client_steps_per_second,
+            eval_episodes=eval_episodes,
+            seed=seed,
+        )
+    )
+    raise typer.Exit(0 if summary.get("error") is None else 1)
+
+
+@app.command()
+def bootstrap() -> None:
+    """Create the Kinesis stream and the S3 bucket if they do not exist (idempotent)."""
+    from rlplatform import aws
+
+    settings = load_settings()
+    aws.bootstrap(settings)
+    typer.echo(f"stream {settings.stream_name} and bucket {settings.bucket} are ready")
+
+
+@app.command()
+def ingest(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Spark checkpoint directory (offsets).")],
+    master: Annotated[str, typer.Option("--master", help="Spark master URL.")] = "local[2]",
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Run the Spark Structured Streaming ingest job until SIGTERM/SIGINT."""
+    from rlplatform.ingest import job
+
+    _logging(log_level)
+    job.run(load_settings(), checkpoint, master=master)
+
+
+@app.command()
+def train(
+    game: GameOpt = "CartPole-v1",
+    status_file: Annotated[Path | None, typer.Option("--status-file", help="Write progress JSON here.")] = None,
+    max_updates: Annotated[int | None, typer.Option("--max-updates", min=1)] = None,
+    publish_every: Annotated[int, typer.Option("--publish-every", min=1, help="Learner updates per model.")] = 1000,
+    learning_starts: Annotated[int, typer.Option("--learning-starts", min=1)] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Train from store samples and publish ONNX models until SIGTERM/SIGINT or --max-updates."""
+    import signal
+
+    from rlplatform.train.trainer import Trainer, TrainerConfig
+
+    _logging(log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cfg = TrainerConfig(game_id=game, publish_every_updates=publish_every, learning_starts=learning_starts, seed=seed)
+    Trainer(load_settings(), cfg, status_path=status_file).run(stop, max_updates=max_updates)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Collection stage: Kinesis -> Spark Structured Streaming -> experience store."""

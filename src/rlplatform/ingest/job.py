@@ -1,0 +1,120 @@
+"""The streaming job: Kinesis records -> envelope parsing and validation -> idempotent store writes.
+
+Good records of a micro-batch are stored even when others in it are bad; bad ones go to the
+dead-letter prefix in S3 with their reason. Offsets live in Spark's checkpoint, writes are keyed by
+(game_id, episode_id, t), so a restarted job replays at most one batch and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlplatform import aws
+from rlplatform.games import UnknownGameError, chunks_to_batch, game_spec, validate_chunk
+from rlplatform.settings import Settings
+from rlplatform.store import ExperienceStore, open_store
+from rlplatform_client.contract import Chunk, ContractError, decode_chunk
+
+log = logging.getLogger(__name__)
+DEAD_LETTER_PREFIX = "dead-letters/"
+
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    stored: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStore) -> tuple[BatchResult, list[dict]]:
+    """Parse, validate and store ``(shard_id, sequence_number, data)`` records.
+
+    Returns the counts and the dead letters (one dict per rejected record).
+    """
+    result = BatchResult(records=len(records))
+    by_game: dict[str, list[Chunk]] = defaultdict(list)
+    dead: list[dict] = []
+    for shard_id, seq, data in records:
+        try:
+            chunk = decode_chunk(data)
+            validate_chunk(chunk, game_spec(chunk.game_id))
+        except (ContractError, UnknownGameError) as exc:
+            reason = exc.field if isinstance(exc, ContractError) else "game_id"
+            result.rejected[reason] += 1
+            dead.append({"shard_id": shard_id, "sequence_number": seq, "error": str(exc), "size": len(data)})
+            continue
+        by_game[chunk.game_id].append(chunk)
+    for game_id, chunks in by_game.items():
+        result.stored += store.write(game_id, chunks_to_batch(chunks, game_spec(game_id)))
+    return result, dead
+
+
+def write_dead_letters(bucket: str, batch_id: int, dead: list[dict]) -> None:
+    key = f"{DEAD_LETTER_PREFIX}{time.strftime('%Y/%m/%d')}/batch-{batch_id:09d}.jsonl"
+    body = "\n".join(json.dumps(d) for d in dead).encode()
+    aws.s3_client().put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def run(settings: Settings, checkpoint: Path, stop: threading.Event | None = None, master: str = "local[2]") -> None:
+    """Run the streaming query until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    from pyspark.sql import SparkSession
+
+    from rlplatform.ingest.kinesis_source import KinesisDataSource
+
+    stop = stop or threading.Event()
+    # Python workers must run the interpreter that has rlplatform installed, not whatever is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    spark = (
+        SparkSession.builder.master(master)
+        .appName("rlplatform-ingest")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    spark.dataSource.register(KinesisDataSource)
+    store = open_store(settings)
+
+    def on_batch(batch_df, batch_id: int) -> None:
+        table = batch_df.select("shard_id", "sequence_number", "data").toArrow()
+        records = list(zip(*(table.column(i).to_pylist() for i in range(3)), strict=True))
+        result, dead = process_records(records, store)
+        if dead:
+            write_dead_letters(settings.bucket, batch_id, dead)
+        log.info(
+            "batch %d: %d records, %d new rows, rejected %s",
+            batch_id,
+            result.records,
+            result.stored,
+            dict(result.rejected),
+        )
+
+    reader = spark.readStream.format("kinesis").option("stream", settings.stream_name).load()
+    query = (
+        reader.writeStream.foreachBatch(on_batch)
+        .option("checkpointLocation", str(checkpoint))
+        .trigger(processingTime=f"{settings.ingest_trigger_seconds} seconds")
+        .start()
+    )
+    try:
+        while query.isActive and not stop.is_set():
+            query.awaitTermination(1)
+        if query.exception() is not None:
+            raise RuntimeError(f"ingest query failed: {query.exception()}")
+    finally:
+        query.stop()
+        store.close()
+        spark.stop()

@@ -1,0 +1,341 @@
+"""The embedded stack: moto, the Spark ingest job, the RLlib trainer and N bot clients, one process each.
+
+``run_stack`` starts everything, shows live progress, evaluates every newly published model (the
+ONNX bytes a client would load, sha256-checked) and stops at the target return or the time budget.
+Shutdown is ordered so nothing is lost: clients stop and flush, ingest drains until the store holds
+every acknowledged transition, then ingest, trainer and moto stop. It runs on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from rlplatform import aws, processes
+from rlplatform.settings import Settings
+from rlplatform.store import open_store
+from rlplatform.train.evaluate import evaluate
+from rlplatform_client.subscriber import ModelSubscriber
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    game: str = "CartPole-v1"
+    clients: int = 4
+    target_return: float = 475.0
+    max_minutes: float = 15.0
+    run_dir: Path | None = None
+    client_steps_per_second: float = 250.0
+    eval_episodes: int = 20
+    seed: int = 0
+    publish_every_updates: int = 1000
+    learning_starts: int = 1000
+    drain_timeout_s: float = 120.0
+
+
+@dataclass
+class Progress:
+    """What the launcher observed; becomes the summary and the learning curve."""
+
+    started: float = field(default_factory=time.monotonic)
+    stored_rows: int = 0
+    ingest_rate: float = 0.0
+    updates: int = 0
+    model_version: int = 0
+    clients_mean_return: float | None = None
+    transitions_sent: int = 0
+    evals: list[dict] = field(default_factory=list)  # {"seconds", "version", "eval_return"}
+    client_curve: list[tuple[float, float]] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Stack:
+    """The child processes of the embedded stack; ``stop`` is safe to call at any point."""
+
+    def __init__(self, cfg: LaunchConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.logs = run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.settings = Settings(
+            sqlite_path=run_dir / "experience.sqlite",
+            checkpoint_dir=run_dir / "checkpoints",
+        )
+        self.moto: aws.MotoServer | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.stopped: set[str] = set()  # deliberately terminated, so not a failure when found dead
+
+    def env(self) -> dict[str, str]:
+        assert self.moto is not None
+        return {
+            **os.environ,
+            **self.moto.env(),
+            "RLP_SQLITE_PATH": str(self.settings.sqlite_path),
+            "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
+            "RLP_STREAM_NAME": self.settings.stream_name,
+            "RLP_BUCKET": self.settings.bucket,
+        }
+
+    def start(self) -> None:
+        self.moto = aws.MotoServer.start()
+        self.moto.apply_env()  # the launcher itself reads the store count and the registry
+        aws.bootstrap(self.settings)
+        python = sys.executable
+        self._spawn("ingest", [python, "-m", "rlplatform", "ingest", "--checkpoint", str(self.run_dir / "ingest-ckpt")])
+        self._spawn(
+            "trainer",
+            [
+                python,
+                "-m",
+                "rlplatform",
+                "train",
+                "--game",
+                self.cfg.game,
+                "--status-file",
+                str(self.trainer_status),
+                "--publish-every",
+                str(self.cfg.publish_every_updates),
+                "--learning-starts",
+                str(self.cfg.learning_starts),
+                "--seed",
+                str(self.cfg.seed),
+            ],
+        )
+        self._spawn(
+            "clients",
+            [
+                python,
+                "-m",
+                "rlplatform_client",
+                "simulate",
+                "--game",
+                self.cfg.game,
+                "--clients",
+                str(self.cfg.clients),
+                "--stream",
+                self.settings.stream_name,
+                "--bucket",
+                self.settings.bucket,
+                "--stats-dir",
+                str(self.client_stats_dir),
+                "--poll-seconds",
+                "1",
+                "--seed",
+                str(self.cfg.seed),
+                "--max-steps-per-second",
+                str(self.cfg.client_steps_per_second),
+            ],
+        )
+
+    @property
+    def trainer_status(self) -> Path:
+        return self.run_dir / "trainer-status.json"
+
+    @property
+    def client_stats_dir(self) -> Path:
+        return self.run_dir / "clients"
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it from here on
+        self.procs[name] = processes.spawn(
+            argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if name not in self.stopped and proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
+
+    def terminate(self, name: str, timeout_s: float = 90.0) -> int | None:
+        proc = self.procs.get(name)
+        self.stopped.add(name)
+        return None if proc is None else processes.stop(proc, timeout_s)
+
+    def stop(self) -> None:
+        for name in ("clients", "ingest", "trainer"):
+            self.terminate(name)
+        if self.moto is not None:
+            self.moto.stop()
+
+
+def run_stack(cfg: LaunchConfig) -> dict:
+    """Run the embedded stack; returns the summary (also written to ``summary.json`` and printed last)."""
+    run_dir = (cfg.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    progress = Progress()
+    stack = Stack(cfg, run_dir)
+    solved_at: float | None = None
+    error: str | None = None
+    try:
+        console.print(f"[bold]rlplatform[/] embedded stack for {cfg.game}, {cfg.clients} clients, run dir {run_dir}")
+        stack.start()
+        solved_at = _watch(stack, cfg, progress, stop)
+        console.print("stopping clients and draining ingest ...")
+        stack.terminate("clients")
+        _drain(stack, cfg, progress)
+    except Exception as exc:  # noqa: BLE001 - reported in the summary, then the stack is stopped
+        error = f"{type(exc).__name__}: {exc}"
+        console.print(f"[red]error:[/] {error}")
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    summary = _summary(cfg, progress, run_dir, solved_at, error)
+    _write_outputs(run_dir, summary, progress)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.Event) -> float | None:
+    """Refresh progress every second; evaluate each new model; return seconds-to-solve or None."""
+    subscriber = ModelSubscriber(stack.settings.bucket, cfg.game)
+    deadline = progress.started + cfg.max_minutes * 60
+    with (
+        open_store(stack.settings) as store,
+        Live(_table(progress, cfg), console=console, refresh_per_second=2) as live,
+    ):
+        last_rows, last_t = 0, time.monotonic()
+        while not stop.is_set() and time.monotonic() < deadline:
+            stack.check_alive()
+            now = time.monotonic()
+            progress.stored_rows = store.count(cfg.game)
+            progress.ingest_rate = (progress.stored_rows - last_rows) / max(now - last_t, 1e-6)
+            last_rows, last_t = progress.stored_rows, now
+            _read_trainer(stack, progress)
+            _read_clients(stack, progress)
+            if subscriber.poll():
+                progress.model_version = subscriber.version
+                score = evaluate(subscriber.act, cfg.game, cfg.eval_episodes, seed=10_000 + subscriber.version)
+                progress.evals.append(
+                    {"seconds": round(progress.elapsed(), 1), "version": subscriber.version, "eval_return": score}
+                )
+                if score >= cfg.target_return:
+                    live.update(_table(progress, cfg))
+                    return progress.elapsed()
+            live.update(_table(progress, cfg))
+            stop.wait(1.0)
+    return None
+
+
+def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
+    """After clients flushed: wait until the store holds every acknowledged transition."""
+    _read_clients(stack, progress)
+    deadline = time.monotonic() + cfg.drain_timeout_s
+    with open_store(stack.settings) as store:
+        while time.monotonic() < deadline:
+            progress.stored_rows = store.count(cfg.game)
+            if progress.stored_rows >= progress.transitions_sent:
+                return
+            stack.check_alive()
+            time.sleep(0.2)
+    raise TimeoutError(
+        f"store holds {progress.stored_rows} of {progress.transitions_sent} sent transitions "
+        f"after {cfg.drain_timeout_s} s"
+    )
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_trainer(stack: Stack, progress: Progress) -> None:
+    status = _read_json(stack.trainer_status)
+    if status:
+        progress.updates = status["updates"]
+
+
+def _read_clients(stack: Stack, progress: Progress) -> None:
+    stats = [s for p in sorted(stack.client_stats_dir.glob("*.json")) if (s := _read_json(p))]
+    progress.transitions_sent = sum(s["steps_acked"] for s in stats)
+    returns = [s["mean_return_last_20"] for s in stats if s.get("mean_return_last_20") is not None]
+    if returns:
+        progress.clients_mean_return = sum(returns) / len(returns)
+        progress.client_curve.append((round(progress.elapsed(), 1), progress.clients_mean_return))
+
+
+def _table(progress: Progress, cfg: LaunchConfig) -> Table:
+    table = Table(title=f"rlplatform up: {cfg.game}", show_header=False)
+    last_eval = progress.evals[-1]["eval_return"] if progress.evals else None
+    rows = [
+        ("elapsed", f"{progress.elapsed():.0f} s of {cfg.max_minutes * 60:.0f} s"),
+        ("ingested transitions/s", f"{progress.ingest_rate:,.0f}"),
+        ("stored rows", f"{progress.stored_rows:,}"),
+        ("transitions sent (acked)", f"{progress.transitions_sent:,}"),
+        ("learner updates", f"{progress.updates:,}"),
+        ("model version", str(progress.model_version)),
+        ("clients' mean return", _fmt(progress.clients_mean_return)),
+        (f"greedy eval ({cfg.eval_episodes} ep)", f"{_fmt(last_eval)} (target {cfg.target_return:g})"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _summary(cfg: LaunchConfig, progress: Progress, run_dir: Path, solved_at: float | None, error: str | None) -> dict:
+    return {
+        "solved": solved_at is not None and error is None,
+        "seconds_to_solve": None if solved_at is None else round(solved_at, 1),
+        "final_eval_return": progress.evals[-1]["eval_return"] if progress.evals else None,
+        "transitions_sent": progress.transitions_sent,
+        "transitions_stored": progress.stored_rows,
+        "model_versions": progress.model_version,
+        "learner_updates": progress.updates,
+        "game": cfg.game,
+        "clients": cfg.clients,
+        "target_return": cfg.target_return,
+        "seconds_total": round(progress.elapsed(), 1),
+        "run_dir": str(run_dir),
+        "error": error,
+    }
+
+
+def _write_outputs(run_dir: Path, summary: dict, progress: Progress) -> None:
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "evals": progress.evals}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if progress.evals:
+        ax.plot(
+            [e["seconds"] for e in progress.evals],
+            [e["eval_return"] for e in progress.evals],
+            "o-",
+            label="greedy eval of published model",
+        )
+    if progress.client_curve:
+        ax.plot(*zip(*progress.client_curve, strict=True), label="clients' mean return (exploring)", alpha=0.7)
+    ax.axhline(summary["target_return"], color="grey", linestyle="--", label="target")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"{summary['game']}: learning curve")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "learning_curve.png", dpi=100)
+    plt.close(fig)

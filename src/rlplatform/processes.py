@@ -1,0 +1,37 @@
+"""Child processes that never outlive their starter and are not hit by the terminal's Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when its parent dies, so a crashed starter leaves nothing behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(argv: list[str], **kwargs: object) -> subprocess.Popen:
+    """Start ``argv`` in its own session: Ctrl-C reaches only the starter, which stops children in order."""
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
+    """SIGTERM the leader (it shuts its own children down), SIGKILL after ``timeout_s``, then reap the
+    rest of its session (e.g. a JVM the leader started)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode

@@ -1,0 +1,85 @@
+"""The experience-store port: idempotent writes keyed by (game_id, episode_id, t), uniform sampling."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from rlplatform.settings import Settings
+
+
+@dataclass(frozen=True)
+class TransitionBatch:
+    """Columnar transitions of one game; every array has the same first dimension ``n``.
+
+    episode_id: object[n] (UUID strings)   t: int64[n]
+    obs, next_obs: float32[n, obs_dim]     action: int64[n] (discrete) or float32[n, act_dim]
+    reward: float32[n]                     terminated, truncated: bool[n]
+    model_version: int64[n]
+    """
+
+    episode_id: np.ndarray
+    t: np.ndarray
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    model_version: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def __post_init__(self) -> None:
+        n = len(self.t)
+        for f in fields(self):
+            if len(getattr(self, f.name)) != n:
+                raise ValueError(f"TransitionBatch.{f.name} has {len(getattr(self, f.name))} rows, expected {n}")
+
+    @classmethod
+    def concat(cls, batches: list[TransitionBatch]) -> TransitionBatch:
+        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)})
+
+
+class ExperienceStore(abc.ABC):
+    """Where transitions live between ingest and training."""
+
+    @abc.abstractmethod
+    def write(self, game_id: str, batch: TransitionBatch) -> int:
+        """Store transitions; rows whose (game_id, episode_id, t) already exists are ignored.
+
+        Returns the number of rows that were new.
+        """
+
+    @abc.abstractmethod
+    def sample(self, game_id: str, n: int, rng: np.random.Generator) -> TransitionBatch:
+        """``n`` transitions drawn uniformly with replacement; cost independent of table size."""
+
+    @abc.abstractmethod
+    def count(self, game_id: str) -> int:
+        """Rows stored for the game (0 for an unknown game)."""
+
+    @abc.abstractmethod
+    def retain(self, game_id: str, max_rows: int) -> int:
+        """Drop the oldest rows beyond ``max_rows``; returns how many were dropped."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ExperienceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(settings: Settings) -> ExperienceStore:
+    """The adapter the settings name."""
+    if settings.store == "sqlite":
+        from rlplatform.store.sqlite import SqliteStore
+
+        return SqliteStore(settings.sqlite_path)
+    raise ValueError(f"store: unknown adapter {settings.store!r}")

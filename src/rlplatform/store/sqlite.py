@@ -1,0 +1,169 @@
+"""SQLite adapter (embedded profile): one WAL database, one table per game.
+
+Each game's table has a dense rowid (appends only; retention deletes from the head), so uniform
+sampling draws random rowids in [min, max] and reads them by primary key: no scan, whatever the size.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from rlplatform.store.base import ExperienceStore, TransitionBatch
+
+_COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
+
+
+class SqliteStore(ExperienceStore):
+    def __init__(self, path: Path | str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection per store object, guarded by a lock: sqlite3 objects are not thread-safe.
+        self._conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS games (game_id TEXT PRIMARY KEY, table_name TEXT NOT NULL,"
+            " obs_dim INTEGER NOT NULL, action_dtype TEXT NOT NULL, action_dim INTEGER NOT NULL)"
+        )
+        self._games: dict[str, tuple[str, int, np.dtype, int]] = {}
+
+    def write(self, game_id: str, batch: TransitionBatch) -> int:
+        if len(batch) == 0:
+            return 0
+        table, obs_dim, action_dtype, action_dim = self._game(game_id, batch)
+        obs = np.ascontiguousarray(batch.obs, dtype=np.float32)
+        next_obs = np.ascontiguousarray(batch.next_obs, dtype=np.float32)
+        action = np.ascontiguousarray(batch.action, dtype=action_dtype).reshape(len(batch), -1)
+        if obs.shape[1:] != (obs_dim,) or next_obs.shape[1:] != (obs_dim,) or action.shape[1] != action_dim:
+            raise ValueError(
+                f"{game_id}: obs/next_obs must be [n, {obs_dim}] and action [n, {action_dim}], got "
+                f"{obs.shape}, {next_obs.shape}, {action.shape}"
+            )
+        rows = zip(
+            batch.episode_id.tolist(),
+            batch.t.tolist(),
+            map(bytes, obs),
+            map(bytes, action),
+            batch.reward.tolist(),
+            map(bytes, next_obs),
+            batch.terminated.tolist(),
+            batch.truncated.tolist(),
+            batch.model_version.tolist(),
+            strict=True,
+        )
+        with self._lock:
+            before = self._conn.total_changes
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(f"INSERT OR IGNORE INTO {table} ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return self._conn.total_changes - before
+
+    def sample(self, game_id: str, n: int, rng: np.random.Generator) -> TransitionBatch:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        game = self._known_game(game_id)
+        if game is None:
+            raise LookupError(f"no transitions stored for game {game_id!r}")
+        table, obs_dim, action_dtype, action_dim = game
+        with self._lock:
+            lo, hi = self._conn.execute(f"SELECT min(seq), max(seq) FROM {table}").fetchone()
+            if lo is None:
+                raise LookupError(f"no transitions stored for game {game_id!r}")
+            rowids = rng.integers(lo, hi + 1, size=n)
+            unique = np.unique(rowids).tolist()
+            placeholders = ",".join("?" * len(unique))
+            found = self._conn.execute(
+                f"SELECT seq, {_COLUMNS} FROM {table} WHERE seq IN ({placeholders})", unique
+            ).fetchall()
+        by_rowid = {row[0]: row[1:] for row in found}
+        # A rowid can vanish between the range read and the fetch only through retention; redraw those.
+        rows = [by_rowid[r] for r in rowids.tolist() if r in by_rowid]
+        if len(rows) < n:
+            rest = self.sample(game_id, n - len(rows), rng)
+            return TransitionBatch.concat([_to_batch(rows, obs_dim, action_dtype, action_dim), rest])
+        return _to_batch(rows, obs_dim, action_dtype, action_dim)
+
+    def count(self, game_id: str) -> int:
+        game = self._known_game(game_id)
+        if game is None:
+            return 0
+        with self._lock:
+            (n,) = self._conn.execute(f"SELECT count(*) FROM {game[0]}").fetchone()
+        return n
+
+    def retain(self, game_id: str, max_rows: int) -> int:
+        game = self._known_game(game_id)
+        if game is None:
+            return 0
+        with self._lock:
+            (hi,) = self._conn.execute(f"SELECT max(seq) FROM {game[0]}").fetchone()
+            if hi is None:
+                return 0
+            cur = self._conn.execute(f"DELETE FROM {game[0]} WHERE seq <= ?", (hi - max_rows,))
+            return cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _known_game(self, game_id: str) -> tuple[str, int, np.dtype, int] | None:
+        if game_id not in self._games:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT table_name, obs_dim, action_dtype, action_dim FROM games WHERE game_id = ?", (game_id,)
+                ).fetchone()
+            if row is None:
+                return None
+            self._games[game_id] = (row[0], row[1], np.dtype(row[2]), row[3])
+        return self._games[game_id]
+
+    def _game(self, game_id: str, batch: TransitionBatch) -> tuple[str, int, np.dtype, int]:
+        """The game's table, created on its first write with the shapes of that batch."""
+        known = self._known_game(game_id)
+        if known is not None:
+            return known
+        table = "exp_" + re.sub(r"[^A-Za-z0-9]", "_", game_id)
+        action_dtype = np.dtype(np.int64 if np.issubdtype(batch.action.dtype, np.integer) else np.float32)
+        action_dim = int(np.prod(batch.action.shape[1:], dtype=np.int64))
+        with self._lock:
+            self._conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (seq INTEGER PRIMARY KEY, episode_id TEXT NOT NULL,"
+                " t INTEGER NOT NULL, obs BLOB NOT NULL, action BLOB NOT NULL, reward REAL NOT NULL,"
+                " next_obs BLOB NOT NULL, terminated INTEGER NOT NULL, truncated INTEGER NOT NULL,"
+                " model_version INTEGER NOT NULL, UNIQUE (episode_id, t))"
+            )
+            self._conn.execute(
+                "INSERT OR IGNORE INTO games VALUES (?, ?, ?, ?, ?)",
+                (game_id, table, batch.obs.shape[1], action_dtype.str, action_dim),
+            )
+        self._games.pop(game_id, None)
+        game = self._known_game(game_id)
+        assert game is not None
+        return game
+
+
+def _to_batch(rows: list[tuple], obs_dim: int, action_dtype: np.dtype, action_dim: int) -> TransitionBatch:
+    n = len(rows)
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 9
+    action = np.frombuffer(b"".join(cols[3]), dtype=action_dtype).reshape(n, action_dim)
+    return TransitionBatch(
+        episode_id=np.array(cols[0], dtype=object),
+        t=np.array(cols[1], dtype=np.int64),
+        obs=np.frombuffer(b"".join(cols[2]), dtype=np.float32).reshape(n, obs_dim),
+        action=action[:, 0] if action_dtype == np.int64 and action_dim == 1 else action,
+        reward=np.array(cols[4], dtype=np.float32),
+        next_obs=np.frombuffer(b"".join(cols[5]), dtype=np.float32).reshape(n, obs_dim),
+        terminated=np.array(cols[6], dtype=bool),
+        truncated=np.array(cols[7], dtype=bool),
+        model_version=np.array(cols[8], dtype=np.int64),
+    )

@@ -1,0 +1,1 @@
+"""Training stage: RLlib learns from store samples and publishes ONNX models."""

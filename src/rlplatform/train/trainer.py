@@ -1,0 +1,214 @@
+"""The trainer: RLlib's DQN Learner updated from store samples, publishing ONNX models to S3.
+
+RLlib owns the algorithm (loss, optimizer, target network); this module only feeds it. One training
+step, top to bottom: sample ``batch_size`` transitions uniformly from the store -> build a
+``SampleBatch`` -> ``LearnerGroup.update``. Every ``publish_every_updates`` updates the Q-network is
+exported to ONNX, evaluated greedily on a local env (for the manifest only, never for training data),
+published with its manifest, and the learner state is checkpointed so a restarted trainer resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.dqn import DQNConfig
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner_group import LearnerGroup
+from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+from rlplatform import registry
+from rlplatform.games import GameSpec, game_spec
+from rlplatform.settings import Settings
+from rlplatform.store import ExperienceStore, TransitionBatch, open_store
+from rlplatform.train.evaluate import evaluate_onnx
+from rlplatform.train.export import export_q_network
+from rlplatform_client.models import ModelManifest
+
+log = logging.getLogger(__name__)
+ALGORITHM = "DQN"
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    game_id: str = "CartPole-v1"
+    batch_size: int = 128
+    lr: float = 5e-4
+    gamma: float = 0.99
+    hidden: int = 64
+    # Target-network sync cadence, counted in learner updates (data arrives independently of updates).
+    target_update_every: int = 250
+    learning_starts: int = 1_000
+    # At most this many sampled transitions per stored transition: stops a fast learner overfitting
+    # to the first few episodes while clients are still slow to produce data.
+    max_replay_ratio: float = 16.0
+    publish_every_updates: int = 1_000
+    eval_episodes: int = 5
+    seed: int = 0
+
+
+@dataclass
+class TrainerStatus:
+    updates: int = 0
+    version: int = 0
+    stored_rows: int = 0
+    loss: float | None = None
+    eval_return: float | None = None
+    published_at: float | None = None
+
+
+def build_learner_group(spec: GameSpec, cfg: TrainerConfig) -> LearnerGroup:
+    """RLlib's DQN LearnerGroup (local learner) for the game's spaces."""
+    obs_space, act_space = spec.spaces()
+    config = (
+        DQNConfig()
+        .environment(observation_space=obs_space, action_space=act_space)
+        .training(
+            lr=cfg.lr,
+            gamma=cfg.gamma,
+            train_batch_size_per_learner=cfg.batch_size,
+            target_network_update_freq=cfg.target_update_every,
+            double_q=True,
+            dueling=True,
+            n_step=1,
+        )
+        .rl_module(
+            model_config={"fcnet_hiddens": [cfg.hidden], "fcnet_activation": "tanh", "head_fcnet_hiddens": [cfg.hidden]}
+        )
+        .debugging(seed=cfg.seed)
+    )
+    return config.build_learner_group(spaces={DEFAULT_POLICY_ID: (obs_space, act_space)})
+
+
+def to_train_batch(batch: TransitionBatch) -> MultiAgentBatch:
+    """Store columns -> RLlib's train batch. ``terminated`` alone stops bootstrapping; truncation does not."""
+    n = len(batch)
+    columns = {
+        Columns.OBS: batch.obs,
+        Columns.ACTIONS: batch.action,
+        Columns.REWARDS: batch.reward,
+        Columns.NEXT_OBS: batch.next_obs,
+        Columns.TERMINATEDS: batch.terminated,
+        Columns.TRUNCATEDS: batch.truncated,
+        "n_step": np.ones(n, dtype=np.float32),  # one-step targets
+        "weights": np.ones(n, dtype=np.float32),  # uniform sampling: no importance weights
+    }
+    return MultiAgentBatch({DEFAULT_POLICY_ID: SampleBatch(columns)}, env_steps=n)
+
+
+class Trainer:
+    def __init__(self, settings: Settings, cfg: TrainerConfig, status_path: Path | None = None) -> None:
+        self.settings = settings
+        self.cfg = cfg
+        self.spec = game_spec(cfg.game_id)
+        if not self.spec.discrete:
+            raise ValueError(f"game_id: {cfg.game_id!r} has a continuous action space; the DQN trainer needs discrete")
+        self.rng = np.random.default_rng(cfg.seed)
+        self.learner_group = build_learner_group(self.spec, cfg)
+        self.status = TrainerStatus()
+        self.status_path = status_path
+        self.checkpoint_dir = Path(settings.checkpoint_dir) / cfg.game_id
+        self._restore()
+
+    def train_step(self, store: ExperienceStore) -> float:
+        """One learner update on a uniform store sample; returns the loss."""
+        batch = store.sample(self.cfg.game_id, self.cfg.batch_size, self.rng)
+        self.status.updates += 1
+        results = self.learner_group.update(
+            batch=to_train_batch(batch), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.status.updates}
+        )
+        loss = results[0][DEFAULT_POLICY_ID]["total_loss"] if isinstance(results, list) else None
+        return float(_peek(loss)) if loss is not None else float("nan")
+
+    def publish(self) -> ModelManifest:
+        """Export, evaluate, publish the next version, then checkpoint (so versions only increase)."""
+        module = self.learner_group._learner.module[DEFAULT_POLICY_ID]
+        onnx_bytes = export_q_network(module, self.spec.obs_dim)
+        eval_return = evaluate_onnx(onnx_bytes, self.cfg.game_id, self.cfg.eval_episodes, seed=self.status.version)
+        obs_space, act_space = self.spec.manifest_spaces()
+        manifest = ModelManifest.create(
+            self.cfg.game_id,
+            self.status.version + 1,
+            onnx_bytes,
+            algorithm=ALGORITHM,
+            learner_step=self.status.updates,
+            observation_space=obs_space,
+            action_space=act_space,
+            eval_return=eval_return,
+        )
+        registry.publish(self.settings.bucket, manifest, onnx_bytes)
+        self.status.version = manifest.version
+        self.status.eval_return = eval_return
+        self.status.published_at = time.time()
+        self._checkpoint()
+        log.info(
+            "published %s v%d (updates %d, eval %.1f)",
+            self.cfg.game_id,
+            manifest.version,
+            self.status.updates,
+            eval_return,
+        )
+        return manifest
+
+    def run(self, stop: threading.Event, max_updates: int | None = None) -> None:
+        """Train until ``stop`` is set (or ``max_updates``), publishing at the configured cadence."""
+        torch.set_num_threads(1)
+        with open_store(self.settings) as store:
+            last_count_at = 0.0
+            while not stop.is_set() and (max_updates is None or self.status.updates < max_updates):
+                if time.monotonic() - last_count_at > 1.0:
+                    self.status.stored_rows = store.count(self.cfg.game_id)
+                    last_count_at = time.monotonic()
+                    self._write_status()
+                if not self._may_update():
+                    stop.wait(0.2)
+                    continue
+                self.status.loss = self.train_step(store)
+                if self.status.updates % self.cfg.publish_every_updates == 0:
+                    self.publish()
+            if self.status.updates > 0 and self.status.published_at is None:
+                self.publish()
+            self._write_status()
+
+    def _may_update(self) -> bool:
+        stored = self.status.stored_rows
+        if stored < self.cfg.learning_starts:
+            return False
+        return self.status.updates * self.cfg.batch_size < self.cfg.max_replay_ratio * stored
+
+    def _checkpoint(self) -> None:
+        self.learner_group.save_to_path(self.checkpoint_dir / "learner")
+        state = self.checkpoint_dir / "trainer.json"
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"updates": self.status.updates, "version": self.status.version}))
+        os.replace(tmp, state)
+
+    def _restore(self) -> None:
+        """Resume learner weights and counters; the version continues after the latest published one."""
+        state = self.checkpoint_dir / "trainer.json"
+        if state.exists():
+            self.learner_group.restore_from_path(self.checkpoint_dir / "learner")
+            self.status.updates = json.loads(state.read_text())["updates"]
+            log.info("resumed from %s at update %d", self.checkpoint_dir, self.status.updates)
+        latest = registry.latest_manifest(self.settings.bucket, self.cfg.game_id)
+        self.status.version = latest.version if latest else 0
+
+    def _write_status(self) -> None:
+        if self.status_path is None:
+            return
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.status)))
+        os.replace(tmp, self.status_path)
+
+
+def _peek(value: object) -> float:
+    """RLlib's reduced metrics may be plain numbers or Stats objects."""
+    return value.peek() if hasattr(value, "peek") else value

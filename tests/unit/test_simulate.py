@@ -1,0 +1,56 @@
+import json
+import os
+import sys
+import threading
+
+import boto3
+import pytest
+from moto import mock_aws
+from typer.testing import CliRunner
+
+from rlplatform_client.cli import app
+from rlplatform_client.simulate import BotClient, MissingDependencyError, SimConfig, epsilon, import_gymnasium
+
+
+def test_epsilon_follows_apex_schedule() -> None:
+    assert epsilon(0, 8) == pytest.approx(0.4)
+    assert epsilon(7, 8) == pytest.approx(0.4**8)
+    assert epsilon(0, 1) == pytest.approx(0.4)
+    values = [epsilon(i, 5) for i in range(5)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_missing_gymnasium_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # Makes `import gymnasium` raise ImportError.
+    with pytest.raises(MissingDependencyError, match=r"rlplatform-client\[simulate\]"):
+        import_gymnasium()
+
+
+def test_cli_exposes_simulate() -> None:
+    result = CliRunner().invoke(app, ["simulate", "--help"])
+    assert result.exit_code == 0
+    for option in ("--clients", "--stream", "--bucket", "--seconds", "--episodes-per-client", "--stats-dir"):
+        assert option in result.output
+
+
+def test_bot_client_plays_records_and_writes_stats(tmp_path) -> None:
+    cfg = SimConfig(
+        game="CartPole-v1",
+        clients=2,
+        stream="exp",
+        bucket="models-bkt",
+        episodes_per_client=2,
+        stats_dir=str(tmp_path),
+        chunk_steps=16,
+    )
+    with mock_aws():
+        boto3.client("kinesis").create_stream(StreamName="exp", ShardCount=1)
+        boto3.client("s3").create_bucket(Bucket="models-bkt")
+        client = BotClient(cfg, 1, os.getppid(), threading.Event())
+        assert client.run() == 0
+    stats = json.loads((tmp_path / "client-1.json").read_text())
+    assert stats["done"] is True and stats["flushed"] is True
+    assert stats["episodes"] == 2 and stats["model_version"] == 0
+    assert stats["steps_acked"] == stats["steps_recorded"] > 0
+    assert stats["epsilon"] == pytest.approx(0.4**8)
+    assert [p.name for p in tmp_path.iterdir()] == ["client-1.json"]  # No temp files left behind.

@@ -1,0 +1,199 @@
+import json
+from typing import Any
+
+import boto3
+import numpy as np
+import onnx
+import pytest
+from moto import mock_aws
+from onnx import TensorProto, helper, numpy_helper
+
+from rlplatform_client.models import (
+    ManifestError,
+    ModelManifest,
+    latest_key,
+    manifest_key,
+    model_key,
+    publish_model,
+    sha256_hex,
+)
+from rlplatform_client.subscriber import ModelIntegrityError, ModelSubscriber, NoModelError
+
+BUCKET = "rlplatform-models"
+GAME = "CartPole-v1"
+OBS_SPACE = {"type": "box", "shape": [4], "low": [None] * 4, "high": [None] * 4}
+ACTION_SPACE = {"type": "discrete", "n": 2}
+
+
+def tiny_model(weights: np.ndarray) -> bytes:
+    """obs [None, 4] float32 -> MatMul(W [4, 2]) -> q [None, 2]."""
+    w = numpy_helper.from_array(weights.astype(np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["obs", "W"], ["q"])],
+        "tiny_q",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [None, 2])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # Loadable by every onnxruntime the client supports (>= 1.18).
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+PICK_FIRST = np.array([[1, 0], [0, 1], [0, 0], [0, 0]])  # q = (obs[0], obs[1])
+PICK_SECOND = PICK_FIRST[:, ::-1]  # q = (obs[1], obs[0])
+
+
+def manifest_for(version: int, onnx_bytes: bytes) -> ModelManifest:
+    return ModelManifest.create(
+        GAME,
+        version,
+        onnx_bytes,
+        algorithm="dqn",
+        learner_step=1000 * version,
+        observation_space=OBS_SPACE,
+        action_space=ACTION_SPACE,
+        eval_return=20.0 * version,
+    )
+
+
+class SpyS3:
+    """Records get_object kwargs and outcomes so the test can see the conditional GET."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.gets: list[tuple[dict, str]] = []
+
+    def get_object(self, **kwargs: Any) -> dict:
+        try:
+            response = self.real.get_object(**kwargs)
+        except Exception as exc:
+            self.gets.append((kwargs, getattr(exc, "response", {}).get("Error", {}).get("Code", repr(exc))))
+            raise
+        self.gets.append((kwargs, "200"))
+        return response
+
+
+@pytest.fixture
+def s3() -> Any:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def test_keys_layout() -> None:
+    assert model_key(GAME, 3) == "models/CartPole-v1/v000003/model.onnx"
+    assert manifest_key(GAME, 3) == "models/CartPole-v1/v000003/manifest.json"
+    assert latest_key(GAME) == "models/CartPole-v1/latest.json"
+
+
+def test_subscriber_lifecycle(s3: Any) -> None:
+    spy = SpyS3(s3)
+    sub = ModelSubscriber(BUCKET, GAME, s3=spy)
+    obs_first, obs_second = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]
+
+    # No pointer yet: no model, not an error.
+    assert sub.poll() is False
+    assert (sub.version, sub.has_model, sub.manifest, sub.verified_loads) == (0, False, None, 0)
+    with pytest.raises(NoModelError):
+        sub.act(obs_first)
+
+    # v1 is verified and loaded.
+    v1 = tiny_model(PICK_FIRST)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    assert sub.poll() is True
+    assert (sub.version, sub.has_model, sub.verified_loads) == (1, True, 1)
+    pointer = s3.get_object(Bucket=BUCKET, Key=latest_key(GAME))["Body"].read()
+    assert sub.manifest == ModelManifest.from_json(pointer)
+    assert sub.manifest.sha256 == sha256_hex(v1)
+    assert sub.act(obs_first) == 0 and sub.act(obs_second) == 1
+    assert isinstance(sub.act(obs_first), int)
+    np.testing.assert_allclose(sub.q_values(np.array([3.0, 2.0, 0.0, 0.0])), [3.0, 2.0])
+    np.testing.assert_allclose(sub.forward(np.eye(4)[:2]), [[1.0, 0.0], [0.0, 1.0]])
+
+    # Unchanged pointer: conditional GET answered 304, nothing downloaded.
+    assert sub.poll() is False
+    kwargs, outcome = spy.gets[-1]
+    assert kwargs["Key"] == latest_key(GAME) and kwargs["IfNoneMatch"] and outcome == "304"
+
+    # v2's bytes do not match its manifest: refused, v1 stays in service.
+    v2 = tiny_model(PICK_SECOND)
+    bad = manifest_for(2, v2)
+    publish_model(s3, BUCKET, bad, v2[:-1] + bytes([v2[-1] ^ 1]))
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        sub.poll()
+    assert (sub.version, sub.verified_loads, sub.rejected_loads) == (1, 1, 1)
+    assert sub.act(obs_first) == 0
+    assert sub.poll() is False  # The bad pointer is not re-downloaded on every poll.
+
+    # A good v3 loads.
+    v3 = tiny_model(PICK_SECOND)
+    publish_model(s3, BUCKET, manifest_for(3, v3), v3)
+    assert sub.poll() is True
+    assert (sub.version, sub.verified_loads) == (3, 2)
+    assert sub.manifest.sha256 == sha256_hex(v3)
+    assert sub.act(obs_first) == 1 and sub.act(obs_second) == 0
+
+
+def test_older_pointer_is_ignored(s3: Any) -> None:
+    sub = ModelSubscriber(BUCKET, GAME, s3=s3)
+    v5 = tiny_model(PICK_FIRST)
+    publish_model(s3, BUCKET, manifest_for(5, v5), v5)
+    assert sub.poll() is True
+    publish_model(s3, BUCKET, manifest_for(4, v5), v5)  # A publisher rolled the pointer back.
+    assert sub.poll() is False
+    assert sub.version == 5
+
+
+def test_pointer_for_another_game_is_refused(s3: Any) -> None:
+    sub = ModelSubscriber(BUCKET, GAME, s3=s3)
+    v1 = tiny_model(PICK_FIRST)
+    other = manifest_for(1, v1)
+    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=other.to_json().replace(b"CartPole-v1", b"Other-v0"))
+    with pytest.raises(ManifestError, match="game_id"):
+        sub.poll()
+    assert not sub.has_model
+
+
+def _manifest_doc() -> dict:
+    return json.loads(manifest_for(1, b"onnx").to_json())
+
+
+def test_manifest_round_trip() -> None:
+    manifest = manifest_for(7, b"bytes")
+    assert ModelManifest.from_json(manifest.to_json()) == manifest
+    assert manifest.onnx_key == model_key(GAME, 7)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.pop("sha256"), "sha256"),
+        (lambda d: d.update(sha256="abc"), "sha256"),
+        (lambda d: d.update(version=0), "version"),
+        (lambda d: d.update(version="1"), "version"),
+        (lambda d: d.update(learner_step=True), "learner_step"),
+        (lambda d: d.update(eval_return="high"), "eval_return"),
+        (lambda d: d.update(action_space={"type": "discrete", "n": 0}), "action_space.n"),
+        (
+            lambda d: d.update(action_space={"type": "box", "shape": [2], "low": [0], "high": [1, 1]}),
+            "action_space.low",
+        ),
+        (lambda d: d.update(observation_space=[]), "observation_space"),
+        (lambda d: d.update(created_at="yesterday"), "created_at"),
+    ],
+)
+def test_manifest_rejects_bad_fields(mutate: Any, field: str) -> None:
+    doc = _manifest_doc()
+    mutate(doc)
+    with pytest.raises(ManifestError) as info:
+        ModelManifest.from_json(json.dumps(doc).encode())
+    assert info.value.field == field
+    assert str(info.value).startswith(f"manifest.{field}:")
+
+
+def test_manifest_rejects_non_json() -> None:
+    with pytest.raises(ManifestError, match="not JSON"):
+        ModelManifest.from_json(b"\x00garbage")
