@@ -87,7 +87,7 @@ class MotoServer:
     def start(cls, timeout_s: float = 30.0) -> MotoServer:
         port = free_port()
         process = processes.spawn(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "rlplatform.moto_server", "--port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

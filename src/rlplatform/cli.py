@@ -31,7 +31,7 @@ def up(
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Default: runs/<timestamp>.")] = None,
     client_steps_per_second: Annotated[
         float, typer.Option("--client-steps-per-second", min=1, help="Step-rate cap per simulated client.")
-    ] = 250.0,
+    ] = 100.0,
     eval_episodes: Annotated[int, typer.Option("--eval-episodes", min=1, help="Episodes per greedy evaluation.")] = 20,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:

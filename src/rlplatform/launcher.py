@@ -38,7 +38,7 @@ class LaunchConfig:
     target_return: float = 475.0
     max_minutes: float = 15.0
     run_dir: Path | None = None
-    client_steps_per_second: float = 250.0
+    client_steps_per_second: float = 100.0
     eval_episodes: int = 20
     seed: int = 0
     publish_every_updates: int = 1000

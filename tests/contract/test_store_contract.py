@@ -95,6 +95,14 @@ def test_sample_is_uniform_over_rows(store: ExperienceStore) -> None:
     assert counts.min() > 390 and counts.max() < 610
 
 
+def test_sample_window_draws_only_the_newest_rows(store: ExperienceStore) -> None:
+    store.write(GAME, make_batch(100, start_t=0))
+    store.write(GAME, make_batch(30, start_t=0, seed=1))  # a newer episode, also t = 0..29
+    sample = store.sample(GAME, 2000, np.random.default_rng(3), window=30)
+    assert set(sample.episode_id.tolist()) == {store.sample(GAME, 1, np.random.default_rng(0), window=1).episode_id[0]}
+    assert set(sample.t.tolist()) == set(range(30))
+
+
 def test_sample_unknown_game_is_a_clear_error(store: ExperienceStore) -> None:
     with pytest.raises(LookupError, match="no transitions stored"):
         store.sample("Nope-v0", 8, np.random.default_rng(0))

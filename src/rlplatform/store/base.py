@@ -55,8 +55,9 @@ class ExperienceStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def sample(self, game_id: str, n: int, rng: np.random.Generator) -> TransitionBatch:
-        """``n`` transitions drawn uniformly with replacement; cost independent of table size."""
+    def sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None = None) -> TransitionBatch:
+        """``n`` transitions drawn uniformly with replacement from the newest ``window`` rows (all rows
+        when None), like a replay buffer of that capacity; cost independent of table size."""
 
     @abc.abstractmethod
     def count(self, game_id: str) -> int:

@@ -1,7 +1,8 @@
 """SQLite adapter (embedded profile): one WAL database, one table per game.
 
-Each game's table has a dense rowid (appends only; retention deletes from the head), so uniform
-sampling draws random rowids in [min, max] and reads them by primary key: no scan, whatever the size.
+Each game's table has a dense integer key ``seq`` (appends only: ignored duplicates take no key;
+retention deletes from the head), so uniform sampling draws random keys in [min, max] and reads them
+by primary key, and the row count is max - min + 1: no scan, whatever the size.
 """
 
 from __future__ import annotations
@@ -68,17 +69,21 @@ class SqliteStore(ExperienceStore):
                 raise
             return self._conn.total_changes - before
 
-    def sample(self, game_id: str, n: int, rng: np.random.Generator) -> TransitionBatch:
+    def sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None = None) -> TransitionBatch:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
         game = self._known_game(game_id)
         if game is None:
             raise LookupError(f"no transitions stored for game {game_id!r}")
         table, obs_dim, action_dtype, action_dim = game
         with self._lock:
-            lo, hi = self._conn.execute(f"SELECT min(seq), max(seq) FROM {table}").fetchone()
+            lo, hi = self._seq_range(table)
             if lo is None:
                 raise LookupError(f"no transitions stored for game {game_id!r}")
+            if window is not None:
+                lo = max(lo, hi - window + 1)
             rowids = rng.integers(lo, hi + 1, size=n)
             unique = np.unique(rowids).tolist()
             placeholders = ",".join("?" * len(unique))
@@ -89,7 +94,7 @@ class SqliteStore(ExperienceStore):
         # A rowid can vanish between the range read and the fetch only through retention; redraw those.
         rows = [by_rowid[r] for r in rowids.tolist() if r in by_rowid]
         if len(rows) < n:
-            rest = self.sample(game_id, n - len(rows), rng)
+            rest = self.sample(game_id, n - len(rows), rng, window)
             return TransitionBatch.concat([_to_batch(rows, obs_dim, action_dtype, action_dim), rest])
         return _to_batch(rows, obs_dim, action_dtype, action_dim)
 
@@ -98,8 +103,8 @@ class SqliteStore(ExperienceStore):
         if game is None:
             return 0
         with self._lock:
-            (n,) = self._conn.execute(f"SELECT count(*) FROM {game[0]}").fetchone()
-        return n
+            lo, hi = self._seq_range(game[0])
+        return 0 if lo is None else hi - lo + 1
 
     def retain(self, game_id: str, max_rows: int) -> int:
         game = self._known_game(game_id)
@@ -115,6 +120,11 @@ class SqliteStore(ExperienceStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def _seq_range(self, table: str) -> tuple[int | None, int | None]:
+        """(min, max) of the dense ``seq`` key. Two scalar subqueries on purpose: SQLite answers a lone
+        min() or max() from the primary key, but scans the whole table for both in one SELECT."""
+        return self._conn.execute(f"SELECT (SELECT min(seq) FROM {table}), (SELECT max(seq) FROM {table})").fetchone()
 
     def _known_game(self, game_id: str) -> tuple[str, int, np.dtype, int] | None:
         if game_id not in self._games:

@@ -47,6 +47,9 @@ class TrainerConfig:
     # Target-network sync cadence, counted in learner updates (data arrives independently of updates).
     target_update_every: int = 250
     learning_starts: int = 1_000
+    # Sample from the newest rows only, like a DQN replay buffer of this capacity: the store keeps
+    # all history, but learning from hour-old policies' data slows DQN down.
+    replay_window: int = 50_000
     # At most this many sampled transitions per stored transition: stops a fast learner overfitting
     # to the first few episodes while clients are still slow to produce data.
     max_replay_ratio: float = 16.0
@@ -120,7 +123,7 @@ class Trainer:
 
     def train_step(self, store: ExperienceStore) -> float:
         """One learner update on a uniform store sample; returns the loss."""
-        batch = store.sample(self.cfg.game_id, self.cfg.batch_size, self.rng)
+        batch = store.sample(self.cfg.game_id, self.cfg.batch_size, self.rng, window=self.cfg.replay_window)
         self.status.updates += 1
         results = self.learner_group.update(
             batch=to_train_batch(batch), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.status.updates}

@@ -1,0 +1,42 @@
+"""moto's server with requests serialised.
+
+moto's backends are not thread-safe: its Kinesis shard numbers a record ``max(seq) + 1`` then stores
+it, so two concurrent PutRecords calls can get the same sequence number and one record silently
+replaces the other (seen here: 44 acknowledged steps missing from the stream). One lock around the
+app keeps the server threaded for I/O while each request runs alone, like a real service would
+behave from a client's point of view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from collections.abc import Callable, Iterable
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import run_simple
+
+
+def serialised(app: Callable) -> Callable:
+    lock = threading.Lock()
+
+    def handle(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    return handle
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server does: moto builds URLs from it
+    app = serialised(DomainDispatcherApplication(create_backend_app))
+    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    main()

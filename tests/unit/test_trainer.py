@@ -1,0 +1,93 @@
+"""The trainer learns only from store samples, publishes verifiable ONNX models and resumes."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import boto3
+import numpy as np
+import onnxruntime as ort
+import pytest
+from moto import mock_aws
+
+from rlplatform.settings import Settings
+from rlplatform.store import TransitionBatch
+from rlplatform.store.sqlite import SqliteStore
+from rlplatform.train.trainer import Trainer, TrainerConfig, to_train_batch
+from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
+
+
+def cartpole_batch(n: int, seed: int = 0) -> TransitionBatch:
+    rng = np.random.default_rng(seed)
+    obs = rng.uniform(-0.2, 0.2, (n, 4)).astype(np.float32)
+    t = np.arange(n, dtype=np.int64)
+    return TransitionBatch(
+        episode_id=np.array([str(uuid.uuid4())] * n, dtype=object),
+        t=t,
+        obs=obs,
+        action=rng.integers(0, 2, n).astype(np.int64),
+        reward=np.ones(n, dtype=np.float32),
+        next_obs=obs + 0.01,
+        terminated=(t % 20) == 19,
+        truncated=(t % 50) == 24,
+        model_version=np.zeros(n, dtype=np.int64),
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    with mock_aws():
+        s = Settings(sqlite_path=tmp_path / "store.sqlite", checkpoint_dir=tmp_path / "ckpt", bucket="models")
+        boto3.client("s3").create_bucket(Bucket=s.bucket)
+        with SqliteStore(s.sqlite_path) as store:
+            store.write("CartPole-v1", cartpole_batch(500))
+        yield s
+
+
+def latest_manifest(s3, bucket: str) -> ModelManifest:
+    return ModelManifest.from_json(s3.get_object(Bucket=bucket, Key=latest_key("CartPole-v1"))["Body"].read())
+
+
+def test_train_batch_keeps_terminated_and_truncated_apart() -> None:
+    source = cartpole_batch(100)
+    batch = to_train_batch(source).policy_batches["default_policy"]
+    assert batch["terminateds"].sum() == 5 and batch["truncateds"].sum() == 2
+    np.testing.assert_array_equal(batch["terminateds"], source.terminated)
+    np.testing.assert_array_equal(batch["truncateds"], source.truncated)
+    assert batch["obs"].dtype == np.float32 and batch["new_obs"].shape == (100, 4)
+
+
+def test_trainer_publishes_models_and_resumes_with_increasing_versions(settings: Settings) -> None:
+    cfg = TrainerConfig(batch_size=32, learning_starts=100, publish_every_updates=10, eval_episodes=1)
+    Trainer(settings, cfg).run(threading.Event(), max_updates=20)
+
+    s3 = boto3.client("s3")
+    manifest = latest_manifest(s3, settings.bucket)
+    assert manifest.version == 2 and manifest.learner_step == 20 and manifest.algorithm == "DQN"
+    model = s3.get_object(Bucket=settings.bucket, Key=manifest.onnx_key)["Body"].read()
+    assert sha256_hex(model) == manifest.sha256
+    q = ort.InferenceSession(model).run(None, {"obs": np.zeros((3, 4), np.float32)})[0]
+    assert q.shape == (3, 2) and np.all(np.isfinite(q))
+
+    resumed = Trainer(settings, cfg)
+    assert resumed.status.updates == 20 and resumed.status.version == 2
+    resumed.run(threading.Event(), max_updates=30)
+    latest = latest_manifest(s3, settings.bucket)
+    assert latest.version == 3 and latest.learner_step == 30
+
+
+def test_trainer_waits_for_learning_starts(settings: Settings) -> None:
+    cfg = TrainerConfig(learning_starts=10_000)
+    trainer = Trainer(settings, cfg)
+    stop = threading.Event()
+    timer = threading.Timer(1.5, stop.set)
+    timer.start()
+    trainer.run(stop)
+    assert trainer.status.updates == 0 and trainer.status.stored_rows == 500
+
+
+def test_trainer_refuses_continuous_games(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="game_id: 'Pendulum-v1' has a continuous action space"):
+        Trainer(settings, TrainerConfig(game_id="Pendulum-v1"))
