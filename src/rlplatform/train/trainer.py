@@ -52,7 +52,7 @@ class TrainerConfig:
     replay_window: int = 50_000
     # At most this many sampled transitions per stored transition: stops a fast learner overfitting
     # to the first few episodes while clients are still slow to produce data.
-    max_replay_ratio: float = 16.0
+    max_replay_ratio: float = 64.0
     publish_every_updates: int = 1_000
     eval_episodes: int = 5
     seed: int = 0
