@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from rlplatform import processes
+from rlplatform.bootstrap import bootstrap as create_resources
 from rlplatform.settings import Settings
 
 _RETRIES = Config(retries={"max_attempts": 10, "mode": "adaptive"})
-# Emulators accept any credentials; real AWS ignores these defaults because real ones are set.
+# Emulators accept any credentials; these are given only to processes pointed at the embedded moto.
 EMULATOR_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -39,27 +39,14 @@ def s3_client():
     return boto3.client("s3", config=_RETRIES)
 
 
-def bootstrap(settings: Settings, timeout_s: float = 60.0) -> None:
-    """Create the stream and the bucket if missing and wait until the stream is ACTIVE."""
-    kinesis = kinesis_client()
-    try:
-        kinesis.create_stream(StreamName=settings.stream_name, ShardCount=settings.shard_count)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] != "ResourceInUseException":
-            raise
-    kinesis.get_waiter("stream_exists").wait(
-        StreamName=settings.stream_name, WaiterConfig={"Delay": 0.2, "MaxAttempts": int(timeout_s / 0.2)}
-    )
-    s3 = s3_client()
-    try:
-        region = s3.meta.region_name
-        if region and region != "us-east-1":
-            s3.create_bucket(Bucket=settings.bucket, CreateBucketConfiguration={"LocationConstraint": region})
-        else:
-            s3.create_bucket(Bucket=settings.bucket)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+def bootstrap(settings: Settings) -> None:
+    """Create the stream and the bucket the settings name, if missing (idempotent)."""
+    create_resources(settings.stream_name, settings.shard_count, settings.bucket, kinesis_client(), s3_client())
+
+
+def endpoint_overrides() -> dict[str, str]:
+    """The SDK endpoint variables that are set (they must be empty for the aws profile)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_ENDPOINT_URL") and v}
 
 
 def free_port() -> int:

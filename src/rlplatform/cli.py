@@ -54,13 +54,28 @@ def up(
 
 
 @app.command()
-def bootstrap() -> None:
-    """Create the Kinesis stream and the S3 bucket if they do not exist (idempotent)."""
+def bootstrap(
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="embedded, compose or aws (default: RLP_PROFILE).")
+    ] = None,
+) -> None:
+    """Create the Kinesis stream, the S3 bucket and (Cassandra store) the keyspace; idempotent."""
     from rlplatform import aws
 
-    settings = load_settings()
+    settings = load_settings(profile=profile)
+    if settings.profile == "aws" and (overrides := aws.endpoint_overrides()):
+        raise typer.BadParameter(
+            f"profile aws talks to real AWS, but endpoint overrides are set: {', '.join(sorted(overrides))}; "
+            "unset them",
+            param_hint="--profile",
+        )
     aws.bootstrap(settings)
     typer.echo(f"stream {settings.stream_name} and bucket {settings.bucket} are ready")
+    if settings.store == "cassandra":
+        from rlplatform.store.cassandra import bootstrap_keyspace
+
+        bootstrap_keyspace(settings)
+        typer.echo(f"keyspace {settings.cassandra_keyspace} is ready")
 
 
 @app.command()
@@ -84,6 +99,9 @@ def train(
     publish_every: Annotated[int, typer.Option("--publish-every", min=1, help="Learner updates per model.")] = 1000,
     learning_starts: Annotated[int, typer.Option("--learning-starts", min=1)] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Run the learner on this Ray cluster (host:port).")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Train from store samples and publish ONNX models until SIGTERM/SIGINT or --max-updates."""
@@ -96,7 +114,7 @@ def train(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     cfg = TrainerConfig(game_id=game, publish_every_updates=publish_every, learning_starts=learning_starts, seed=seed)
-    Trainer(load_settings(), cfg, status_path=status_file).run(stop, max_updates=max_updates)
+    Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file).run(stop, max_updates=max_updates)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -32,6 +33,24 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in session_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     return proc.returncode
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes still in session ``sid``: what the leader started, whatever process group they
+    moved to (Ray workers make their own group, so killing the leader's group is not enough)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Field 6 of /proc/<pid>/stat is the session id; fields after the ")" of comm are safe to split.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # zombies are dead already, just not reaped
+            members.append(int(entry.name))
+    return members

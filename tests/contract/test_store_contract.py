@@ -1,10 +1,22 @@
 """The store contract: every ExperienceStore adapter passes these (the Feast "universal tests" idea).
 
 Adapters are listed in ``ADAPTERS``; one that is unreachable here is skipped with its reason.
+
+Cassandra runs against ``RLP_TEST_CASSANDRA_CONTACT_POINTS`` when set (other ``RLP_CASSANDRA_*`` settings,
+e.g. the port, auth or TLS, come from the environment as usual) in a throwaway keyspace ``rlp_test_<hex>``
+dropped at the end; else against a ``CASSANDRA_IMAGE`` container when a Docker engine answers; else its cases
+are skipped saying what is missing. Tables are truncated between tests (Cassandra / ScyllaDB; Amazon
+Keyspaces has no TRUNCATE, so point this suite at one of those).
+
+Retention: both adapters implement ``retain()`` (SQLite deletes by seq; Cassandra deletes whole partitions
+plus one clustering range), so ``test_retention_drops_oldest_rows`` runs for both. Cassandra's primary
+retention is the TTL, checked by ``test_rows_expire_after_ttl`` (SQLite has no TTL: not applicable there).
 """
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,22 +24,77 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
+from tests.docker_engine import docker_unreachable
 
 GAME = "CartPole-v1"
+CASSANDRA_IMAGE = "cassandra:5.0.2"
+CASSANDRA_ENV = "RLP_TEST_CASSANDRA_CONTACT_POINTS"
 
 
-def _sqlite(tmp_path: Path) -> ExperienceStore:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> ExperienceStore:
     return SqliteStore(tmp_path / "store.sqlite")
 
 
-ADAPTERS: dict[str, Callable[[Path], ExperienceStore]] = {"sqlite": _sqlite}
+def _cassandra(request: pytest.FixtureRequest, tmp_path: Path, **kwargs: object) -> ExperienceStore:
+    settings: Settings = request.getfixturevalue("cassandra_settings")
+    from rlplatform.store.cassandra import TABLES, CassandraStore
+
+    store = CassandraStore(settings, **kwargs)
+    for table in TABLES:  # every test starts from empty tables
+        store._session.execute(f"TRUNCATE {settings.cassandra_keyspace}.{table}", timeout=120)
+    return store
+
+
+ADAPTERS: dict[str, Callable[[pytest.FixtureRequest, Path], ExperienceStore]] = {
+    "sqlite": _sqlite,
+    "cassandra": _cassandra,
+}
+
+
+@pytest.fixture(scope="session")
+def cassandra_settings() -> Iterator[Settings]:
+    """Settings for a reachable Cassandra with a fresh keyspace, or a skip naming what is missing."""
+    keyspace = f"rlp_test_{uuid.uuid4().hex[:12]}"
+    contact_points = os.environ.get(CASSANDRA_ENV)
+    if contact_points:
+        settings = Settings(store="cassandra", cassandra_contact_points=contact_points, cassandra_keyspace=keyspace)
+        try:
+            yield settings
+        finally:
+            from rlplatform.store.cassandra import CassandraStore
+
+            store = CassandraStore(settings)
+            try:
+                store._session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+            finally:
+                store.close()
+        return
+    why = docker_unreachable()
+    if why is not None:
+        pytest.skip(f"cassandra: {CASSANDRA_ENV} is not set and no Docker engine is reachable ({why})")
+    from testcontainers.community.cassandra import CassandraContainer
+
+    container = CassandraContainer(CASSANDRA_IMAGE)
+    try:
+        container.start()
+        host, port = container.get_contact_points()[0]
+        yield Settings(
+            store="cassandra",
+            cassandra_contact_points=host,
+            cassandra_port=port,
+            cassandra_local_dc=container.get_local_datacenter(),
+            cassandra_keyspace=keyspace,
+        )
+    finally:
+        container.stop()
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ExperienceStore]:
-    s = ADAPTERS[request.param](tmp_path)
+    s = ADAPTERS[request.param](request, tmp_path)
     yield s
     s.close()
 
@@ -122,6 +189,22 @@ def test_retention_drops_oldest_rows(store: ExperienceStore) -> None:
     assert store.count(GAME) == 30
     sample = store.sample(GAME, 500, np.random.default_rng(0))
     assert sample.t.min() >= 70
+
+
+def test_rows_expire_after_ttl(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Cassandra's retention: rows written with a TTL vanish from count and sample once it passes."""
+    store = _cassandra(request, tmp_path, ttl_seconds=3)
+    try:
+        assert store.write(GAME, make_batch(50)) == 50
+        assert store.count(GAME) > 0
+        deadline = time.monotonic() + 60
+        while store.count(GAME) > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert store.count(GAME) == 0
+        with pytest.raises(LookupError, match="no transitions stored"):
+            store.sample(GAME, 8, np.random.default_rng(0))
+    finally:
+        store.close()
 
 
 def test_continuous_actions_round_trip(store: ExperienceStore) -> None:

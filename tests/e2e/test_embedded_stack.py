@@ -19,6 +19,7 @@ import boto3
 import numpy as np
 import pytest
 
+from rlplatform import processes
 from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients
 from rlplatform_client.contract import decode_chunk
 from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
@@ -54,6 +55,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         os.environ.update(saved_env)
     for name, proc in s.procs.items():
         assert proc.poll() is not None, f"{name} still running after stop"
+        assert not processes.session_members(proc.pid), f"{name} left processes behind"
     assert s.moto is not None and s.moto.process.poll() is not None
 
 

@@ -83,4 +83,8 @@ def open_store(settings: Settings) -> ExperienceStore:
         from rlplatform.store.sqlite import SqliteStore
 
         return SqliteStore(settings.sqlite_path)
+    if settings.store == "cassandra":
+        from rlplatform.store.cassandra import CassandraStore
+
+        return CassandraStore(settings)
     raise ValueError(f"store: unknown adapter {settings.store!r}")

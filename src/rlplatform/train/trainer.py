@@ -68,8 +68,12 @@ class TrainerStatus:
     published_at: float | None = None
 
 
-def build_learner_group(spec: GameSpec, cfg: TrainerConfig) -> LearnerGroup:
-    """RLlib's DQN LearnerGroup (local learner) for the game's spaces."""
+def build_learner_group(spec: GameSpec, cfg: TrainerConfig, ray_address: str | None = None) -> LearnerGroup:
+    """RLlib's DQN LearnerGroup for the game's spaces.
+
+    Without ``ray_address`` the learner runs in this process; with it, this process joins that Ray
+    cluster and the learner runs there as an actor (the compose profile's ray-head).
+    """
     obs_space, act_space = spec.spaces()
     config = (
         DQNConfig()
@@ -88,6 +92,12 @@ def build_learner_group(spec: GameSpec, cfg: TrainerConfig) -> LearnerGroup:
         )
         .debugging(seed=cfg.seed)
     )
+    if ray_address:
+        import ray
+
+        ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+        config = config.learners(num_learners=1, num_cpus_per_learner=1)
+        log.info("joined Ray cluster at %s: the learner runs there as a Ray actor", ray_address)
     return config.build_learner_group(spaces={DEFAULT_POLICY_ID: (obs_space, act_space)})
 
 
@@ -115,7 +125,7 @@ class Trainer:
         if not self.spec.discrete:
             raise ValueError(f"game_id: {cfg.game_id!r} has a continuous action space; the DQN trainer needs discrete")
         self.rng = np.random.default_rng(cfg.seed)
-        self.learner_group = build_learner_group(self.spec, cfg)
+        self.learner_group = build_learner_group(self.spec, cfg, settings.ray_address)
         self.status = TrainerStatus()
         self.status_path = status_path
         self.checkpoint_dir = Path(settings.checkpoint_dir) / cfg.game_id
@@ -133,8 +143,12 @@ class Trainer:
 
     def publish(self) -> ModelManifest:
         """Export, evaluate, publish the next version, then checkpoint (so versions only increase)."""
-        module = self.learner_group._learner.module[DEFAULT_POLICY_ID]
-        onnx_bytes = export_q_network(module, self.spec.obs_dim)
+        obs_dim = self.spec.obs_dim
+        # Export where the learner lives (this process or a Ray actor); only the ONNX bytes travel.
+        results = self.learner_group.foreach_learner(
+            lambda learner: export_q_network(learner.module[DEFAULT_POLICY_ID], obs_dim)
+        )
+        onnx_bytes = next(iter(results)).get()
         eval_return = evaluate_onnx(onnx_bytes, self.cfg.game_id, self.cfg.eval_episodes, seed=self.status.version)
         obs_space, act_space = self.spec.manifest_spaces()
         manifest = ModelManifest.create(

@@ -1,0 +1,572 @@
+"""Cassandra adapter (compose / aws profiles): Apache Cassandra 4/5, ScyllaDB and Amazon Keyspaces.
+
+Schema (one keyspace, four tables; every query names a full partition key with equality, so none
+needs ALLOW FILTERING, a secondary index or a materialized view):
+
+``transitions ((game_id, chunk), seq)``
+    The rows. Like the SQLite adapter, each game has a dense sequence ``seq`` (0, 1, 2, ... in write
+    order) and row ``seq`` lives in partition ``chunk = seq // rows_per_partition`` (1024 by default),
+    so partitions stay bounded and every row has a known address. Uniform sampling therefore draws
+    random integers in ``[lo, hi]`` and reads them by primary key (``chunk = ? AND seq IN ?``, at most
+    100 keys per read, one read per touched partition): no scan, no token-range walk, whatever the
+    size. ``window`` is ``[hi - window + 1, hi]``. Draws that hit a missing ``seq`` (see holes below)
+    are redrawn, so the result stays uniform over the rows that exist.
+``seq_alloc (game_id)``
+    ``next_seq`` = hi + 1. A writer reserves a block of ``k`` seqs with one compare-and-set
+    (``UPDATE ... IF next_seq = ?``, a lightweight transaction) per batch, not per row. No counters:
+    counters cannot carry a TTL and Keyspaces does not mix them with it.
+``transition_keys ((game_id, episode_id), t) -> seq``
+    The idempotency key. A write first reads the batch's keys (one single-partition range read per
+    episode), reserves seqs only for the new ones, writes their key rows, then the transition rows.
+    A redelivered key is not counted again; its row is re-upserted at its recorded seq, which repairs
+    a write that died between the two phases.
+``games (game_id)``
+    obs_dim, action dtype/dim and rows_per_partition, fixed by the game's first write (LWT insert).
+
+Retention is TTL: every ``transitions`` and ``transition_keys`` row is written ``USING TTL``
+``cassandra_ttl_seconds``, so the cluster drops it that long after it was written, with no delete
+traffic from us (TimeWindowCompactionStrategy is the natural compaction for these tables; it is not
+set here because Keyspaces rejects compaction options). Because seqs are handed out in write order,
+expiry eats the sequence from its head: the oldest live row ``lo`` is found with a binary search over
+the partitions (``SELECT seq ... WHERE game_id = ? AND chunk = ? AND seq >= ? LIMIT 1``), log2(#chunks)
+single-row reads at most and one read in the steady state (a per-store hint remembers the head once a
+second observation, a minute later, has confirmed it). ``count`` is ``hi - lo + 1``.
+``retain(game_id, max_rows)`` is also supported (a capacity-bounded buffer on top of TTL): it deletes
+whole partitions below the cut and a clustering range in the boundary partition.
+
+Known approximations (documented, not hidden):
+  * Holes: seqs reserved but never written (a writer died after reserving; two writers raced on the
+    same new key and both reserved a seq). Sampling skips them; ``count`` includes them.
+  * Two writers that write the same new key at the same moment both count and store it (the key
+    read and the key write are not one transaction; an LWT per row would fix it at ~4x the cost).
+  * A key whose row was removed by ``retain`` stays until its TTL: a redelivery of it is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from cassandra import ConsistencyLevel, DriverException, WriteTimeout
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement
+
+from rlplatform.settings import Settings
+from rlplatform.store.base import ExperienceStore, TransitionBatch
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_PARTITION = 1024
+CONCURRENCY = 64
+# Keys per ``seq IN ?`` read (Amazon Keyspaces caps IN lists at 100 values).
+IN_LIMIT = 100
+# Tables, in creation order. Experience tables carry a TTL; the other two are O(games) metadata.
+TABLES = ("games", "seq_alloc", "transitions", "transition_keys")
+TTL_TABLES = ("transitions", "transition_keys")
+_ROW_COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
+# Redraw rounds for draws that hit missing seqs before sample() gives up.
+_SAMPLE_ROUNDS = 16
+# A head observation is trusted as a search hint once a second one, this much later, confirms it
+# (by then every write that was in flight at the first observation has landed or failed).
+_HEAD_SETTLE_S = 60.0
+_DDL_TIMEOUT_S = 120.0
+
+
+class CassandraUnavailable(ConnectionError):
+    """No contact point answered."""
+
+
+def is_keyspaces(settings: Settings) -> bool:
+    """Amazon Keyspaces (needs its own keyspace replication class and table TTL property)."""
+    return settings.cassandra_sigv4 or any(h.endswith(".amazonaws.com") for h in _contact_points(settings))
+
+
+def keyspace_cql(settings: Settings) -> str:
+    ks = settings.cassandra_keyspace
+    if is_keyspaces(settings):
+        replication = "{'class': 'SingleRegionStrategy'}"
+    elif settings.cassandra_local_dc:
+        replication = (
+            f"{{'class': 'NetworkTopologyStrategy', '{settings.cassandra_local_dc}': "
+            f"{settings.cassandra_replication_factor}}}"
+        )
+    else:
+        replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {settings.cassandra_replication_factor}}}"
+    return f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"
+
+
+def schema_cql(keyspace: str, keyspaces_service: bool = False) -> dict[str, str]:
+    """CREATE TABLE statements by table name (idempotent)."""
+    # Keyspaces only accepts ``USING TTL`` on tables with TTL enabled; Cassandra/Scylla reject the property.
+    ttl = " WITH CUSTOM_PROPERTIES = {'ttl': {'status': 'enabled'}}" if keyspaces_service else ""
+    ks = keyspace
+    return {
+        "games": f"CREATE TABLE IF NOT EXISTS {ks}.games (game_id text PRIMARY KEY, obs_dim int, action_dtype text,"
+        " action_dim int, rows_per_partition int)",
+        "seq_alloc": f"CREATE TABLE IF NOT EXISTS {ks}.seq_alloc (game_id text PRIMARY KEY, next_seq bigint,"
+        " writer uuid)",
+        "transitions": f"CREATE TABLE IF NOT EXISTS {ks}.transitions (game_id text, chunk bigint, seq bigint,"
+        " episode_id text, t int, obs blob, action blob, reward float, next_obs blob, terminated boolean,"
+        f" truncated boolean, model_version bigint, written_at timestamp, PRIMARY KEY ((game_id, chunk), seq)){ttl}",
+        "transition_keys": f"CREATE TABLE IF NOT EXISTS {ks}.transition_keys (game_id text, episode_id text, t int,"
+        f" seq bigint, PRIMARY KEY ((game_id, episode_id), t)){ttl}",
+    }
+
+
+def statements(keyspace: str, ttl_seconds: int) -> dict[str, str]:
+    """Every DML statement the adapter runs (all prepared), by name."""
+    ks, ttl = keyspace, int(ttl_seconds)
+    return {
+        "insert_game": f"INSERT INTO {ks}.games (game_id, obs_dim, action_dtype, action_dim, rows_per_partition)"
+        " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+        "select_game": f"SELECT obs_dim, action_dtype, action_dim, rows_per_partition FROM {ks}.games"
+        " WHERE game_id = ?",
+        "select_next": f"SELECT next_seq, writer FROM {ks}.seq_alloc WHERE game_id = ?",
+        "init_next": f"INSERT INTO {ks}.seq_alloc (game_id, next_seq, writer) VALUES (?, ?, ?) IF NOT EXISTS",
+        "advance_next": f"UPDATE {ks}.seq_alloc SET next_seq = ?, writer = ? WHERE game_id = ? IF next_seq = ?",
+        "select_keys": f"SELECT t, seq FROM {ks}.transition_keys WHERE game_id = ? AND episode_id = ? AND t >= ?"
+        " AND t <= ?",
+        "insert_key": f"INSERT INTO {ks}.transition_keys (game_id, episode_id, t, seq) VALUES (?, ?, ?, ?)"
+        f" USING TTL {ttl}",
+        "insert_row": f"INSERT INTO {ks}.transitions (game_id, chunk, seq, {_ROW_COLUMNS}, written_at)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL {ttl}",
+        "select_rows": f"SELECT seq, {_ROW_COLUMNS} FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq IN ?",
+        "first_seq": f"SELECT seq FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq >= ? LIMIT 1",
+        "delete_chunk": f"DELETE FROM {ks}.transitions WHERE game_id = ? AND chunk = ?",
+        "delete_head": f"DELETE FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq <= ?",
+    }
+
+
+# Schema probes (not prepared; run at startup only). Partition key of both tables: keyspace_name.
+KEYSPACE_EXISTS_CQL = "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s"
+KEYSPACES_TABLE_STATUS_CQL = (
+    "SELECT table_name, status FROM system_schema_mcs.tables WHERE keyspace_name = %s AND table_name = %s"
+)
+# Statements that are lightweight transactions: a retry may report "not applied" for its own write.
+_LWT = ("insert_game", "init_next", "advance_next")
+
+
+@dataclass(frozen=True)
+class _Game:
+    obs_dim: int
+    action_dtype: np.dtype
+    action_dim: int
+    rows_per_partition: int
+
+
+def bootstrap_keyspace(settings: Settings) -> None:
+    """Create the keyspace and tables the settings name, if missing (idempotent; ``rlplatform bootstrap``)."""
+    CassandraStore(settings).close()
+
+
+class CassandraStore(ExperienceStore):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 30.0,
+        ttl_seconds: int | None = None,
+        rows_per_partition: int = ROWS_PER_PARTITION,
+    ) -> None:
+        """``ttl_seconds`` overrides ``settings.cassandra_ttl_seconds`` (tests use a few seconds)."""
+        self.settings = settings
+        self.keyspace = settings.cassandra_keyspace
+        self.ttl_seconds = int(ttl_seconds if ttl_seconds is not None else settings.cassandra_ttl_seconds)
+        if self.ttl_seconds < 1:
+            raise ValueError(f"ttl_seconds must be >= 1, got {self.ttl_seconds}")
+        self.rows_per_partition = rows_per_partition
+        self.keyspaces_service = is_keyspaces(settings)
+        self._cluster, self._session = _connect(settings, connect_timeout, request_timeout)
+        try:
+            self.ensure_schema()
+            self._stmts: dict[str, PreparedStatement] = {}
+            for name, cql in statements(self.keyspace, self.ttl_seconds).items():
+                stmt = self._session.prepare(cql)
+                stmt.is_idempotent = name not in _LWT
+                self._stmts[name] = stmt
+        except BaseException:
+            self._cluster.shutdown()
+            raise
+        self._games: dict[str, _Game] = {}
+        self._head_hint: dict[str, int] = {}
+        self._head_seen: dict[str, tuple[float, int]] = {}
+        self._hint_lock = threading.Lock()
+
+    # -- schema -------------------------------------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        """Create the keyspace (if allowed) and the tables, if missing; idempotent."""
+        ks = self.keyspace
+        try:
+            self._session.execute(keyspace_cql(self.settings), timeout=_DDL_TIMEOUT_S)
+        except DriverException as exc:
+            if not self._keyspace_exists():
+                raise RuntimeError(
+                    f"cassandra: keyspace {ks!r} does not exist and could not be created ({exc!r}); create it"
+                    " (e.g. `rlplatform bootstrap` with a role allowed to CREATE KEYSPACE) or grant that permission"
+                ) from exc
+            log.warning("cassandra: CREATE KEYSPACE %s failed (%s); it exists, continuing", ks, exc)
+        if self.keyspaces_service:  # keyspace creation is asynchronous on Keyspaces
+            self._wait(self._keyspace_exists, f"keyspace {ks} to exist")
+        for table, ddl in schema_cql(ks, self.keyspaces_service).items():
+            self._session.execute(ddl, timeout=_DDL_TIMEOUT_S)
+            if self.keyspaces_service:  # so is table creation: wait until ACTIVE before first use
+                self._wait(lambda t=table: self._keyspaces_table_active(t), f"table {ks}.{table} to be ACTIVE")
+
+    def _keyspace_exists(self) -> bool:
+        return self._session.execute(KEYSPACE_EXISTS_CQL, (self.keyspace,)).one() is not None
+
+    def _keyspaces_table_active(self, table: str) -> bool:
+        row = self._session.execute(KEYSPACES_TABLE_STATUS_CQL, (self.keyspace, table)).one()
+        return row is not None and str(row.status).upper() == "ACTIVE"
+
+    @staticmethod
+    def _wait(condition, what: str, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cassandra: gave up after {timeout_s:.0f}s waiting for {what}")
+            time.sleep(1.0)
+
+    # -- port ---------------------------------------------------------------------------------------
+
+    def write(self, game_id: str, batch: TransitionBatch) -> int:
+        if len(batch) == 0:
+            return 0
+        game = self._game(game_id, batch)
+        n = len(batch)
+        obs = np.ascontiguousarray(batch.obs, dtype=np.float32)
+        next_obs = np.ascontiguousarray(batch.next_obs, dtype=np.float32)
+        action = np.ascontiguousarray(batch.action, dtype=game.action_dtype).reshape(n, -1)
+        if (
+            obs.shape[1:] != (game.obs_dim,)
+            or next_obs.shape[1:] != (game.obs_dim,)
+            or action.shape[1] != game.action_dim
+        ):
+            raise ValueError(
+                f"{game_id}: obs/next_obs must be [n, {game.obs_dim}] and action [n, {game.action_dim}], got "
+                f"{obs.shape}, {next_obs.shape}, {action.shape}"
+            )
+        episodes = [str(e) for e in batch.episode_id.tolist()]
+        ts = [int(t) for t in batch.t.tolist()]
+
+        # 1. Which keys exist already: one single-partition range read per episode of the batch.
+        ranges: dict[str, list[int]] = {}
+        for e, t in zip(episodes, ts, strict=True):
+            r = ranges.setdefault(e, [t, t])
+            r[0], r[1] = min(r[0], t), max(r[1], t)
+        existing: dict[tuple[str, int], int] = {}
+        results = self._concurrent("select_keys", [(game_id, e, lo, hi) for e, (lo, hi) in ranges.items()])
+        for e, rows in zip(ranges, results, strict=True):
+            existing.update(((e, row.t), row.seq) for row in rows)
+
+        new: list[int] = []  # batch indices of keys seen for the first time (first occurrence wins)
+        repair: list[tuple[int, int]] = []  # (index, seq) of redelivered keys, re-upserted in place
+        seen: set[tuple[str, int]] = set()
+        head = self._head_hint.get(game_id, 0)
+        for i, key in enumerate(zip(episodes, ts, strict=True)):
+            if key in seen:
+                continue
+            seen.add(key)
+            if key in existing:
+                if existing[key] >= head:
+                    repair.append((i, existing[key]))
+            else:
+                new.append(i)
+
+        # 2. Reserve seqs for the new keys, 3. record the keys, 4. write the rows (new + repaired).
+        placed = list(repair)
+        if new:
+            first = self._reserve(game_id, len(new))
+            placed += [(i, first + k) for k, i in enumerate(new)]
+            self._concurrent("insert_key", [(game_id, episodes[i], ts[i], first + k) for k, i in enumerate(new)])
+        if placed:
+            now = datetime.now(UTC)
+            reward = batch.reward.astype(np.float32).tolist()
+            terminated = batch.terminated.astype(bool).tolist()
+            truncated = batch.truncated.astype(bool).tolist()
+            model_version = batch.model_version.astype(np.int64).tolist()
+            rpp = game.rows_per_partition
+            self._concurrent(
+                "insert_row",
+                [
+                    (game_id, s // rpp, s, episodes[i], ts[i], obs[i].tobytes(), action[i].tobytes(), reward[i])
+                    + (next_obs[i].tobytes(), terminated[i], truncated[i], model_version[i], now)
+                    for i, s in placed
+                ],
+            )
+        return len(new)
+
+    def sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None = None) -> TransitionBatch:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        game = self._known_game(game_id)
+        if game is None:
+            raise LookupError(f"no transitions stored for game {game_id!r}")
+        rows: list[tuple] = []
+        lo = hi = 0
+        for _ in range(_SAMPLE_ROUNDS):
+            hi = self._next_seq(game_id) - 1
+            lo = self._head(game_id, hi, game.rows_per_partition)
+            if lo > hi:
+                raise LookupError(f"no transitions stored for game {game_id!r}")
+            if window is not None:
+                lo = max(lo, hi - window + 1)
+            draws = rng.integers(lo, hi + 1, size=n - len(rows))
+            found = self._fetch(game_id, game.rows_per_partition, np.unique(draws).tolist())
+            # A draw can miss: a hole, a row written a moment from now, or one that just expired. Redraw it.
+            rows += [found[s] for s in draws.tolist() if s in found]
+            if len(rows) == n:
+                return _to_batch(rows, game)
+        raise RuntimeError(
+            f"{game_id}: drew only {len(rows)} of {n} rows from seq [{lo}, {hi}] in {_SAMPLE_ROUNDS} rounds:"
+            " most seqs there are missing (writes in flight, holes, or rows expiring right now)"
+        )
+
+    def count(self, game_id: str) -> int:
+        game = self._known_game(game_id)
+        if game is None:
+            return 0
+        nxt = self._next_seq(game_id)
+        if nxt == 0:
+            return 0
+        return max(0, nxt - self._head(game_id, nxt - 1, game.rows_per_partition))
+
+    def retain(self, game_id: str, max_rows: int) -> int:
+        """Delete the oldest rows beyond ``max_rows`` (TTL is the primary retention; this caps size too).
+
+        Whole partitions below the cut get a partition delete, the boundary one a clustering range delete:
+        O(partitions) tombstones, not one per row.
+        """
+        if max_rows < 0:
+            raise ValueError(f"max_rows must be >= 0, got {max_rows}")
+        game = self._known_game(game_id)
+        if game is None:
+            return 0
+        hi = self._next_seq(game_id) - 1
+        rpp = game.rows_per_partition
+        lo = self._head(game_id, hi, rpp)
+        cut = hi - max_rows
+        if hi < 0 or cut < lo:
+            return 0
+        last_full = (cut + 1) // rpp - 1  # partitions whose every seq is <= cut
+        self._concurrent("delete_chunk", [(game_id, c) for c in range(lo // rpp, last_full + 1)])
+        if (cut + 1) % rpp:
+            self._concurrent("delete_head", [(game_id, cut // rpp, cut)])
+        with self._hint_lock:  # we deleted them: everything below cut + 1 is gone for sure
+            self._head_hint[game_id] = max(self._head_hint.get(game_id, 0), cut + 1)
+            self._head_seen.pop(game_id, None)
+        return cut - lo + 1
+
+    def close(self) -> None:
+        self._cluster.shutdown()
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _concurrent(self, name: str, params: list[tuple]) -> list:
+        """Run a prepared statement once per parameter tuple, CONCURRENCY in flight; results in order."""
+        if not params:
+            return []
+        results = execute_concurrent_with_args(
+            self._session, self._stmts[name], params, concurrency=CONCURRENCY, raise_on_first_error=True
+        )
+        return [result for _, result in results]
+
+    def _next_seq(self, game_id: str) -> int:
+        row = self._session.execute(self._stmts["select_next"], (game_id,)).one()
+        return 0 if row is None or row.next_seq is None else row.next_seq
+
+    def _reserve(self, game_id: str, k: int) -> int:
+        """Reserve seqs [first, first + k) with a compare-and-set on ``seq_alloc``; returns first."""
+        token = uuid.uuid4()
+        row = self._session.execute(self._stmts["select_next"], (game_id,)).one()
+        current = None if row is None else row.next_seq
+        for attempt in range(200):
+            if current is None:
+                stmt, args, first = self._stmts["init_next"], (game_id, k, token), 0
+            else:
+                stmt, args, first = self._stmts["advance_next"], (current + k, token, game_id, current), current
+            try:
+                rs = self._session.execute(stmt, args)
+                if rs.was_applied:
+                    return first
+                current = getattr(rs.one(), "next_seq", None)
+            except WriteTimeout:
+                # Outcome unknown: a serial read tells whether our CAS is the one that landed.
+                probe = self._stmts["select_next"].bind((game_id,))
+                probe.consistency_level = ConsistencyLevel.LOCAL_SERIAL
+                now = self._session.execute(probe).one()
+                if now is not None and now.writer == token and now.next_seq == first + k:
+                    return first
+                current = None if now is None else now.next_seq
+            if attempt >= 2:  # contended: back off a little, with jitter
+                time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+        raise RuntimeError(f"{game_id}: could not reserve {k} sequence numbers (seq_alloc too contended)")
+
+    def _first_live(self, game_id: str, chunk: int, floor: int) -> int | None:
+        row = self._session.execute(self._stmts["first_seq"], (game_id, chunk, floor)).one()
+        return None if row is None else row.seq
+
+    def _head(self, game_id: str, hi: int, rpp: int) -> int:
+        """The oldest live seq (``hi + 1`` when none): TTL expiry and retain() remove the sequence's head.
+
+        Probes the hinted partition, then binary-searches the partitions above it for the first one that
+        still holds a row; each probe is one ``LIMIT 1`` read of one partition.
+        """
+        with self._hint_lock:
+            hint = self._head_hint.get(game_id, 0)
+        if hint > hi:
+            return hint
+        lo_chunk, hi_chunk = hint // rpp, hi // rpp
+        head = self._first_live(game_id, lo_chunk, hint)
+        if head is None:
+            a, b, head = lo_chunk + 1, hi_chunk, hi + 1
+            while a <= b:
+                mid = (a + b) // 2
+                found = self._first_live(game_id, mid, hint)
+                if found is None:
+                    a = mid + 1
+                else:
+                    head, b = found, mid - 1
+        self._observe_head(game_id, head)
+        return head
+
+    def _observe_head(self, game_id: str, head: int) -> None:
+        """Advance the hint to a head seen twice, ``_HEAD_SETTLE_S`` apart (so an in-flight write at the
+        first look, which made a partition look empty, cannot make us skip its rows forever)."""
+        now = time.monotonic()
+        with self._hint_lock:
+            seen = self._head_seen.get(game_id)
+            if seen is None:
+                self._head_seen[game_id] = (now, head)
+            elif now - seen[0] >= _HEAD_SETTLE_S:
+                confirmed = min(seen[1], head)
+                self._head_hint[game_id] = max(self._head_hint.get(game_id, 0), confirmed)
+                self._head_seen[game_id] = (now, head)
+
+    def _fetch(self, game_id: str, rpp: int, seqs: list[int]) -> dict[int, tuple]:
+        """Rows by seq, read by primary key: per partition, ``seq IN`` lists of at most IN_LIMIT."""
+        by_chunk: dict[int, list[int]] = {}
+        for s in seqs:
+            by_chunk.setdefault(s // rpp, []).append(s)
+        params = [
+            (game_id, chunk, keys[i : i + IN_LIMIT])
+            for chunk, keys in by_chunk.items()
+            for i in range(0, len(keys), IN_LIMIT)
+        ]
+        found: dict[int, tuple] = {}
+        for rows in self._concurrent("select_rows", params):
+            for row in rows:
+                found[row.seq] = tuple(row)[1:]
+        return found
+
+    def _known_game(self, game_id: str) -> _Game | None:
+        if game_id not in self._games:
+            row = self._session.execute(self._stmts["select_game"], (game_id,)).one()
+            if row is None:
+                return None
+            self._games[game_id] = _Game(
+                row.obs_dim, np.dtype(row.action_dtype), row.action_dim, row.rows_per_partition
+            )
+        return self._games[game_id]
+
+    def _game(self, game_id: str, batch: TransitionBatch) -> _Game:
+        """The game's shapes, fixed by its first write (an LWT insert, so concurrent first writers agree)."""
+        known = self._known_game(game_id)
+        if known is not None:
+            return known
+        action_dtype = np.dtype(np.int64 if np.issubdtype(batch.action.dtype, np.integer) else np.float32)
+        action_dim = int(np.prod(batch.action.shape[1:], dtype=np.int64))
+        self._session.execute(
+            self._stmts["insert_game"],
+            (game_id, int(batch.obs.shape[1]), action_dtype.str, action_dim, self.rows_per_partition),
+        )
+        game = self._known_game(game_id)
+        if game is None:
+            raise RuntimeError(f"{game_id}: game row missing right after its insert")
+        return game
+
+
+def _contact_points(settings: Settings) -> list[str]:
+    return [h.strip() for h in settings.cassandra_contact_points.split(",") if h.strip()]
+
+
+def _connect(settings: Settings, connect_timeout: float, request_timeout: float) -> tuple[Cluster, Session]:
+    hosts = _contact_points(settings)
+    if not hosts:
+        raise ValueError("cassandra_contact_points: no host given")
+    profile = ExecutionProfile(
+        # LOCAL_QUORUM reads and writes: read-your-writes, and what Keyspaces requires for writes.
+        consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+        serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+        request_timeout=request_timeout,
+    )
+    if settings.cassandra_local_dc:
+        profile.load_balancing_policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc))
+    auth_provider = None
+    if settings.cassandra_sigv4:
+        import boto3
+        from cassandra_sigv4.auth import SigV4AuthProvider
+
+        auth_provider = SigV4AuthProvider(boto3.Session())
+    elif settings.cassandra_username:
+        auth_provider = PlainTextAuthProvider(settings.cassandra_username, settings.cassandra_password or "")
+    ssl_context = None
+    if settings.cassandra_ssl:
+        ssl_context = ssl.create_default_context(
+            cafile=str(settings.cassandra_ssl_ca) if settings.cassandra_ssl_ca else None
+        )
+        # The chain is verified, the host name is not: the driver connects to peers by IP address
+        # (as Amazon's Keyspaces examples do).
+        ssl_context.check_hostname = False
+        ssl_context.verify_mode = ssl.CERT_REQUIRED
+    cluster = Cluster(
+        contact_points=hosts,
+        port=settings.cassandra_port,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        auth_provider=auth_provider,
+        ssl_context=ssl_context,
+        connect_timeout=connect_timeout,
+        control_connection_timeout=connect_timeout,
+    )
+    try:
+        return cluster, cluster.connect()
+    except NoHostAvailable as exc:
+        cluster.shutdown()
+        raise CassandraUnavailable(
+            f"cassandra: no host answered at {', '.join(hosts)} port {settings.cassandra_port}"
+            f" (within {connect_timeout:g}s): {exc}"
+        ) from exc
+    except BaseException:
+        cluster.shutdown()
+        raise
+
+
+def _to_batch(rows: list[tuple], game: _Game) -> TransitionBatch:
+    n = len(rows)
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 9
+    action = np.frombuffer(b"".join(cols[3]), dtype=game.action_dtype).reshape(n, game.action_dim)
+    return TransitionBatch(
+        episode_id=np.array(cols[0], dtype=object),
+        t=np.array(cols[1], dtype=np.int64),
+        obs=np.frombuffer(b"".join(cols[2]), dtype=np.float32).reshape(n, game.obs_dim),
+        action=action[:, 0] if game.action_dtype == np.int64 and game.action_dim == 1 else action,
+        reward=np.array(cols[4], dtype=np.float32),
+        next_obs=np.frombuffer(b"".join(cols[5]), dtype=np.float32).reshape(n, game.obs_dim),
+        terminated=np.array(cols[6], dtype=bool),
+        truncated=np.array(cols[7], dtype=bool),
+        model_version=np.array(cols[8], dtype=np.int64),
+    )
