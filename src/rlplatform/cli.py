@@ -79,6 +79,33 @@ def bootstrap(
 
 
 @app.command()
+def dlq(
+    samples: Annotated[int, typer.Option("--samples", min=0, help="Dead letters shown per reason.")] = 3,
+) -> None:
+    """Dead-lettered records: counts by reason, with samples (error, shard, sequence number)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlplatform.dead_letters import read_dead_letters
+
+    settings = load_settings()
+    report = read_dead_letters(settings.bucket, samples)
+    console = Console()
+    if not report.counts:
+        console.print(f"no dead letters in s3://{settings.bucket}/")
+        return
+    counts = Table(title=f"dead letters in s3://{settings.bucket}/ ({report.objects} objects)")
+    for column in ("reason", "records", "sample errors"):
+        counts.add_column(column)
+    for kind, n in report.counts.most_common():
+        errors = "\n".join(
+            f"{d['error']} (shard {d['shard_id']}, seq {d['sequence_number']})" for d in report.samples[kind]
+        )
+        counts.add_row(kind, str(n), errors)
+    console.print(counts)
+
+
+@app.command()
 def ingest(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Spark checkpoint directory (offsets).")],
     master: Annotated[str, typer.Option("--master", help="Spark master URL.")] = "local[2]",

@@ -74,20 +74,26 @@ def validate_chunk(chunk: Chunk, spec: GameSpec) -> None:
         for name in ("obs", "next_obs"):
             values = getattr(step, name)
             if len(values) != spec.obs_dim:
-                raise ContractError(f"steps[{i}].{name}", f"length must be {spec.obs_dim}, got {len(values)}")
+                raise ContractError(
+                    f"steps[{i}].{name}", f"length must be {spec.obs_dim}, got {len(values)}", "bad_length"
+                )
         _validate_action(step.action, spec, f"steps[{i}].action")
 
 
 def _validate_action(action: int | list[float], spec: GameSpec, field: str) -> None:
     if spec.discrete:
         if not isinstance(action, int) or not 0 <= action < spec.n_actions:
-            raise ContractError(field, f"must be an int in [0, {spec.n_actions}), got {action!r}")
+            raise ContractError(
+                field, f"must be an int in [0, {spec.n_actions}), got {action!r}", "action_out_of_range"
+            )
         return
     if not isinstance(action, list) or len(action) != len(spec.action_low):
-        raise ContractError(field, f"must be a list of {len(spec.action_low)} numbers, got {action!r}")
+        raise ContractError(
+            field, f"must be a list of {len(spec.action_low)} numbers, got {action!r}", "action_out_of_range"
+        )
     for j, (x, lo, hi) in enumerate(zip(action, spec.action_low, spec.action_high, strict=True)):
         if not (lo <= x <= hi or math.isinf(lo) and math.isinf(hi)):
-            raise ContractError(f"{field}[{j}]", f"must be in [{lo}, {hi}], got {x}")
+            raise ContractError(f"{field}[{j}]", f"must be in [{lo}, {hi}], got {x}", "action_out_of_range")
 
 
 def chunks_to_batch(chunks: list[Chunk], spec: GameSpec) -> TransitionBatch:

@@ -37,25 +37,55 @@ def store(tmp_path: Path):
     s.close()
 
 
+def with_steps(*steps: dict) -> bytes:
+    doc = json.loads(chunk_bytes(len(steps)))
+    for raw, fields in zip(doc["steps"], steps, strict=True):
+        raw.update(fields)
+    return json.dumps(doc).encode()
+
+
+def without(key: str) -> bytes:
+    doc = json.loads(chunk_bytes(1))
+    del doc[key]
+    return json.dumps(doc).encode()
+
+
+# (record bytes, kind counted, field named in the error)
 BAD = {
-    "record": b"not json",
-    "game_id": chunk_bytes(game_id="NoSuchGame-v9"),
-    "v": chunk_bytes(v=99),
-    "steps[0].obs": with_step(obs=[0.1, 0.2]),
-    "steps[0].next_obs": with_step(next_obs=[0.1] * 5),
-    "steps[0].action": with_step(action=7),
-    "steps[0].reward": with_step(reward="one"),
+    "not JSON": (b"not json", "not_json", "record"),
+    "not decompressible": (b"\x1f\x8b" + b"garbage", "not_decompressible", "record"),
+    "unknown schema version": (chunk_bytes(v=99), "unknown_version", "v"),
+    "unknown game": (chunk_bytes(game_id="NoSuchGame-v9"), "unknown_game", "game_id"),
+    "missing field": (without("episode_id"), "missing_field", "episode_id"),
+    "wrong type": (with_step(reward="one"), "wrong_type", "steps[0].reward"),
+    "obs length": (with_step(obs=[0.1, 0.2]), "bad_length", "steps[0].obs"),
+    "next_obs length": (with_step(next_obs=[0.1] * 5), "bad_length", "steps[0].next_obs"),
+    "NaN": (
+        b'{"v":1,"game_id":"CartPole-v1","client_id":"c","episode_id":"%s","model_version":0,"steps":[{"t":0,'
+        b'"obs":[NaN,0,0,0],"action":0,"reward":1,"next_obs":[0,0,0,0],"terminated":false,"truncated":false}]}'
+        % str(uuid.uuid4()).encode(),
+        "non_finite",
+        "steps[0].obs[0]",
+    ),
+    "Infinity": (with_step(reward=float("inf")), "non_finite", "steps[0].reward"),
+    "action outside the space": (with_step(action=7), "action_out_of_range", "steps[0].action"),
+    "negative step index": (with_step(t=-1), "bad_step_index", "steps[0].t"),
+    "repeated step index": (with_steps({"t": 3}, {"t": 3}), "bad_step_index", "steps[1].t"),
+    "chunk over the size limit": (b"{" + b" " * (1024 * 1024) + b"}", "too_large", "record"),
 }
 
 
-@pytest.mark.parametrize("field", sorted(BAD))
-def test_bad_record_is_rejected_naming_the_field_while_good_ones_are_stored(store, field: str) -> None:
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_record_is_rejected_with_its_reason_while_good_ones_are_stored(store, case: str) -> None:
+    data, kind, field = BAD[case]
     good = [("shard-0", str(i), chunk_bytes(4)) for i in range(3)]
-    records = [*good[:2], ("shard-0", "9", BAD[field]), good[2]]
+    records = [*good[:2], ("shard-0", "9", data), good[2]]
     result, dead = process_records(records, store)
     assert result.stored == 12 and store.count("CartPole-v1") == 12
-    assert dict(result.rejected) == {field: 1}
-    assert len(dead) == 1 and dead[0]["sequence_number"] == "9" and dead[0]["error"].startswith(field)
+    assert dict(result.rejected) == {kind: 1}
+    assert len(dead) == 1
+    assert dead[0]["sequence_number"] == "9" and dead[0]["kind"] == kind and dead[0]["field"] == field
+    assert dead[0]["error"].startswith(field)
 
 
 def test_replayed_batch_stores_nothing_twice(store) -> None:

@@ -18,8 +18,12 @@ def _main() -> None:
 
 @app.command()
 def simulate(
-    stream: Annotated[str, typer.Option("--stream", help="Kinesis stream receiving experience.")],
-    bucket: Annotated[str, typer.Option("--bucket", help="S3 bucket holding the model registry.")],
+    stream: Annotated[
+        str, typer.Option("--stream", envvar="RLP_STREAM_NAME", help="Kinesis stream receiving experience.")
+    ] = "rlp-experience",
+    bucket: Annotated[
+        str, typer.Option("--bucket", envvar="RLP_BUCKET", help="S3 bucket holding the model registry.")
+    ] = "rlp-models",
     game: Annotated[str, typer.Option("--game", help="gymnasium environment id (also the game_id).")] = "CartPole-v1",
     clients: Annotated[int, typer.Option("--clients", min=1, help="Number of bot client processes.")] = 1,
     seconds: Annotated[float | None, typer.Option("--seconds", min=0, help="Stop after this many seconds.")] = None,

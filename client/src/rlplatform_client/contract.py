@@ -41,12 +41,18 @@ MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 
 
 class ContractError(ValueError):
-    """A record that breaks the wire contract. ``field`` names the offending field."""
+    """A record that breaks the wire contract.
 
-    def __init__(self, field: str, reason: str) -> None:
+    ``field`` names the offending field; ``kind`` is a stable category for counting dead letters:
+    too_large, not_json, not_decompressible, unknown_version, unknown_game, missing_field,
+    wrong_type, bad_length, non_finite, action_out_of_range, bad_step_index, invalid.
+    """
+
+    def __init__(self, field: str, reason: str, kind: str = "invalid") -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +108,22 @@ def encode_chunk(chunk: Chunk, compress: bool = False) -> bytes:
 def decode_chunk(data: bytes) -> Chunk:
     """Parse and structurally validate record bytes; raises ``ContractError`` naming the field."""
     if len(data) > MAX_RECORD_BYTES:
-        raise ContractError("record", f"{len(data)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
+        raise ContractError("record", f"{len(data)} bytes exceeds the limit of {MAX_RECORD_BYTES}", "too_large")
     if data[:2] == GZIP_MAGIC:
         data = _gunzip_bounded(data)
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError("record", f"not JSON: {exc}") from None
+        raise ContractError("record", f"not JSON: {exc}", "not_json") from None
     except RecursionError:
-        raise ContractError("record", "not JSON: nested too deeply") from None
+        raise ContractError("record", "not JSON: nested too deeply", "not_json") from None
     if not isinstance(doc, dict):
-        raise ContractError("record", "must be a JSON object")
+        raise ContractError("record", "must be a JSON object", "wrong_type")
     version = _require(doc, "v", int)
     if version not in SUPPORTED_VERSIONS:
-        raise ContractError("v", f"unknown schema version {version}; supported: {sorted(SUPPORTED_VERSIONS)}")
+        raise ContractError(
+            "v", f"unknown schema version {version}; supported: {sorted(SUPPORTED_VERSIONS)}", "unknown_version"
+        )
     game_id = _require_str(doc, "game_id", 64)
     client_id = _require_str(doc, "client_id", 128)
     episode_id = _require_str(doc, "episode_id", 64)
@@ -128,11 +136,13 @@ def decode_chunk(data: bytes) -> Chunk:
         raise ContractError("model_version", f"must be >= 0, got {model_version}")
     raw_steps = _require(doc, "steps", list)
     if not 1 <= len(raw_steps) <= MAX_STEPS_PER_CHUNK:
-        raise ContractError("steps", f"must hold 1..{MAX_STEPS_PER_CHUNK} steps, got {len(raw_steps)}")
+        raise ContractError("steps", f"must hold 1..{MAX_STEPS_PER_CHUNK} steps, got {len(raw_steps)}", "too_large")
     steps = [_decode_step(raw, i) for i, raw in enumerate(raw_steps)]
     for i in range(1, len(steps)):
         if steps[i].t <= steps[i - 1].t:
-            raise ContractError(f"steps[{i}].t", f"must increase within a chunk ({steps[i - 1].t} then {steps[i].t})")
+            raise ContractError(
+                f"steps[{i}].t", f"must increase within a chunk ({steps[i - 1].t} then {steps[i].t})", "bad_step_index"
+            )
     return Chunk(game_id, client_id, episode_id, model_version, steps, version)
 
 
@@ -150,12 +160,12 @@ def _gunzip_bounded(data: bytes) -> bytes:
         try:
             part = inflater.decompress(rest, budget + 1)
         except zlib.error as exc:
-            raise ContractError("record", f"not decompressible: {exc}") from None
+            raise ContractError("record", f"not decompressible: {exc}", "not_decompressible") from None
         budget -= len(part)
         if budget < 0 or inflater.unconsumed_tail:
-            raise ContractError("record", f"decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes")
+            raise ContractError("record", f"decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes", "too_large")
         if not inflater.eof:
-            raise ContractError("record", "not decompressible: truncated gzip stream")
+            raise ContractError("record", "not decompressible: truncated gzip stream", "not_decompressible")
         out.append(part)
         rest = inflater.unused_data.lstrip(b"\x00")  # gzip permits zero padding between members
     return b"".join(out)
@@ -164,18 +174,20 @@ def _gunzip_bounded(data: bytes) -> bytes:
 def _decode_step(raw: Any, i: int) -> Step:
     where = f"steps[{i}]"
     if not isinstance(raw, dict):
-        raise ContractError(where, "must be a JSON object")
+        raise ContractError(where, "must be a JSON object", "wrong_type")
     t = _require(raw, "t", int, where)
     if t < 0:
-        raise ContractError(f"{where}.t", f"must be >= 0, got {t}")
+        raise ContractError(f"{where}.t", f"must be >= 0, got {t}", "bad_step_index")
     action = raw.get("action")
     if isinstance(action, bool) or not isinstance(action, (int, list)):
-        raise ContractError(f"{where}.action", "required, an int (discrete) or a list of numbers (continuous)")
+        raise ContractError(
+            f"{where}.action", "required, an int (discrete) or a list of numbers (continuous)", "wrong_type"
+        )
     if isinstance(action, list):
         action = _floats(action, f"{where}.action")
     reward = _require(raw, "reward", (int, float), where)
     if not math.isfinite(reward):
-        raise ContractError(f"{where}.reward", "must be finite")
+        raise ContractError(f"{where}.reward", "must be finite", "non_finite")
     return Step(
         t=t,
         obs=_floats(_require(raw, "obs", list, where), f"{where}.obs"),
@@ -190,29 +202,29 @@ def _decode_step(raw: Any, i: int) -> Step:
 def _require(doc: dict, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
     name = f"{where}.{key}" if where else key
     if key not in doc:
-        raise ContractError(name, "missing")
+        raise ContractError(name, "missing", "missing_field")
     value = doc[key]
     # bool is an int subclass in Python but a distinct type on the wire.
     if isinstance(value, bool) and kind is not bool:
-        raise ContractError(name, f"wrong type: expected {_kind_name(kind)}, got bool")
+        raise ContractError(name, f"wrong type: expected {_kind_name(kind)}, got bool", "wrong_type")
     if not isinstance(value, kind):
-        raise ContractError(name, f"wrong type: expected {_kind_name(kind)}, got {type(value).__name__}")
+        raise ContractError(name, f"wrong type: expected {_kind_name(kind)}, got {type(value).__name__}", "wrong_type")
     return value
 
 
 def _require_str(doc: dict, key: str, max_len: int) -> str:
     value = _require(doc, key, str)
     if not 1 <= len(value) <= max_len:
-        raise ContractError(key, f"length must be 1..{max_len}, got {len(value)}")
+        raise ContractError(key, f"length must be 1..{max_len}, got {len(value)}", "bad_length")
     return value
 
 
 def _floats(values: list, name: str) -> list[float]:
     for j, x in enumerate(values):
         if isinstance(x, bool) or not isinstance(x, (int, float)):
-            raise ContractError(f"{name}[{j}]", f"wrong type: expected number, got {type(x).__name__}")
+            raise ContractError(f"{name}[{j}]", f"wrong type: expected number, got {type(x).__name__}", "wrong_type")
         if not math.isfinite(x):
-            raise ContractError(f"{name}[{j}]", "must be finite (no NaN or Inf)")
+            raise ContractError(f"{name}[{j}]", "must be finite (no NaN or Inf)", "non_finite")
     return [float(x) for x in values]
 
 

@@ -7,6 +7,7 @@ dead-letter prefix in S3 with their reason. Offsets live in Spark's checkpoint, 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from rlplatform_client.contract import Chunk, ContractError, decode_chunk
 
 log = logging.getLogger(__name__)
 DEAD_LETTER_PREFIX = "dead-letters/"
+DEAD_LETTER_SAMPLE_BYTES = 2048
 
 
 @dataclass
@@ -48,9 +50,20 @@ def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStor
             chunk = decode_chunk(data)
             validate_chunk(chunk, game_spec(chunk.game_id))
         except (ContractError, UnknownGameError) as exc:
-            reason = exc.field if isinstance(exc, ContractError) else "game_id"
-            result.rejected[reason] += 1
-            dead.append({"shard_id": shard_id, "sequence_number": seq, "error": str(exc), "size": len(data)})
+            kind, field = (exc.kind, exc.field) if isinstance(exc, ContractError) else ("unknown_game", "game_id")
+            result.rejected[kind] += 1
+            dead.append(
+                {
+                    "kind": kind,
+                    "field": field,
+                    "error": str(exc),
+                    "shard_id": shard_id,
+                    "sequence_number": seq,
+                    "size": len(data),
+                    # Enough of the record to diagnose it; the full record stays in the stream.
+                    "data_b64": base64.b64encode(data[:DEAD_LETTER_SAMPLE_BYTES]).decode(),
+                }
+            )
             continue
         by_game[chunk.game_id].append(chunk)
     for game_id, chunks in by_game.items():
