@@ -109,13 +109,16 @@ def dlq(
 def ingest(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Spark checkpoint directory (offsets).")],
     master: Annotated[str, typer.Option("--master", help="Spark master URL.")] = "local[2]",
+    metrics: Annotated[
+        Path | None, typer.Option("--metrics", help="Append per-batch counts and latencies (JSON lines) here.")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the Spark Structured Streaming ingest job until SIGTERM/SIGINT."""
     from rlplatform.ingest import job
 
     _logging(log_level)
-    job.run(load_settings(), checkpoint, master=master)
+    job.run(load_settings(), checkpoint, master=master, metrics=metrics)
 
 
 @app.command()
@@ -142,6 +145,41 @@ def train(
         signal.signal(sig, lambda *_: stop.set())
     cfg = TrainerConfig(game_id=game, publish_every_updates=publish_every, learning_starts=learning_starts, seed=seed)
     Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file).run(stop, max_updates=max_updates)
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print numbers (one JSON line last).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long producers push.")] = 30.0,
+    producers: Annotated[int, typer.Option("--producers", min=1, max=32, help="Producer processes.")] = 2,
+    shards: Annotated[int, typer.Option("--shards", min=1, max=64)] = 4,
+    chunk_steps: Annotated[int, typer.Option("--chunk-steps", min=1, max=1024, help="Steps per record.")] = 256,
+    crash_restart: Annotated[
+        bool, typer.Option("--crash-restart", help="kill -9 the ingest job mid-stream, restart it, reconcile.")
+    ] = False,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-<timestamp>.")] = None,
+) -> None:
+    """End-to-end ingest throughput and latency (producer -> moto Kinesis -> Spark -> SQLite)."""
+    import json
+    import time
+
+    from rlplatform.bench import IngestBenchConfig, run_ingest_bench
+
+    work = work_dir or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+    result = run_ingest_bench(
+        IngestBenchConfig(
+            work_dir=work.resolve(),
+            seconds=seconds,
+            producers=producers,
+            shards=shards,
+            chunk_steps=chunk_steps,
+            crash_restart=crash_restart,
+        )
+    )
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

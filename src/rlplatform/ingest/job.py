@@ -35,6 +35,7 @@ class BatchResult:
     records: int = 0
     stored: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    steps: list[int] = field(default_factory=list)  # per input record; 0 for a rejected one
 
 
 def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStore) -> tuple[BatchResult, list[dict]]:
@@ -64,11 +65,26 @@ def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStor
                     "data_b64": base64.b64encode(data[:DEAD_LETTER_SAMPLE_BYTES]).decode(),
                 }
             )
+            result.steps.append(0)
             continue
+        result.steps.append(len(chunk.steps))
         by_game[chunk.game_id].append(chunk)
     for game_id, chunks in by_game.items():
         result.stored += store.write(game_id, chunks_to_batch(chunks, game_spec(game_id)))
     return result, dead
+
+
+def _append_metrics(path: Path, batch_id: int, result: BatchResult, arrivals: list[float]) -> None:
+    line = {
+        "batch_id": batch_id,
+        "visible_at": time.time(),
+        "records": result.records,
+        "stored": result.stored,
+        "rejected": dict(result.rejected),
+        "arrivals": [[ts, n] for ts, n in zip(arrivals, result.steps, strict=True) if n],
+    }
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def write_dead_letters(bucket: str, batch_id: int, dead: list[dict]) -> None:
@@ -77,8 +93,18 @@ def write_dead_letters(bucket: str, batch_id: int, dead: list[dict]) -> None:
     aws.s3_client().put_object(Bucket=bucket, Key=key, Body=body)
 
 
-def run(settings: Settings, checkpoint: Path, stop: threading.Event | None = None, master: str = "local[2]") -> None:
-    """Run the streaming query until ``stop`` is set or SIGTERM/SIGINT arrives."""
+def run(
+    settings: Settings,
+    checkpoint: Path,
+    stop: threading.Event | None = None,
+    master: str = "local[2]",
+    metrics: Path | None = None,
+) -> None:
+    """Run the streaming query until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    With ``metrics``, one JSON line per micro-batch is appended there: counts, the time its rows became
+    visible in the store, and each record's Kinesis arrival time and step count (for latency).
+    """
     from pyspark.sql import SparkSession
 
     from rlplatform.ingest.kinesis_source import KinesisDataSource
@@ -102,11 +128,13 @@ def run(settings: Settings, checkpoint: Path, stop: threading.Event | None = Non
     store = open_store(settings)
 
     def on_batch(batch_df, batch_id: int) -> None:
-        table = batch_df.select("shard_id", "sequence_number", "data").toArrow()
+        table = batch_df.select("shard_id", "sequence_number", "data", "arrival_ts").toArrow()
         records = list(zip(*(table.column(i).to_pylist() for i in range(3)), strict=True))
         result, dead = process_records(records, store)
         if dead:
             write_dead_letters(settings.bucket, batch_id, dead)
+        if metrics is not None:
+            _append_metrics(metrics, batch_id, result, table.column(3).to_pylist())
         log.info(
             "batch %d: %d records, %d new rows, rejected %s",
             batch_id,
