@@ -157,6 +157,7 @@ def bench_ingest(
     producers: Annotated[int, typer.Option("--producers", min=1, max=32, help="Producer processes.")] = 2,
     shards: Annotated[int, typer.Option("--shards", min=1, max=64)] = 4,
     chunk_steps: Annotated[int, typer.Option("--chunk-steps", min=1, max=1024, help="Steps per record.")] = 256,
+    compress: Annotated[bool, typer.Option("--compress/--no-compress", help="gzip records in producers.")] = True,
     crash_restart: Annotated[
         bool, typer.Option("--crash-restart", help="kill -9 the ingest job mid-stream, restart it, reconcile.")
     ] = False,
@@ -176,6 +177,7 @@ def bench_ingest(
             producers=producers,
             shards=shards,
             chunk_steps=chunk_steps,
+            compress=compress,
             crash_restart=crash_restart,
         )
     )

@@ -72,7 +72,7 @@ def _mutate(path: str, value: object) -> bytes:
         (_mutate("game_id", KeyError), "game_id", "missing"),
         (_mutate("steps.0.obs", KeyError), "steps[0].obs", "missing"),
         (_mutate("model_version", "3"), "model_version", "wrong type"),
-        (_mutate("model_version", -1), "model_version", ">= 0"),
+        (_mutate("model_version", -1), "model_version", "must be in 0..2147483647"),
         (_mutate("steps.1.terminated", 1), "steps[1].terminated", "wrong type"),
         (_mutate("steps.0.t", True), "steps[0].t", "wrong type"),
         (_mutate("steps.0.action", True), "steps[0].action", "required"),
@@ -80,7 +80,8 @@ def _mutate(path: str, value: object) -> bytes:
         (_mutate("episode_id", "not-a-uuid"), "episode_id", "not a UUID"),
         (_mutate("game_id", ""), "game_id", "length"),
         (_mutate("steps.2.t", 1), "steps[2].t", "must increase"),
-        (_mutate("steps.0.t", -1), "steps[0].t", ">= 0"),
+        (_mutate("steps.0.t", -1), "steps[0].t", "must be in 0..2147483647"),
+        (_mutate("steps.0.t", 2**31), "steps[0].t", "must be in 0..2147483647"),
         (_mutate("steps", []), "steps", "1.."),
     ],
 )

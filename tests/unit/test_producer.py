@@ -318,3 +318,28 @@ def test_record_rejects_ids_the_consumer_would_reject(kinesis: Any) -> None:
         ExperienceProducer(STREAM, "", "client-0", kinesis=kinesis)
     with make_producer(kinesis) as producer, pytest.raises(ContractError, match="episode_id"):
         producer.record("episode-1", 0, [0.0], 0, 0.0, [0.0], False, False, 0)
+
+
+def test_record_copies_observation_lists_the_caller_reuses() -> None:
+    """Games often mutate one observation buffer in place; recorded steps must not change with it."""
+
+    class Capture:
+        def __init__(self) -> None:
+            self.data: list[bytes] = []
+
+        def put_records(self, StreamName, Records):  # noqa: N803 - boto3's argument names
+            self.data.extend(r["Data"] for r in Records)
+            return {"Records": [{"SequenceNumber": str(i), "ShardId": "s"} for i in range(len(Records))]}
+
+    from rlplatform_client.contract import decode_chunk
+
+    kinesis = Capture()
+    producer = ExperienceProducer("s", "CartPole-v1", "c", kinesis=kinesis, chunk_steps=8)
+    episode = str(uuid.uuid4())
+    buffer = [0.0, 0.0, 0.0, 0.0]
+    for t in range(3):
+        buffer[0] = float(t)
+        producer.record(episode, t, buffer, 0, 1.0, buffer, False, False, 0)
+    assert producer.close(timeout=10)
+    (chunk,) = [decode_chunk(d) for d in kinesis.data]
+    assert [s.obs[0] for s in chunk.steps] == [0.0, 1.0, 2.0]

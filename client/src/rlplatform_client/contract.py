@@ -33,6 +33,8 @@ from typing import Any
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 MAX_STEPS_PER_CHUNK = 1024
+# Step indices and model versions are 32-bit signed on the wire (stores keep them as int).
+MAX_INDEX = 2**31 - 1
 MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' limit for one record's data blob.
 GZIP_MAGIC = b"\x1f\x8b"
 # Upper bound on a gzip record's decompressed size: protects consumers from decompression bombs
@@ -110,7 +112,7 @@ def decode_chunk(data: bytes) -> Chunk:
     if len(data) > MAX_RECORD_BYTES:
         raise ContractError("record", f"{len(data)} bytes exceeds the limit of {MAX_RECORD_BYTES}", "too_large")
     if data[:2] == GZIP_MAGIC:
-        data = _gunzip_bounded(data)
+        data = gunzip_bounded(data)
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -132,8 +134,8 @@ def decode_chunk(data: bytes) -> Chunk:
     except ValueError:
         raise ContractError("episode_id", f"not a UUID: {episode_id!r}") from None
     model_version = _require(doc, "model_version", int)
-    if model_version < 0:
-        raise ContractError("model_version", f"must be >= 0, got {model_version}")
+    if not 0 <= model_version <= MAX_INDEX:
+        raise ContractError("model_version", f"must be in 0..{MAX_INDEX}, got {model_version}")
     raw_steps = _require(doc, "steps", list)
     if not 1 <= len(raw_steps) <= MAX_STEPS_PER_CHUNK:
         raise ContractError("steps", f"must hold 1..{MAX_STEPS_PER_CHUNK} steps, got {len(raw_steps)}", "too_large")
@@ -146,7 +148,7 @@ def decode_chunk(data: bytes) -> Chunk:
     return Chunk(game_id, client_id, episode_id, model_version, steps, version)
 
 
-def _gunzip_bounded(data: bytes) -> bytes:
+def gunzip_bounded(data: bytes) -> bytes:
     """Decompress (possibly multi-member) gzip, refusing output beyond MAX_DECOMPRESSED_BYTES.
 
     ``gzip.decompress`` would inflate a bomb fully before we could check its size, and it raises
@@ -176,8 +178,8 @@ def _decode_step(raw: Any, i: int) -> Step:
     if not isinstance(raw, dict):
         raise ContractError(where, "must be a JSON object", "wrong_type")
     t = _require(raw, "t", int, where)
-    if t < 0:
-        raise ContractError(f"{where}.t", f"must be >= 0, got {t}", "bad_step_index")
+    if not 0 <= t <= MAX_INDEX:
+        raise ContractError(f"{where}.t", f"must be in 0..{MAX_INDEX}, got {t}", "bad_step_index")
     action = raw.get("action")
     if isinstance(action, bool) or not isinstance(action, (int, list)):
         raise ContractError(

@@ -38,6 +38,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .contract import (
     MAX_DECOMPRESSED_BYTES,
+    MAX_INDEX,
     MAX_RECORD_BYTES,
     MAX_STEPS_PER_CHUNK,
     Chunk,
@@ -178,7 +179,8 @@ class ExperienceProducer:
         Raises ``ContractError`` for a step that could never be delivered (NaN, t not increasing,
         too large), and ``BufferFullError`` under "block" backpressure (the step is then not recorded).
         """
-        _check_episode_id(episode_id)
+        if episode_id not in self._open:  # ids of open chunks were checked when they opened
+            _check_episode_id(episode_id)
         step = _make_step(t, obs, action, reward, next_obs, terminated, truncated)
         model_version = _nonneg_int(model_version, "model_version")
         self._check_step_size(episode_id, step)
@@ -440,20 +442,25 @@ def _make_step(t: Any, obs: Any, action: Any, reward: Any, next_obs: Any, termin
 
 
 def _nonneg_int(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ContractError(name, f"must be an int >= 0, got {value!r}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_INDEX:
+        raise ContractError(name, f"must be an int in 0..{MAX_INDEX}, got {value!r}")
     return int(value)
 
 
 def _float_list(values: Any, name: str) -> list[float]:
-    arr = np.asarray(values, dtype=np.float64).ravel()
-    if not np.isfinite(arr).all():
+    if type(values) is list and all(type(x) is float for x in values):
+        floats = list(values)  # plain list, the common case: no numpy round trip; a copy, as callers reuse buffers
+    else:
+        floats = np.asarray(values, dtype=np.float64).ravel().tolist()
+    if not all(map(math.isfinite, floats)):
         raise ContractError(name, "must be finite (no NaN or Inf)")
-    return arr.tolist()
+    return floats
 
 
 def _action(action: Any) -> int | list[float]:
     """Discrete actions (python/numpy ints, 0-d int arrays) become int; everything else a float list."""
+    if type(action) is int:
+        return action
     arr = np.asarray(action)
     if arr.dtype == np.bool_:
         raise ContractError("action", "must be an int (discrete) or numbers (continuous), got bool")

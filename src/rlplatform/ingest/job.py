@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlplatform import aws
-from rlplatform.games import UnknownGameError, chunks_to_batch, game_spec, validate_chunk
+from rlplatform.games import UnknownGameError
+from rlplatform.ingest.parse import parse_record
 from rlplatform.settings import Settings
-from rlplatform.store import ExperienceStore, open_store
-from rlplatform_client.contract import Chunk, ContractError, decode_chunk
+from rlplatform.store import ExperienceStore, TransitionBatch, open_store
+from rlplatform_client.contract import ContractError
 
 log = logging.getLogger(__name__)
 DEAD_LETTER_PREFIX = "dead-letters/"
@@ -44,12 +45,11 @@ def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStor
     Returns the counts and the dead letters (one dict per rejected record).
     """
     result = BatchResult(records=len(records))
-    by_game: dict[str, list[Chunk]] = defaultdict(list)
+    by_game: dict[str, list[TransitionBatch]] = defaultdict(list)
     dead: list[dict] = []
     for shard_id, seq, data in records:
         try:
-            chunk = decode_chunk(data)
-            validate_chunk(chunk, game_spec(chunk.game_id))
+            game_id, transitions = parse_record(data)
         except (ContractError, UnknownGameError) as exc:
             kind, field = (exc.kind, exc.field) if isinstance(exc, ContractError) else ("unknown_game", "game_id")
             result.rejected[kind] += 1
@@ -67,10 +67,10 @@ def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStor
             )
             result.steps.append(0)
             continue
-        result.steps.append(len(chunk.steps))
-        by_game[chunk.game_id].append(chunk)
-    for game_id, chunks in by_game.items():
-        result.stored += store.write(game_id, chunks_to_batch(chunks, game_spec(game_id)))
+        result.steps.append(len(transitions))
+        by_game[game_id].append(transitions)
+    for game_id, batches in by_game.items():
+        result.stored += store.write(game_id, TransitionBatch.concat(batches))
     return result, dead
 
 
@@ -120,6 +120,8 @@ def run(
         .appName("rlplatform-ingest")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "1")
+        # Micro-batches here are small, frequent, single-stage jobs: skip adaptive re-planning.
+        .config("spark.sql.adaptive.enabled", "false")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .getOrCreate()
     )
