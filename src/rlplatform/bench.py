@@ -44,6 +44,8 @@ class IngestBenchConfig:
     # gzip level 1 in producers: fewer bytes through Kinesis and Spark for a little producer CPU.
     compress: bool = True
     crash_restart: bool = False
+    # Raise the stream's shard count to this at a random moment mid-stream (UpdateShardCount).
+    reshard_to: int | None = None
     # Per producer; None = as fast as it can go. Tests use a cap to keep a small machine responsive.
     max_steps_per_second: float | None = None
     trigger_seconds: float = 0.5
@@ -172,6 +174,14 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
             ]
             for p in producers:
                 p.start()
+            if cfg.reshard_to:
+                reshard_at = started + random.uniform(0.2, 0.5) * cfg.seconds
+                _wait_until(lambda: time.time() >= reshard_at, cfg.seconds + 60, job)
+                result["resharded_after_s"] = round(time.time() - started, 1)
+                result["stored_at_reshard"] = store.count(GAME) - 1
+                aws.kinesis_client().update_shard_count(
+                    StreamName=settings.stream_name, TargetShardCount=cfg.reshard_to, ScalingType="UNIFORM_SCALING"
+                )
             if cfg.crash_restart:
                 crash_at = started + random.uniform(0.2, 0.7) * cfg.seconds
                 _wait_until(lambda: time.time() >= crash_at, cfg.seconds + 60, job)
@@ -193,6 +203,8 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
         result["ratio_to_ceiling"] = round(result["transitions_per_s"] / result["store_ceiling_per_s"], 3)
         result["producers"] = cfg.producers
         result["shards"] = cfg.shards
+        summary = aws.kinesis_client().describe_stream_summary(StreamName=settings.stream_name)
+        result["open_shards_at_end"] = summary["StreamDescriptionSummary"]["OpenShardCount"]
         result["chunk_steps"] = cfg.chunk_steps
         result["compress"] = cfg.compress
         return result

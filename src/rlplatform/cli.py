@@ -161,6 +161,9 @@ def bench_ingest(
     crash_restart: Annotated[
         bool, typer.Option("--crash-restart", help="kill -9 the ingest job mid-stream, restart it, reconcile.")
     ] = False,
+    reshard_to: Annotated[
+        int | None, typer.Option("--reshard-to", min=1, help="Raise the shard count to this mid-stream.")
+    ] = None,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-<timestamp>.")] = None,
 ) -> None:
     """End-to-end ingest throughput and latency (producer -> moto Kinesis -> Spark -> SQLite)."""
@@ -179,6 +182,7 @@ def bench_ingest(
             chunk_steps=chunk_steps,
             compress=compress,
             crash_restart=crash_restart,
+            reshard_to=reshard_to,
         )
     )
     print(json.dumps(result), flush=True)
