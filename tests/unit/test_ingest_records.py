@@ -72,6 +72,7 @@ BAD = {
     "negative step index": (with_step(t=-1), "bad_step_index", "steps[0].t"),
     "repeated step index": (with_steps({"t": 3}, {"t": 3}), "bad_step_index", "steps[1].t"),
     "chunk over the size limit": (b"{" + b" " * (1024 * 1024) + b"}", "too_large", "record"),
+    "chunk over the step limit": (chunk_bytes(1025), "too_large", "steps"),
 }
 
 
