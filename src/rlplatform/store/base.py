@@ -54,10 +54,21 @@ class ExperienceStore(abc.ABC):
         Returns the number of rows that were new.
         """
 
-    @abc.abstractmethod
     def sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None = None) -> TransitionBatch:
         """``n`` transitions drawn uniformly with replacement from the newest ``window`` rows (all rows
-        when None), like a replay buffer of that capacity; cost independent of table size."""
+        when None), like a replay buffer of that capacity; cost independent of table size.
+
+        Raises ``LookupError`` when nothing is stored for the game.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 or None, got {window}")
+        return self._sample(game_id, n, rng, window)
+
+    @abc.abstractmethod
+    def _sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None) -> TransitionBatch:
+        """``sample`` with validated arguments."""
 
     @abc.abstractmethod
     def count(self, game_id: str) -> int:

@@ -308,11 +308,7 @@ class CassandraStore(ExperienceStore):
             )
         return len(new)
 
-    def sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None = None) -> TransitionBatch:
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if window is not None and window < 1:
-            raise ValueError(f"window must be >= 1 or None, got {window}")
+    def _sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None) -> TransitionBatch:
         game = self._known_game(game_id)
         if game is None:
             raise LookupError(f"no transitions stored for game {game_id!r}")
