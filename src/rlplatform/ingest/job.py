@@ -74,6 +74,15 @@ def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStor
     return result, dead
 
 
+def _log_progress(query, last_logged: int | None) -> int | None:
+    """Log where Spark spent the latest micro-batch's time (durationMs by phase), once per batch."""
+    progress = query.lastProgress
+    if not progress or progress["batchId"] == last_logged:
+        return last_logged
+    log.info("batch %d spark phases (ms): %s", progress["batchId"], progress.get("durationMs"))
+    return progress["batchId"]
+
+
 def _append_metrics(path: Path, batch_id: int, result: BatchResult, arrivals: list[float]) -> None:
     line = {
         "batch_id": batch_id,
@@ -130,19 +139,24 @@ def run(
     store = open_store(settings)
 
     def on_batch(batch_df, batch_id: int) -> None:
+        started = time.perf_counter()
         table = batch_df.select("shard_id", "sequence_number", "data", "arrival_ts").toArrow()
         records = list(zip(*(table.column(i).to_pylist() for i in range(3)), strict=True))
+        fetched = time.perf_counter()
         result, dead = process_records(records, store)
+        stored = time.perf_counter()
         if dead:
             write_dead_letters(settings.bucket, batch_id, dead)
         if metrics is not None:
             _append_metrics(metrics, batch_id, result, table.column(3).to_pylist())
         log.info(
-            "batch %d: %d records, %d new rows, rejected %s",
+            "batch %d: %d records, %d new rows, rejected %s; fetch %.3f s, parse+store %.3f s",
             batch_id,
             result.records,
             result.stored,
             dict(result.rejected),
+            fetched - started,
+            stored - fetched,
         )
 
     reader = spark.readStream.format("kinesis").option("stream", settings.stream_name).load()
@@ -153,8 +167,10 @@ def run(
         .start()
     )
     try:
+        last_logged = None
         while query.isActive and not stop.is_set():
             query.awaitTermination(1)
+            last_logged = _log_progress(query, last_logged)
         if query.exception() is not None:
             raise RuntimeError(f"ingest query failed: {query.exception()}")
     finally:
