@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -178,3 +179,41 @@ def test_up_command_prints_reconciled_summary(tmp_path: Path) -> None:
     assert summary["run_dir"] == str(run_dir)
     assert json.loads((run_dir / "summary.json").read_text())["transitions_sent"] == summary["transitions_sent"]
     assert (run_dir / "learning_curve.png").stat().st_size > 0
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (e.g. a run directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                found.append(cmdline)
+    return found
+
+
+def test_ctrl_c_stops_the_stack_cleanly_and_reconciles(tmp_path: Path) -> None:
+    """SIGINT to the foreground process group, as a terminal's Ctrl-C sends it."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlplatform", "up", "--clients", "2", "--max-minutes", "10", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (run_dir / "trainer-status.json").exists() and any((run_dir / "clients").glob("*.json")),
+                 timeout_s=300, what="the stack to run")  # fmt: skip
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["error"] is None and summary["solved"] is False
+    assert summary["transitions_sent"] == summary["transitions_stored"] > 0
+    assert not processes_mentioning(str(run_dir)), "processes outlived the launcher"
