@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import boto3
@@ -29,6 +30,9 @@ EMULATOR_ENV = {
     "AWS_REGION": "us-east-1",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+_USER_AWS_SETTINGS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN")
 
 
 def kinesis_client():
@@ -66,9 +70,24 @@ class MotoServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def env(self) -> dict[str, str]:
-        """Environment variables that point any AWS SDK at this server."""
-        return {**EMULATOR_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: this process's environment) pointed at this server and nothing else.
+
+        The user's own AWS settings go: a per-service endpoint (``AWS_ENDPOINT_URL_S3``, ...) or a profile
+        (whose config file may name an endpoint) would otherwise send the embedded stack's calls elsewhere.
+        """
+        env = {
+            k: v
+            for k, v in (os.environ if base is None else base).items()
+            if not k.startswith("AWS_ENDPOINT_URL_") and k not in _USER_AWS_SETTINGS
+        }
+        return {
+            **env,
+            **EMULATOR_ENV,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
 
     @classmethod
     def start(cls, timeout_s: float = 30.0) -> MotoServer:
@@ -95,4 +114,7 @@ class MotoServer:
         processes.stop(self.process, timeout_s=10)
 
     def apply_env(self) -> None:
-        os.environ.update(self.env())
+        """Point this process's AWS SDK at the server (see ``env``)."""
+        env = self.env()
+        os.environ.clear()
+        os.environ.update(env)

@@ -9,7 +9,6 @@ every acknowledged transition, then ingest, trainer and moto stop. It runs on Ct
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -72,9 +71,13 @@ class Stack:
         self.run_dir = run_dir
         self.logs = run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        # The embedded profile whatever RLP_* the shell has: this stack is self-contained.
         self.settings = Settings(
+            profile="embedded",
+            store="sqlite",
             sqlite_path=run_dir / "experience.sqlite",
             checkpoint_dir=run_dir / "checkpoints",
+            ray_address=None,
         )
         self.moto: aws.MotoServer | None = None
         self.procs: dict[str, subprocess.Popen] = {}
@@ -83,8 +86,10 @@ class Stack:
     def env(self) -> dict[str, str]:
         assert self.moto is not None
         return {
-            **os.environ,
             **self.moto.env(),
+            "RLP_PROFILE": "embedded",
+            "RLP_STORE": "sqlite",
+            "RLP_RAY_ADDRESS": "",
             "RLP_SQLITE_PATH": str(self.settings.sqlite_path),
             "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
             "RLP_STREAM_NAME": self.settings.stream_name,

@@ -102,7 +102,6 @@ class Twin:
         spark_home = Path(pyspark.__file__).parent
         bin_dirs = [str(Path(sys.executable).parent), str(spark_home / "bin")]
         return {
-            **os.environ,
             **self.moto.env(),
             "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]),
             "SPARK_HOME": str(spark_home),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import boto3
 from moto import mock_aws
 
@@ -27,3 +29,23 @@ def test_moto_server_runs_in_its_own_process_and_stops() -> None:
     finally:
         server.stop()
     assert server.process.poll() is not None
+
+
+def test_embedded_environment_drops_the_users_own_aws_settings() -> None:
+    """A shell with AWS_ENDPOINT_URL_S3 or AWS_PROFILE must not pull the embedded stack elsewhere."""
+    server = aws.MotoServer(port=1234, process=None)  # type: ignore[arg-type] - env() needs no process
+    user_shell = {
+        "PATH": "/usr/bin",
+        "AWS_ENDPOINT_URL_S3": "https://s3.example.com",
+        "AWS_ENDPOINT_URL_KINESIS": "https://kinesis.example.com",
+        "AWS_PROFILE": "prod",
+        "AWS_SESSION_TOKEN": "token",
+        "AWS_ACCESS_KEY_ID": "real",
+    }
+    env = server.env(user_shell)
+    assert env["PATH"] == "/usr/bin"
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1234"
+    assert env["AWS_ACCESS_KEY_ID"] == "testing"
+    assert not {k for k in env if k.startswith("AWS_ENDPOINT_URL_")}
+    assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
+    assert env["AWS_CONFIG_FILE"] == env["AWS_SHARED_CREDENTIALS_FILE"] == os.devnull
