@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import boto3
 from botocore.config import Config
@@ -65,6 +65,8 @@ class MotoServer:
 
     port: int
     process: subprocess.Popen
+    # This process's environment before ``apply_env``; ``stop`` puts it back.
+    _saved_env: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -111,10 +113,17 @@ class MotoServer:
         raise TimeoutError(f"moto server on port {port} not ready after {timeout_s} s")
 
     def stop(self) -> None:
+        """Stop the server and undo ``apply_env``, so nothing in this process keeps pointing at it."""
         processes.stop(self.process, timeout_s=10)
+        if self._saved_env is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            self._saved_env = None
 
     def apply_env(self) -> None:
-        """Point this process's AWS SDK at the server (see ``env``)."""
+        """Point this process's AWS SDK at the server (see ``env``) until ``stop``."""
         env = self.env()
+        if self._saved_env is None:
+            self._saved_env = dict(os.environ)
         os.environ.clear()
         os.environ.update(env)

@@ -149,7 +149,6 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
         sqlite_path=work / "experience.sqlite", shard_count=cfg.shards, ingest_trigger_seconds=cfg.trigger_seconds
     )
     moto = aws.MotoServer.start()
-    saved_env = dict(os.environ)
     job: IngestJob | None = None
     producers: list = []
     try:
@@ -216,8 +215,6 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
         if job is not None:
             job.stop()
         moto.stop()
-        os.environ.clear()
-        os.environ.update(saved_env)
 
 
 def _warm_up(settings: Settings, store: SqliteStore, job: IngestJob) -> None:

@@ -130,7 +130,6 @@ class Twin:
 @pytest.fixture
 def twin(tmp_path: Path) -> Iterator[Twin]:
     t = Twin(tmp_path)
-    saved_env = dict(os.environ)
     try:
         t.moto = MotoServer.start()
         t.moto.apply_env()
@@ -138,8 +137,6 @@ def twin(tmp_path: Path) -> Iterator[Twin]:
         yield t
     finally:
         t.stop()
-        os.environ.clear()
-        os.environ.update(saved_env)
     for name, proc in t.procs.items():
         assert proc.poll() is not None, f"{name} still running"
         assert not processes.session_members(proc.pid), f"{name} left processes behind"

@@ -46,14 +46,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         game=GAME, clients=2, client_steps_per_second=200, publish_every_updates=100, learning_starts=300
     )
     s = Stack(cfg, tmp_path / "run")
-    saved_env = dict(os.environ)  # Stack.start points this process's AWS SDK at its moto server
     try:
         s.start()
         yield s
     finally:
-        s.stop()
-        os.environ.clear()
-        os.environ.update(saved_env)
+        s.stop()  # also undoes Stack.start pointing this process's AWS SDK at its moto server
     for name, proc in s.procs.items():
         assert proc.poll() is not None, f"{name} still running after stop"
         assert not processes.session_members(proc.pid), f"{name} left processes behind"

@@ -42,7 +42,6 @@ def wait_for(condition, timeout_s: float, job: IngestJob) -> None:
 def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path) -> None:
     settings = Settings(sqlite_path=tmp_path / "s.sqlite")
     moto = aws.MotoServer.start()
-    saved = dict(os.environ)
     job = None
     try:
         moto.apply_env()
@@ -67,5 +66,3 @@ def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path
         if job is not None:
             job.stop()
         moto.stop()
-        os.environ.clear()
-        os.environ.update(saved)

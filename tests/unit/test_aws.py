@@ -22,13 +22,16 @@ def test_bootstrap_creates_stream_and_bucket_and_is_idempotent() -> None:
 
 
 def test_moto_server_runs_in_its_own_process_and_stops() -> None:
+    before = dict(os.environ)
     server = aws.MotoServer.start()
     try:
         assert server.process.poll() is None
-        assert server.env()["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{server.port}"
+        server.apply_env()
+        assert os.environ["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
     assert server.process.poll() is not None
+    assert dict(os.environ) == before, "stop() must undo apply_env()"
 
 
 def test_embedded_environment_drops_the_users_own_aws_settings() -> None:
