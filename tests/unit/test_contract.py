@@ -95,7 +95,13 @@ def test_rejects_bad_envelope(data: bytes, field: str, reason: str) -> None:
 
 @pytest.mark.parametrize(
     ("literal", "field"),
-    [("NaN", "steps[0].obs[0]"), ("Infinity", "steps[0].next_obs[0]"), ("-Infinity", "steps[0].reward")],
+    [
+        ("NaN", "steps[0].obs[0]"),
+        ("Infinity", "steps[0].next_obs[0]"),
+        ("-Infinity", "steps[0].reward"),
+        ("1e39", "steps[0].obs[0]"),  # finite as JSON, Inf once stored as float32
+        ("-3.5e38", "steps[0].reward"),
+    ],
 )
 def test_rejects_non_finite_numbers(literal: str, field: str) -> None:
     doc = _doc()
@@ -109,6 +115,7 @@ def test_rejects_non_finite_numbers(literal: str, field: str) -> None:
         decode_chunk(data)
     assert info.value.field == field
     assert "finite" in info.value.reason
+    assert info.value.kind == "non_finite"
 
 
 def test_rejects_too_many_steps() -> None:

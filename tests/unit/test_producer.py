@@ -343,3 +343,87 @@ def test_record_copies_observation_lists_the_caller_reuses() -> None:
     assert producer.close(timeout=10)
     (chunk,) = [decode_chunk(d) for d in kinesis.data]
     assert [s.obs[0] for s in chunk.steps] == [0.0, 1.0, 2.0]
+
+
+def columns(n: int, start: int = 0, end: bool = False) -> dict[str, np.ndarray]:
+    """``n`` steps of one CartPole-shaped episode as record_steps columns; float32 values with long decimals."""
+    rng = np.random.default_rng(n + start)
+    obs = rng.uniform(-1, 1, (n + 1, 4)).astype(np.float32)
+    return {
+        "t": np.arange(start, start + n),
+        "obs": obs[:-1],
+        "action": rng.integers(0, 2, n),
+        "reward": rng.uniform(-1, 1, n).astype(np.float32),
+        "next_obs": obs[1:],
+        "terminated": np.arange(n) == n - 1 if end else np.zeros(n, dtype=bool),
+        "truncated": np.zeros(n, dtype=bool),
+    }
+
+
+def test_record_steps_splits_at_chunk_size_and_episode_end_and_keeps_float32_exact(kinesis: Any) -> None:
+    episode_id = str(uuid.uuid4())
+    cols = columns(70, end=True)
+    cols["terminated"][29] = True  # an end inside the call closes a record there too
+    with make_producer(kinesis, chunk_steps=16, compress=True) as producer:
+        producer.record_steps(episode_id, **cols, model_version=3)
+        assert producer.flush(timeout=10)
+        stats = producer.stats
+    chunks = sorted(read_back(kinesis), key=lambda c: c.steps[0].t)
+    assert [[s.t for s in c.steps][::len(c.steps) - 1 or 1] for c in chunks] == [
+        [0, 15], [16, 29], [30, 45], [46, 61], [62, 69]
+    ]  # fmt: skip
+    assert stats["steps_recorded"] == stats["steps_acked"] == 70
+    steps = [s for c in chunks for s in c.steps]
+    assert all(c.model_version == 3 for c in chunks)
+    np.testing.assert_array_equal(np.array([s.obs for s in steps], dtype=np.float32), cols["obs"])
+    np.testing.assert_array_equal(np.array([s.next_obs for s in steps], dtype=np.float32), cols["next_obs"])
+    np.testing.assert_array_equal(np.array([s.reward for s in steps], dtype=np.float32), cols["reward"])
+    assert [s.action for s in steps] == cols["action"].tolist()
+    assert [s.t for s in steps if s.terminated] == [29, 69]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("t", np.array([0, 2, 1]), "t: must increase"),
+        ("t", np.array([-1, 0, 1]), "t: must increase strictly within 0"),
+        ("obs", np.array([[0.0, 0.0, 0.0, np.inf]] * 3), "obs: must be finite"),
+        ("next_obs", np.full((3, 4), 1e39), "next_obs: must be finite and within float32"),
+        ("reward", np.array([0.0, np.nan, 0.0]), "reward: must be finite"),
+        ("obs", np.zeros((2, 4)), r"obs: must have shape \(3, k>=1\)"),
+        ("action", np.array([True, False, True]), "action: must be numbers"),
+        ("terminated", np.array([0, 0, 1]), "terminated: must be 3 bools"),
+    ],
+)
+def test_record_steps_rejects_a_bad_column_and_records_nothing(
+    kinesis: Any, column: str, value: np.ndarray, message: str
+) -> None:
+    cols = columns(3)
+    cols[column] = value
+    with make_producer(kinesis) as producer:
+        with pytest.raises(ContractError, match=message):
+            producer.record_steps(str(uuid.uuid4()), **cols, model_version=0)
+        assert producer.stats["steps_recorded"] == 0
+    assert read_back(kinesis) == []
+
+
+def test_record_steps_continues_an_episode_recorded_step_by_step_in_order(kinesis: Any) -> None:
+    episode_id = str(uuid.uuid4())
+    with make_producer(kinesis, chunk_steps=64) as producer:
+        play(producer, episode_id, range(5))
+        with pytest.raises(ContractError, match=r"must increase within an episode \(4 then 4\)"):
+            producer.record_steps(episode_id, **columns(3, start=4), model_version=0)
+        producer.record_steps(episode_id, **columns(3, start=5, end=True), model_version=0)
+        assert producer.flush(timeout=10)
+    chunks = read_back(kinesis)  # one shard per episode: records come back in the order they were put
+    assert [[s.t for s in c.steps] for c in chunks] == [[0, 1, 2, 3, 4], [5, 6, 7]]
+
+
+def test_sender_fills_calls_during_linger_and_flush_does_not_wait_for_it(kinesis: Any) -> None:
+    spy = SpyKinesis(kinesis)
+    with make_producer(spy, chunk_steps=8, linger_s=10.0) as producer:
+        for _ in range(5):
+            producer.record_steps(str(uuid.uuid4()), **columns(20, end=True), model_version=0)
+        assert producer.flush(timeout=5), "flush must send at once, not after the 10 s linger"
+    assert [len(call) for call in spy.calls] == [15]  # 5 episodes x 3 records, in one PutRecords call
+    assert len(step_keys(read_back(kinesis))) == 100

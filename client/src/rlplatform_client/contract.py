@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import uuid
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 MAX_STEPS_PER_CHUNK = 1024
 # Step indices and model versions are 32-bit signed on the wire (stores keep them as int).
 MAX_INDEX = 2**31 - 1
+# Stores keep observations, actions and rewards as float32: a larger magnitude would be stored as Inf.
+MAX_FLOAT32 = 3.4028234663852886e38
+NOT_FINITE = f"must be finite and within float32 range (|x| <= {MAX_FLOAT32:.4g}; no NaN or Inf)"
 MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' limit for one record's data blob.
 GZIP_MAGIC = b"\x1f\x8b"
 # Upper bound on a gzip record's decompressed size: protects consumers from decompression bombs
@@ -84,27 +88,39 @@ class Chunk:
 
 def encode_chunk(chunk: Chunk, compress: bool = False) -> bytes:
     """Serialise a chunk to record bytes (compact JSON, gzip if ``compress``)."""
-    doc = {
-        "v": chunk.v,
-        "game_id": chunk.game_id,
-        "client_id": chunk.client_id,
-        "episode_id": chunk.episode_id,
-        "model_version": chunk.model_version,
-        "steps": [
-            {
-                "t": s.t,
-                "obs": s.obs,
-                "action": s.action,
-                "reward": s.reward,
-                "next_obs": s.next_obs,
-                "terminated": s.terminated,
-                "truncated": s.truncated,
-            }
-            for s in chunk.steps
-        ],
-    }
-    data = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    steps = [
+        {
+            "t": s.t,
+            "obs": s.obs,
+            "action": s.action,
+            "reward": s.reward,
+            "next_obs": s.next_obs,
+            "terminated": s.terminated,
+            "truncated": s.truncated,
+        }
+        for s in chunk.steps
+    ]
+    data = encode_record(chunk.game_id, chunk.client_id, chunk.episode_id, chunk.model_version, steps, chunk.v)
     return gzip.compress(data, compresslevel=1) if compress else data
+
+
+def encode_record(
+    game_id: str, client_id: str, episode_id: str, model_version: int, steps: list[dict], v: int = SCHEMA_VERSION
+) -> bytes:
+    """Compact JSON of one record from step objects (contract keys; values may be numpy arrays/scalars).
+
+    Callers validate first: values must be finite (orjson writes NaN as ``null``, which consumers reject).
+    numpy float32 values are written in their shortest form, so a float32 observation costs ~10 bytes.
+    """
+    doc = {
+        "v": v,
+        "game_id": game_id,
+        "client_id": client_id,
+        "episode_id": episode_id,
+        "model_version": model_version,
+        "steps": steps,
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def decode_chunk(data: bytes) -> Chunk:
@@ -188,8 +204,8 @@ def _decode_step(raw: Any, i: int) -> Step:
     if isinstance(action, list):
         action = _floats(action, f"{where}.action")
     reward = _require(raw, "reward", (int, float), where)
-    if not math.isfinite(reward):
-        raise ContractError(f"{where}.reward", "must be finite", "non_finite")
+    if not -MAX_FLOAT32 <= reward <= MAX_FLOAT32:
+        raise ContractError(f"{where}.reward", NOT_FINITE, "non_finite")
     return Step(
         t=t,
         obs=_floats(_require(raw, "obs", list, where), f"{where}.obs"),
@@ -225,8 +241,8 @@ def _floats(values: list, name: str) -> list[float]:
     for j, x in enumerate(values):
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             raise ContractError(f"{name}[{j}]", f"wrong type: expected number, got {type(x).__name__}", "wrong_type")
-        if not math.isfinite(x):
-            raise ContractError(f"{name}[{j}]", "must be finite (no NaN or Inf)", "non_finite")
+        if not -MAX_FLOAT32 <= x <= MAX_FLOAT32:
+            raise ContractError(f"{name}[{j}]", NOT_FINITE, "non_finite")
     return [float(x) for x in values]
 
 

@@ -1,7 +1,8 @@
 """Buffered, batching, retrying Kinesis producer for experience steps.
 
 Why a background thread: a game loop must never wait on the network. ``record`` only appends to an
-in-memory chunk; a daemon thread ships sealed chunks with PutRecords.
+in-memory chunk; a daemon thread ships sealed chunks with PutRecords. It holds a partly filled call for
+up to ``linger_s`` (default 50 ms) so that calls carry many records: per-call costs dominate otherwise.
 
 Delivery guarantee: at-least-once. A record is only counted as acknowledged once Kinesis returned a
 sequence number for it; failed entries are re-sent (only those), so a step can be duplicated (e.g. a
@@ -22,6 +23,7 @@ Records already handed to a PutRecords call are never dropped by either policy.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import random
@@ -29,6 +31,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,13 +41,16 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .contract import (
     MAX_DECOMPRESSED_BYTES,
+    MAX_FLOAT32,
     MAX_INDEX,
     MAX_RECORD_BYTES,
     MAX_STEPS_PER_CHUNK,
+    NOT_FINITE,
     Chunk,
     ContractError,
     Step,
     encode_chunk,
+    encode_record,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,7 @@ class _Record:
     data: bytes
     partition_key: str
     steps: int
+    queued_at: float = field(default_factory=time.monotonic)
 
     @property
     def size(self) -> int:
@@ -117,9 +124,12 @@ class ExperienceProducer:
         compress: bool = False,
         retry_base_s: float = 0.05,
         retry_cap_s: float = 2.0,
+        linger_s: float = 0.05,
     ) -> None:
         if not 1 <= chunk_steps <= MAX_STEPS_PER_CHUNK:
             raise ValueError(f"chunk_steps must be in 1..{MAX_STEPS_PER_CHUNK}, got {chunk_steps}")
+        if not 0 <= linger_s <= 10:
+            raise ValueError(f"linger_s must be in 0..10 seconds, got {linger_s}")
         if max_buffered_records < 1:
             raise ValueError(f"max_buffered_records must be >= 1, got {max_buffered_records}")
         for name, value, max_len in (("game_id", game_id, 64), ("client_id", client_id, 128)):
@@ -142,6 +152,8 @@ class ExperienceProducer:
         self._compress = compress
         self._retry_base_s = retry_base_s
         self._retry_cap_s = retry_cap_s
+        self._linger_s = linger_s
+        self._flushing = 0  # flush() calls waiting: they must not wait for a fuller call
 
         # One condition guards all state below; it is notified on every queue/ack change.
         self._cond = threading.Condition()
@@ -196,6 +208,77 @@ class ExperienceProducer:
             if ends_chunk:
                 self._seal(episode_id)
 
+    def record_steps(
+        self,
+        episode_id: str,
+        t: Any,
+        obs: Any,
+        action: Any,
+        reward: Any,
+        next_obs: Any,
+        terminated: Any,
+        truncated: Any,
+        model_version: int,
+    ) -> None:
+        """Append consecutive steps of one episode given as columns, all or nothing.
+
+        Shapes: ``t[n]`` (ints), ``obs[n, obs_dim]``, ``action[n]`` (ints, discrete) or
+        ``action[n, action_dim]`` (floats), ``reward[n]``, ``next_obs[n, obs_dim]``, ``terminated[n]`` and
+        ``truncated[n]`` (bools). For games that buffer steps (vectorised envs, uploads of recorded play) it
+        costs a small fraction of ``record`` per step. The steps are sealed into records at once, split
+        every ``chunk_steps`` and after each terminated/truncated step, so calls of at least ``chunk_steps``
+        steps give full records. Raises ``ContractError`` (naming the column) or ``BufferFullError``, and then
+        records none of the steps.
+        """
+        if episode_id not in self._open:
+            _check_episode_id(episode_id)
+        cols = _step_columns(t, obs, action, reward, next_obs, terminated, truncated)
+        model_version = _nonneg_int(model_version, "model_version")
+        records: list[_Record] = []
+        for part in _chunk_slices(cols["terminated"] | cols["truncated"], self._chunk_steps):
+            records += self._encode(
+                episode_id, part.stop - part.start, self._column_encoder(episode_id, cols, part, model_version)
+            )
+        if too_big := [r for r in records if r.size > MAX_RECORD_BYTES]:
+            raise ContractError("record", f"one step encodes to {too_big[0].size} bytes > {MAX_RECORD_BYTES}")
+        with self._cond:
+            self._check_continues(episode_id, int(cols["t"][0]))
+            # +1: the episode's open chunk (steps recorded one by one) is sealed first, to keep t in order.
+            self._make_room(len(records) + 1, deadline=time.monotonic() + self._block_timeout_s)
+            self._check_continues(episode_id, int(cols["t"][0]))  # the wait released the lock
+            self._seal(episode_id)
+            self._queue.extend(records)
+            self._stats["steps_recorded"] += len(cols["t"])
+            self._cond.notify_all()
+
+    def _check_continues(self, episode_id: str, first_t: int) -> None:
+        if self._closed:
+            raise RuntimeError("producer is closed")
+        current = self._open.get(episode_id)
+        if current is not None and current.steps and first_t <= current.steps[-1].t:
+            raise ContractError("t", f"must increase within an episode ({current.steps[-1].t} then {first_t})")
+
+    def _column_encoder(
+        self, episode_id: str, cols: dict[str, np.ndarray], part: slice, model_version: int
+    ) -> Callable[[slice], bytes]:
+        """``encode(sub)`` for the steps ``part`` of validated columns; ``sub`` is relative to ``part``."""
+
+        def encode(sub: slice) -> bytes:
+            rows = range(part.start, part.stop)[sub]
+            c = {k: v[rows.start : rows.stop] for k, v in cols.items()}
+            # numpy rows and scalars go to orjson as they are: float32 values are written in shortest form.
+            actions = c["action"].tolist() if c["action"].ndim == 1 else list(c["action"])
+            steps = [
+                {"t": t, "obs": o, "action": a, "reward": r, "next_obs": no, "terminated": te, "truncated": tr}
+                for t, o, a, r, no, te, tr in zip(
+                    c["t"].tolist(), c["obs"], actions, list(c["reward"]), c["next_obs"],
+                    c["terminated"].tolist(), c["truncated"].tolist(), strict=True,
+                )
+            ]  # fmt: skip
+            return encode_record(self.game_id, self.client_id, episode_id, model_version, steps)
+
+        return encode
+
     def flush(self, timeout: float | None = None) -> bool:
         """Seal all partial chunks and wait until every queued record is acknowledged.
 
@@ -209,7 +292,12 @@ class ExperienceProducer:
                 except BufferFullError:
                     return False
                 self._seal(episode_id)
-            return self._wait_for(lambda: not self._queue and not self._in_flight, deadline)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                return self._wait_for(lambda: not self._queue and not self._in_flight, deadline)
+            finally:
+                self._flushing -= 1
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush, then stop the sender thread. Returns False if not everything was acknowledged.
@@ -284,28 +372,40 @@ class ExperienceProducer:
         open_chunk = self._open.pop(episode_id, None)
         if open_chunk is None or not open_chunk.steps:
             return
-        chunk = Chunk(self.game_id, self.client_id, episode_id, open_chunk.model_version, open_chunk.steps)
-        self._queue.extend(self._encode(chunk))
+        steps = open_chunk.steps
+
+        def encode(part: slice) -> bytes:
+            chunk = Chunk(self.game_id, self.client_id, episode_id, open_chunk.model_version, steps[part])
+            return encode_chunk(chunk)
+
+        self._queue.extend(self._encode(episode_id, len(steps), encode))
         self._cond.notify_all()
 
-    def _encode(self, chunk: Chunk) -> list[_Record]:
-        """Encode, halving the chunk until each record fits Kinesis' 1 MiB record limit."""
-        raw = encode_chunk(chunk, compress=False)
-        data = encode_chunk(chunk, compress=True) if self._compress else raw
-        record = _Record(data, chunk.episode_id, len(chunk.steps))
-        if (record.size <= MAX_RECORD_BYTES and len(raw) <= MAX_DECOMPRESSED_BYTES) or len(chunk.steps) == 1:
-            return [record]
-        half = len(chunk.steps) // 2
-        head = Chunk(chunk.game_id, chunk.client_id, chunk.episode_id, chunk.model_version, chunk.steps[:half])
-        tail = Chunk(chunk.game_id, chunk.client_id, chunk.episode_id, chunk.model_version, chunk.steps[half:])
-        return self._encode(head) + self._encode(tail)
+    def _encode(self, episode_id: str, n_steps: int, encode: Callable[[slice], bytes]) -> list[_Record]:
+        """Records of steps ``[0, n_steps)``, halving the range until each fits Kinesis' 1 MiB record limit.
+
+        ``encode(part)`` returns the uncompressed JSON of the steps in ``part``.
+        """
+
+        def split(lo: int, hi: int) -> list[_Record]:
+            raw = encode(slice(lo, hi))
+            data = gzip.compress(raw, compresslevel=1) if self._compress else raw
+            record = _Record(data, episode_id, hi - lo)
+            if (record.size <= MAX_RECORD_BYTES and len(raw) <= MAX_DECOMPRESSED_BYTES) or hi - lo == 1:
+                return [record]
+            mid = (lo + hi) // 2
+            return split(lo, mid) + split(mid, hi)
+
+        return split(0, n_steps)
 
     def _check_step_size(self, episode_id: str, step: Step) -> None:
         """Reject a single step too big for one record now, rather than failing later in the sender."""
         n_floats = len(step.obs) + len(step.next_obs) + (len(step.action) if isinstance(step.action, list) else 1)
         if n_floats * _MAX_FLOAT_CHARS + 1024 <= MAX_RECORD_BYTES:
             return  # Cheap bound: cannot be too big, skip the exact encode.
-        records = self._encode(Chunk(self.game_id, self.client_id, episode_id, 0, [step]))
+        records = self._encode(
+            episode_id, 1, lambda _: encode_chunk(Chunk(self.game_id, self.client_id, episode_id, 0, [step]))
+        )
         if records[0].size > MAX_RECORD_BYTES:
             raise ContractError("record", f"one step encodes to {records[0].size} bytes > {MAX_RECORD_BYTES}")
 
@@ -334,10 +434,14 @@ class ExperienceProducer:
                 self._cond.notify_all()
 
     def _take_batch(self) -> list[_Record] | None:
-        """Pop up to 500 records / 5 MiB; None once stopping and drained (or aborted)."""
+        """Pop up to 500 records / 5 MiB; None once stopping and drained (or aborted).
+
+        Holds a partial call back for up to ``linger_s`` after its oldest record was queued: one fuller
+        PutRecords costs the client and Kinesis far less than many small ones (the KPL's RecordMaxBufferedTime).
+        """
         with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait()
+            while not self._abort.is_set() and (wait := self._linger_left()) != 0:
+                self._cond.wait(wait)
             if self._abort.is_set() or not self._queue:
                 return None
             batch: list[_Record] = []
@@ -351,6 +455,14 @@ class ExperienceProducer:
             self._in_flight += len(batch)
             self._cond.notify_all()  # Space freed for blocked record() callers.
             return batch
+
+    def _linger_left(self) -> float | None:
+        """Seconds to wait before the next call (None: until notified); 0 = send now (or exit if drained)."""
+        if not self._queue:
+            return 0 if self._stopping else None
+        if self._stopping or self._flushing or len(self._queue) >= MAX_ENTRIES_PER_CALL:
+            return 0
+        return max(self._queue[0].queued_at + self._linger_s - time.monotonic(), 0)
 
     def _send(self, batch: list[_Record]) -> None:
         """Deliver ``batch``, re-sending only failed entries, until all are acked or aborted."""
@@ -428,8 +540,8 @@ def _make_step(t: Any, obs: Any, action: Any, reward: Any, next_obs: Any, termin
     """Normalise numpy/python inputs to a contract Step, validating what the consumer would reject."""
     t = _nonneg_int(t, "t")
     reward = float(reward)
-    if not math.isfinite(reward):
-        raise ContractError("reward", "must be finite")
+    if not -MAX_FLOAT32 <= reward <= MAX_FLOAT32:
+        raise ContractError("reward", NOT_FINITE)
     return Step(
         t=t,
         obs=_float_list(obs, "obs"),
@@ -452,8 +564,9 @@ def _float_list(values: Any, name: str) -> list[float]:
         floats = list(values)  # plain list, the common case: no numpy round trip; a copy, as callers reuse buffers
     else:
         floats = np.asarray(values, dtype=np.float64).ravel().tolist()
-    if not all(map(math.isfinite, floats)):
-        raise ContractError(name, "must be finite (no NaN or Inf)")
+    # max() of a list with NaN depends on order, so finiteness is checked first.
+    if not all(map(math.isfinite, floats)) or max(map(abs, floats), default=0.0) > MAX_FLOAT32:
+        raise ContractError(name, NOT_FINITE)
     return floats
 
 
@@ -467,3 +580,55 @@ def _action(action: Any) -> int | list[float]:
     if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
         return int(arr)
     return _float_list(arr, "action")
+
+
+def _step_columns(
+    t: Any, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any, truncated: Any
+) -> dict[str, np.ndarray]:
+    """Validated numpy columns of ``n`` steps; ContractError names the first column the consumer would reject."""
+    t = np.asarray(t)
+    if t.ndim != 1 or not len(t) or t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
+        raise ContractError("t", f"must be a non-empty 1-D array of ints, got shape {t.shape} of {t.dtype}")
+    n = len(t)
+    if t[0] < 0 or t[-1] > MAX_INDEX or (np.diff(t) <= 0).any():
+        raise ContractError("t", f"must increase strictly within 0..{MAX_INDEX}")
+    cols = {"t": t.astype(np.int64, copy=False)}
+    for name, value in (("obs", obs), ("next_obs", next_obs)):
+        cols[name] = _float_column(value, name, n, ndim=2)
+    action = np.asarray(action)
+    if action.dtype != np.bool_ and np.issubdtype(action.dtype, np.integer) and action.shape == (n,):
+        cols["action"] = action.astype(np.int64, copy=False)
+    else:
+        cols["action"] = _float_column(action, "action", n, ndim=2)
+    cols["reward"] = _float_column(reward, "reward", n, ndim=1)
+    for name, value in (("terminated", terminated), ("truncated", truncated)):
+        flags = np.asarray(value)
+        if flags.shape != (n,) or flags.dtype != np.bool_:
+            raise ContractError(name, f"must be {n} bools, got shape {flags.shape} of {flags.dtype}")
+        cols[name] = flags
+    return cols
+
+
+def _float_column(value: Any, name: str, n: int, ndim: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+        raise ContractError(name, f"must be numbers, got {arr.dtype}")
+    if arr.ndim != ndim or len(arr) != n or (ndim == 2 and arr.shape[1] == 0):
+        expected = f"({n},)" if ndim == 1 else f"({n}, k>=1)"
+        raise ContractError(name, f"must have shape {expected}, got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if not (np.abs(arr) <= MAX_FLOAT32).all():  # False for NaN too
+        raise ContractError(name, NOT_FINITE)
+    return arr
+
+
+def _chunk_slices(ends: np.ndarray, chunk_steps: int) -> list[slice]:
+    """Consecutive slices of ``len(ends)`` steps, each at most ``chunk_steps`` long and closed by an end step."""
+    slices, start = [], 0
+    for end in [*(np.flatnonzero(ends) + 1).tolist(), len(ends)]:
+        while start < end:
+            stop = min(start + chunk_steps, end)
+            slices.append(slice(start, stop))
+            start = stop
+    return slices

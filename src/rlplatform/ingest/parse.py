@@ -8,7 +8,6 @@ raises the precise ``ContractError`` naming the field. So the fast path changes 
 
 from __future__ import annotations
 
-import math
 import uuid
 
 import numpy as np
@@ -18,6 +17,7 @@ from rlplatform.games import GameSpec, chunks_to_batch, game_spec, validate_chun
 from rlplatform.store import TransitionBatch
 from rlplatform_client.contract import (
     GZIP_MAGIC,
+    MAX_FLOAT32,
     MAX_INDEX,
     MAX_RECORD_BYTES,
     MAX_STEPS_PER_CHUNK,
@@ -93,7 +93,7 @@ def _columns(steps: list, episode_id: str, model_version: int, spec: GameSpec) -
     # Exact types, checked in C loops: bool is an int subclass in Python but a distinct JSON type.
     if set(map(type, t)) != {int} or set(map(type, terminated)) != {bool} or set(map(type, truncated)) != {bool}:
         return None
-    if not set(map(type, reward)) <= _NUMBER_TYPES or not all(map(math.isfinite, reward)):
+    if not set(map(type, reward)) <= _NUMBER_TYPES or not (np.abs(np.array(reward)) <= MAX_FLOAT32).all():
         return None
     if set(map(type, obs)) != {list} or set(map(type, next_obs)) != {list}:
         return None
@@ -103,7 +103,7 @@ def _columns(steps: list, episode_id: str, model_version: int, spec: GameSpec) -
     if not set(map(type, flat)) <= _NUMBER_TYPES:
         return None
     values = np.array(flat, dtype=np.float64)
-    if not np.isfinite(values).all():
+    if not (np.abs(values) <= MAX_FLOAT32).all():  # False for NaN and Inf too
         return None
     t_arr = np.array(t, dtype=np.int64)
     if t_arr[0] < 0 or t_arr[-1] > MAX_INDEX or (n > 1 and not (np.diff(t_arr) > 0).all()):
@@ -137,7 +137,7 @@ def _actions(action: list, spec: GameSpec) -> np.ndarray | None:
     if not set(map(type, flat)) <= _NUMBER_TYPES:
         return None
     arr = np.array(flat, dtype=np.float64).reshape(len(action), -1)
-    if not np.isfinite(arr).all():
+    if not (np.abs(arr) <= MAX_FLOAT32).all():
         return None
     low, high = np.array(spec.action_low), np.array(spec.action_high)
     return arr.astype(np.float32) if ((arr >= low) & (arr <= high)).all() else None
