@@ -46,8 +46,9 @@ class IngestBenchConfig:
     crash_restart: bool = False
     # Raise the stream's shard count to this at a random moment mid-stream (UpdateShardCount).
     reshard_to: int | None = None
-    # Per producer; None = as fast as it can go. Tests use a cap to keep a small machine responsive.
-    max_steps_per_second: float | None = None
+    # Offered load in steps/s, split evenly over producers; None = as fast as they can go (then the backlog,
+    # and the latency, grow for as long as producers outpace ingest).
+    rate: float | None = None
     trigger_seconds: float = 0.5
     drain_timeout_s: float = 300.0
     seed: int = 0
@@ -93,17 +94,24 @@ def producer_main(stream: str, cfg: IngestBenchConfig, index: int, out: str) -> 
     producer = ExperienceProducer(stream, GAME, f"bench-{index}", chunk_steps=cfg.chunk_steps, compress=cfg.compress)
     episodes: dict[str, int] = {}
     deadline = time.monotonic() + cfg.seconds
-    interval = 0.0 if not cfg.max_steps_per_second else 1.0 / cfg.max_steps_per_second
+    interval = 0.0 if not cfg.rate else cfg.producers / cfg.rate
     next_at = time.monotonic()
     while time.monotonic() < deadline:
         length = int(rng.integers(20, 500))
         episode_id = str(uuid.uuid4())
-        obs = rng.uniform(-1, 1, (length + 1, OBS_DIM)).astype(np.float32).tolist()
-        actions = rng.integers(0, 2, length).tolist()
-        for t in range(length):
-            producer.record(episode_id, t, obs[t], actions[t], 1.0, obs[t + 1], t == length - 1, False, 0)
+        obs = rng.uniform(-1, 1, (length + 1, OBS_DIM)).astype(np.float32)
+        actions = rng.integers(0, 2, length)
+        t = np.arange(length)
+        # Whole chunks per call, as a game that buffers its steps would send them.
+        for lo in range(0, length, cfg.chunk_steps):
+            part = slice(lo, min(lo + cfg.chunk_steps, length))
+            ones = np.ones(part.stop - part.start, dtype=np.float32)
+            producer.record_steps(
+                episode_id, t[part], obs[:-1][part], actions[part], ones, obs[1:][part], t[part] == length - 1,
+                np.zeros_like(ones, dtype=bool), 0,
+            )  # fmt: skip
             if interval:
-                next_at += interval
+                next_at += interval * (part.stop - part.start)
                 if (delay := next_at - time.monotonic()) > 0:
                     time.sleep(delay)
         episodes[episode_id] = length
@@ -201,6 +209,7 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
         result["transitions_per_s"] = round(total / (visible - started))
         result["ratio_to_ceiling"] = round(result["transitions_per_s"] / result["store_ceiling_per_s"], 3)
         result["producers"] = cfg.producers
+        result["offered_per_s"] = cfg.rate
         result["shards"] = cfg.shards
         summary = aws.kinesis_client().describe_stream_summary(StreamName=settings.stream_name)
         result["open_shards_at_end"] = summary["StreamDescriptionSummary"]["OpenShardCount"]

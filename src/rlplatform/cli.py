@@ -158,6 +158,9 @@ def bench_ingest(
     shards: Annotated[int, typer.Option("--shards", min=1, max=64)] = 4,
     chunk_steps: Annotated[int, typer.Option("--chunk-steps", min=1, max=1024, help="Steps per record.")] = 256,
     compress: Annotated[bool, typer.Option("--compress/--no-compress", help="gzip records in producers.")] = True,
+    rate: Annotated[
+        float, typer.Option("--rate", min=0, help="Offered steps/s over all producers; 0 = as fast as they can.")
+    ] = 60_000,
     crash_restart: Annotated[
         bool, typer.Option("--crash-restart", help="kill -9 the ingest job mid-stream, restart it, reconcile.")
     ] = False,
@@ -181,6 +184,7 @@ def bench_ingest(
             shards=shards,
             chunk_steps=chunk_steps,
             compress=compress,
+            rate=rate or None,
             crash_restart=crash_restart,
             reshard_to=reshard_to,
         )

@@ -5,15 +5,21 @@ it, so two concurrent PutRecords calls can get the same sequence number and one 
 replaces the other (seen here: 44 acknowledged steps missing from the stream). One lock around the
 app keeps the server threaded for I/O while each request runs alone, like a real service would
 behave from a client's point of view.
+
+Two costs that grow with use are cut without changing any answer: moto finds a shard's newest sequence
+number by copying all its keys into a list on every put (quadratic over a stream's life), and werkzeug
+formats a log line per request.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
 
+from moto.kinesis.models import Shard
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import run_simple
 
@@ -28,12 +34,19 @@ def serialised(app: Callable) -> Callable:
     return handle
 
 
+def _newest_sequence_number(shard: Shard) -> int:
+    """Same answer as moto's ``list(shard.records.keys())[-1]`` (insertion order), in O(1)."""
+    return next(reversed(shard.records), 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     os.environ.setdefault("MOTO_PORT", str(args.port))  # as moto.server does: moto builds URLs from it
+    Shard.get_max_sequence_number = _newest_sequence_number
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request access log
     app = serialised(DomainDispatcherApplication(create_backend_app))
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
 

@@ -15,7 +15,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(tmp_path: P
     result = run_ingest_bench(
         IngestBenchConfig(
             work_dir=tmp_path, seconds=12, producers=1, shards=2, chunk_steps=64, crash_restart=True,
-            max_steps_per_second=3000,
+            rate=3000,
         )
     )  # fmt: skip
     # The crash really happened mid-stream: some but not all transitions were stored before it.

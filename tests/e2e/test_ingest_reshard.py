@@ -15,7 +15,7 @@ def test_shard_count_raised_mid_stream_loses_nothing(tmp_path: Path) -> None:
     result = run_ingest_bench(
         IngestBenchConfig(
             work_dir=tmp_path, seconds=12, producers=1, shards=2, chunk_steps=64, reshard_to=4,
-            max_steps_per_second=3000,
+            rate=3000,
         )
     )  # fmt: skip
     assert result["open_shards_at_end"] == 4
