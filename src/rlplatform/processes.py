@@ -18,6 +18,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def init_pool_worker() -> None:
+    """Initializer for pool worker processes: die with the parent, and leave Ctrl-C to the parent, which
+    shuts the pool down in order (a worker killed by SIGINT would fail the work in flight)."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def spawn(argv: list[str], **kwargs: object) -> subprocess.Popen:
     """Start ``argv`` in its own session: Ctrl-C reaches only the starter, which stops children in order."""
     return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlplatform.ingest.job import process_records
@@ -94,3 +97,23 @@ def test_replayed_batch_stores_nothing_twice(store) -> None:
     assert process_records(records, store)[0].stored == 11
     assert process_records(records, store)[0].stored == 0
     assert store.count("CartPole-v1") == 11
+
+
+def test_parser_process_gives_the_same_rows_and_dead_letters_as_parsing_inline(tmp_path: Path) -> None:
+    records = [("shard-0", str(i), chunk_bytes(1 + i % 5)) for i in range(20)]
+    for i, case in enumerate(sorted(BAD)[:6]):
+        records.insert(3 * i + 1, ("shard-1", f"bad-{i}", BAD[case][0]))
+    outcomes = []
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as parser:
+        for name, pool in (("inline", None), ("process", parser)):
+            with SqliteStore(tmp_path / f"{name}.sqlite") as store:
+                # Slices of 4 records: the batch crosses slice boundaries, bad records among them.
+                result, dead = process_records(records, store, pool, slice_records=4)
+                rows = store.sample("CartPole-v1", 10_000, np.random.default_rng(0))
+            outcomes.append((result, dead, sorted(zip(rows.episode_id.tolist(), rows.t.tolist(), strict=True))))
+    (inline, inline_dead, inline_rows), (pooled, pooled_dead, pooled_rows) = outcomes
+    assert inline.stored == pooled.stored == sum(1 + i % 5 for i in range(20))
+    assert inline.steps == pooled.steps and len(pooled.steps) == len(records)
+    assert dict(inline.rejected) == dict(pooled.rejected) and sum(pooled.rejected.values()) == 6
+    assert inline_dead == pooled_dead and [d["sequence_number"] for d in pooled_dead] == [f"bad-{i}" for i in range(6)]
+    assert set(inline_rows) == set(pooled_rows)

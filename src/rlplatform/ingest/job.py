@@ -10,16 +10,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlplatform import aws
+from rlplatform import aws, processes
 from rlplatform.games import UnknownGameError
 from rlplatform.ingest.parse import parse_record
 from rlplatform.settings import Settings
@@ -39,20 +41,25 @@ class BatchResult:
     steps: list[int] = field(default_factory=list)  # per input record; 0 for a rejected one
 
 
-def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStore) -> tuple[BatchResult, list[dict]]:
-    """Parse, validate and store ``(shard_id, sequence_number, data)`` records.
+@dataclass
+class ParsedSlice:
+    """Consecutive records, parsed: transitions per game, steps per record, dead letters."""
 
-    Returns the counts and the dead letters (one dict per rejected record).
-    """
-    result = BatchResult(records=len(records))
+    batches: dict[str, TransitionBatch]
+    steps: list[int]
+    dead: list[dict]
+
+
+def parse_slice(records: list[tuple[str, str, bytes]]) -> ParsedSlice:
+    """Parse and validate ``(shard_id, sequence_number, data)`` records; runs in the parser process."""
     by_game: dict[str, list[TransitionBatch]] = defaultdict(list)
+    steps: list[int] = []
     dead: list[dict] = []
     for shard_id, seq, data in records:
         try:
             game_id, transitions = parse_record(data)
         except (ContractError, UnknownGameError) as exc:
             kind, field = (exc.kind, exc.field) if isinstance(exc, ContractError) else ("unknown_game", "game_id")
-            result.rejected[kind] += 1
             dead.append(
                 {
                     "kind": kind,
@@ -65,12 +72,36 @@ def process_records(records: list[tuple[str, str, bytes]], store: ExperienceStor
                     "data_b64": base64.b64encode(data[:DEAD_LETTER_SAMPLE_BYTES]).decode(),
                 }
             )
-            result.steps.append(0)
+            steps.append(0)
             continue
-        result.steps.append(len(transitions))
+        steps.append(len(transitions))
         by_game[game_id].append(transitions)
-    for game_id, batches in by_game.items():
-        result.stored += store.write(game_id, TransitionBatch.concat(batches))
+    return ParsedSlice({g: TransitionBatch.concat(b) for g, b in by_game.items()}, steps, dead)
+
+
+def process_records(
+    records: list[tuple[str, str, bytes]],
+    store: ExperienceStore,
+    parser: Executor | None = None,
+    slice_records: int = 64,
+) -> tuple[BatchResult, list[dict]]:
+    """Parse, validate and store ``(shard_id, sequence_number, data)`` records.
+
+    With a ``parser`` (a one-process pool), slice i+1 is parsed there while slice i is written here, so the
+    two halves of the work run on two cores; the call still returns only after every slice is stored.
+    Returns the counts and the dead letters (one dict per rejected record).
+    """
+    slices = [records[i : i + slice_records] for i in range(0, len(records), slice_records)]
+    parsed = parser.map(parse_slice, slices) if parser is not None else map(parse_slice, slices)
+    result = BatchResult(records=len(records))
+    dead: list[dict] = []
+    for part in parsed:
+        for game_id, batch in part.batches.items():
+            result.stored += store.write(game_id, batch)
+        result.steps += part.steps
+        for letter in part.dead:
+            result.rejected[letter["kind"]] += 1
+        dead += part.dead
     return result, dead
 
 
@@ -147,13 +178,17 @@ def run(
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KinesisDataSource)
     store = open_store(settings)
+    # Spawned, not forked: the driver has a JVM gateway and threads.
+    parser = ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=processes.init_pool_worker
+    )
 
     def on_batch(batch_df, batch_id: int) -> None:
         started = time.perf_counter()
         table = batch_df.select("shard_id", "sequence_number", "data", "arrival_ts").toArrow()
         records = list(zip(*(table.column(i).to_pylist() for i in range(3)), strict=True))
         fetched = time.perf_counter()
-        result, dead = process_records(records, store)
+        result, dead = process_records(records, store, parser)
         stored = time.perf_counter()
         if dead:
             write_dead_letters(settings.bucket, batch_id, dead)
@@ -185,5 +220,6 @@ def run(
             raise RuntimeError(f"ingest query failed: {query.exception()}")
     finally:
         query.stop()
+        parser.shutdown(cancel_futures=True)
         store.close()
         spark.stop()
