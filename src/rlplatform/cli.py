@@ -135,14 +135,12 @@ def train(
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Train from store samples and publish ONNX models until SIGTERM/SIGINT or --max-updates."""
-    import signal
-
     from rlplatform.train.trainer import Trainer, TrainerConfig
+    from rlplatform_client.stopping import set_on_signals
 
     _logging(log_level)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    set_on_signals(stop)
     cfg = TrainerConfig(game_id=game, publish_every_updates=publish_every, learning_starts=learning_starts, seed=seed)
     Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file).run(stop, max_updates=max_updates)
 

@@ -25,6 +25,7 @@ from rlplatform import aws, processes
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from rlplatform.train.evaluate import evaluate
+from rlplatform_client.stopping import set_on_signals
 from rlplatform_client.subscriber import ModelSubscriber
 
 console = Console(stderr=True)
@@ -184,7 +185,7 @@ def run_stack(cfg: LaunchConfig) -> dict:
     run_dir = (cfg.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = set_on_signals(stop)
     progress = Progress()
     stack = Stack(cfg, run_dir)
     solved_at: float | None = None

@@ -32,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .models import ModelError
 from .producer import BufferFullError, ExperienceProducer
+from .stopping import set_on_signals
 from .subscriber import ModelSubscriber
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,7 @@ def _wait_all(procs: list[Any]) -> None:
 def client_main(cfg: SimConfig, index: int, parent_pid: int) -> None:
     """Entry point of a client process."""
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    set_on_signals(stop)
     _die_with_parent()
     client_id = f"{cfg.client_prefix}-{index}"
     logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s {client_id} %(levelname)s %(name)s: %(message)s")

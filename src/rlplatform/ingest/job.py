@@ -12,7 +12,6 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import sys
 import threading
 import time
@@ -27,6 +26,7 @@ from rlplatform.ingest.parse import parse_record
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store
 from rlplatform_client.contract import ContractError
+from rlplatform_client.stopping import set_on_signals
 
 log = logging.getLogger(__name__)
 DEAD_LETTER_PREFIX = "dead-letters/"
@@ -153,8 +153,7 @@ def run(
     # Python workers must run the interpreter that has rlplatform installed, not whatever is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+        set_on_signals(stop)
     spark = (
         SparkSession.builder.master(master)
         .appName("rlplatform-ingest")
