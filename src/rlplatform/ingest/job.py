@@ -3,6 +3,7 @@
 Good records of a micro-batch are stored even when others in it are bad; bad ones go to the
 dead-letter prefix in S3 with their reason. Offsets live in Spark's checkpoint, writes are keyed by
 (game_id, episode_id, t), so a restarted job replays at most one batch and stores nothing twice.
+A micro-batch is cut into slices: one worker process parses slice i+1 while the driver writes slice i.
 """
 
 from __future__ import annotations
