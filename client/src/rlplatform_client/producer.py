@@ -252,6 +252,7 @@ class ExperienceProducer:
             self._cond.notify_all()
 
     def _check_continues(self, episode_id: str, first_t: int) -> None:
+        """Raise if the producer is closed or ``first_t`` does not follow the episode's open chunk."""
         if self._closed:
             raise RuntimeError("producer is closed")
         current = self._open.get(episode_id)
@@ -339,11 +340,8 @@ class ExperienceProducer:
 
     def _plan(self, episode_id: str, step: Step, model_version: int) -> tuple[bool, bool]:
         """Validate ``step`` against the episode's open chunk; return (seal old chunk first, seal after)."""
-        if self._closed:
-            raise RuntimeError("producer is closed")
+        self._check_continues(episode_id, step.t)
         current = self._open.get(episode_id)
-        if current is not None and current.steps and step.t <= current.steps[-1].t:
-            raise ContractError("t", f"must increase within an episode ({current.steps[-1].t} then {step.t})")
         # A chunk carries one model_version, so a model swap mid-chunk seals the old chunk.
         version_changed = current is not None and current.model_version != model_version
         open_steps = 0 if current is None or version_changed else len(current.steps)
