@@ -9,6 +9,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from rlplatform_client.cli import app
+from rlplatform_client.models import ModelManifest, latest_key
 from rlplatform_client.simulate import BotClient, MissingDependencyError, SimConfig, epsilon, import_gymnasium
 
 
@@ -54,3 +55,35 @@ def test_bot_client_plays_records_and_writes_stats(tmp_path) -> None:
     assert stats["steps_acked"] == stats["steps_recorded"] > 0
     assert stats["epsilon"] == pytest.approx(0.4**8)
     assert [p.name for p in tmp_path.iterdir()] == ["client-1.json"]  # No temp files left behind.
+
+
+def test_bot_client_keeps_playing_with_a_pointer_to_a_missing_model(tmp_path) -> None:
+    cfg = SimConfig(
+        game="CartPole-v1",
+        clients=1,
+        stream="exp",
+        bucket="models-bkt",
+        episodes_per_client=3,
+        stats_dir=str(tmp_path),
+        poll_seconds=0,  # Polls before every step: a tight retry loop would show in rejected_loads.
+    )
+    manifest = ModelManifest.create(
+        "CartPole-v1",
+        4,
+        b"never uploaded",
+        algorithm="DQN",
+        learner_step=1,
+        observation_space={"type": "box", "shape": [4], "low": [None] * 4, "high": [None] * 4},
+        action_space={"type": "discrete", "n": 2},
+    )
+    with mock_aws():
+        boto3.client("kinesis").create_stream(StreamName="exp", ShardCount=1)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models-bkt")
+        s3.put_object(Bucket="models-bkt", Key=latest_key("CartPole-v1"), Body=manifest.to_json())
+        client = BotClient(cfg, 0, os.getppid(), threading.Event())
+        assert client.run() == 0
+    stats = json.loads((tmp_path / "client-0.json").read_text())
+    assert stats["episodes"] == 3 and stats["steps_recorded"] >= 3 * 8 and stats["model_version"] == 0
+    # Dozens of polls, a handful of attempts: the subscriber backs off the missing model.
+    assert 1 <= stats["rejected_loads"] <= 3

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rlplatform_client.models import (
     ManifestError,
+    ModelError,
     ModelManifest,
     latest_key,
     manifest_key,
@@ -17,7 +18,14 @@ from rlplatform_client.models import (
     publish_model,
     sha256_hex,
 )
-from rlplatform_client.subscriber import ModelIntegrityError, ModelSubscriber, NoModelError
+from rlplatform_client.retry import Backoff
+from rlplatform_client.subscriber import (
+    MISSING_MODEL_BACKOFF,
+    ModelIntegrityError,
+    ModelMissingError,
+    ModelSubscriber,
+    NoModelError,
+)
 
 BUCKET = "rlplatform-models"
 GAME = "CartPole-v1"
@@ -197,3 +205,74 @@ def test_manifest_rejects_bad_fields(mutate: Any, field: str) -> None:
 def test_manifest_rejects_non_json() -> None:
     with pytest.raises(ManifestError, match="not JSON"):
         ModelManifest.from_json(b"\x00garbage")
+
+
+class Clock:
+    """A clock the test moves by hand, so backoff is checked without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def model_gets(spy: SpyS3, key: str) -> int:
+    return sum(1 for kwargs, _ in spy.gets if kwargs["Key"] == key)
+
+
+def test_missing_model_names_key_and_version_and_backs_off(s3: Any) -> None:
+    spy, clock = SpyS3(s3), Clock()
+    sub = ModelSubscriber(BUCKET, GAME, s3=spy, backoff=Backoff(base_s=10, cap_s=40), clock=clock)
+    v1 = tiny_model(PICK_FIRST)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    assert sub.poll() is True
+    broken = manifest_for(8, v1)  # A pointer to v8, whose model object was never written.
+    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=broken.to_json())
+
+    with pytest.raises(ModelMissingError, match=f"v8 .*{broken.onnx_key}") as info:
+        sub.poll()
+    assert (info.value.key, info.value.version) == (broken.onnx_key, 8)
+    assert isinstance(info.value, ModelError) and (sub.version, sub.rejected_loads) == (1, 1)
+
+    # Within the backoff interval: only the conditional GET of the pointer (304), never the model.
+    for _ in range(5):
+        clock.now += 1.9
+        assert sub.poll() is False
+    assert model_gets(spy, broken.onnx_key) == 1
+    assert spy.gets[-1][0]["Key"] == latest_key(GAME) and spy.gets[-1][1] == "304"
+
+    # Backoff over: the same pointer is tried again, and the next interval is twice as long.
+    clock.now += 0.6
+    with pytest.raises(ModelMissingError):
+        sub.poll()
+    assert model_gets(spy, broken.onnx_key) == 2
+    clock.now += 19.9
+    assert sub.poll() is False and model_gets(spy, broken.onnx_key) == 2
+    clock.now += 0.2
+    with pytest.raises(ModelMissingError):
+        sub.poll()
+    assert model_gets(spy, broken.onnx_key) == 3
+
+    # A new pointer (new ETag) is tried at once, backoff or not.
+    v2 = tiny_model(PICK_SECOND)
+    publish_model(s3, BUCKET, manifest_for(2, v2), v2)
+    assert sub.poll() is True and sub.version == 2
+
+
+def test_missing_model_is_loaded_once_it_appears_after_the_backoff(s3: Any) -> None:
+    clock = Clock()
+    sub = ModelSubscriber(BUCKET, GAME, s3=s3, backoff=Backoff(base_s=10, cap_s=40), clock=clock)
+    v1 = tiny_model(PICK_FIRST)
+    manifest = manifest_for(1, v1)
+    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=manifest.to_json())
+    with pytest.raises(ModelMissingError):
+        sub.poll()
+    s3.put_object(Bucket=BUCKET, Key=manifest.onnx_key, Body=v1)
+    assert sub.poll() is False  # Still backing off.
+    clock.now += 10
+    assert sub.poll() is True and sub.version == 1
+
+
+def test_default_missing_model_backoff_is_jittered_and_capped() -> None:
+    assert MISSING_MODEL_BACKOFF.jitter and MISSING_MODEL_BACKOFF.cap_s >= MISSING_MODEL_BACKOFF.base_s > 0

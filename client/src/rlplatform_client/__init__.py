@@ -21,7 +21,7 @@ from .models import (
     sha256_hex,
 )
 from .producer import BufferFullError, ExperienceProducer
-from .subscriber import ModelIntegrityError, ModelLoadError, ModelSubscriber, NoModelError
+from .subscriber import ModelIntegrityError, ModelLoadError, ModelMissingError, ModelSubscriber, NoModelError
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "ModelIntegrityError",
     "ModelLoadError",
     "ModelManifest",
+    "ModelMissingError",
     "ModelSubscriber",
     "NoModelError",
     "Step",

@@ -6,12 +6,19 @@ whose code is ``"304"`` (``"NotModified"`` is accepted too, for S3-compatible st
 
 Why verify sha256: a truncated or tampered download must never replace a working policy. On mismatch
 ``poll`` raises ``ModelIntegrityError`` and the previously loaded model stays in service.
+
+Why back off on a missing model: a pointer naming an object that does not exist may be fixed by the
+object appearing later, so it is retried, but only after an exponential, jittered, capped delay; until
+then polls cost one conditional GET of the pointer (a 304), and a new pointer (new ETag) is tried at once.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +26,13 @@ import numpy as np
 from botocore.exceptions import ClientError
 
 from .models import INPUT_NAME, ManifestError, ModelError, ModelManifest, latest_key, sha256_hex
+from .retry import Backoff
 
 log = logging.getLogger(__name__)
 
 _NOT_MODIFIED_CODES = frozenset({"304", "NotModified", "Not Modified"})
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+MISSING_MODEL_BACKOFF = Backoff(base_s=5.0, cap_s=300.0, jitter=True)
 
 
 class ModelIntegrityError(ModelError):
@@ -32,6 +41,15 @@ class ModelIntegrityError(ModelError):
 
 class ModelLoadError(ModelError):
     """Verified model bytes could not be loaded or break the ONNX convention; the model was not loaded."""
+
+
+class ModelMissingError(ModelError):
+    """The pointer names a model object that does not exist; the model was not loaded."""
+
+    def __init__(self, key: str, version: int, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.version = version
 
 
 class NoModelError(ModelError, RuntimeError):
@@ -47,6 +65,15 @@ class _Loaded:
     high: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class _MissingModel:
+    """A pointer whose model object was missing: when to look for that object again."""
+
+    etag: str
+    failures: int
+    retry_at: float
+
+
 class ModelSubscriber:
     """Keeps the newest verified model for ``game_id`` from ``bucket``. Thread-safe.
 
@@ -54,7 +81,16 @@ class ModelSubscriber:
     assignment under a lock, and each ``act`` uses the model that was current when it started.
     """
 
-    def __init__(self, bucket: str, game_id: str, *, s3: Any = None, intra_op_num_threads: int = 1) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        game_id: str,
+        *,
+        s3: Any = None,
+        intra_op_num_threads: int = 1,
+        backoff: Backoff = MISSING_MODEL_BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if s3 is None:
             import boto3  # Lazy: callers that inject a client need no AWS config.
 
@@ -67,6 +103,10 @@ class ModelSubscriber:
         self._poll_lock = threading.Lock()  # One poll at a time; keeps ETag bookkeeping consistent.
         self._etag: str | None = None
         self._loaded: _Loaded | None = None
+        self._missing: _MissingModel | None = None
+        self._backoff = backoff
+        self._clock = clock
+        self._rng = random.Random()
         self.verified_loads = 0
         self.rejected_loads = 0
 
@@ -75,44 +115,57 @@ class ModelSubscriber:
     def poll(self) -> bool:
         """Check the pointer; load a newer model if there is one. True iff a new model was loaded.
 
-        Raises ``ModelIntegrityError`` (hash mismatch), ``ModelLoadError`` or ``ManifestError``; the
-        current model stays loaded in every failure case. A missing pointer means "no model yet".
+        Raises ``ModelIntegrityError`` (hash mismatch), ``ModelMissingError`` (no object at the
+        pointer's ``onnx_key``), ``ModelLoadError`` or ``ManifestError``; the current model stays loaded
+        in every failure case. A missing pointer means "no model yet"; an unchanged one (304) and a
+        version not newer than the loaded one are not errors either.
         """
         with self._poll_lock:
-            pointer = self._get_pointer()
+            retry_due = self._missing is not None and self._clock() >= self._missing.retry_at
+            pointer = self._get_pointer(conditional=not retry_due)
             if pointer is None:
                 return False
             body, etag = pointer
             try:
                 manifest = self._parse(body)
                 if manifest.version <= self.version:
-                    self._etag = etag
+                    self._settle(etag)
                     return False
                 loaded = self._download_and_load(manifest)
-            except ModelError:
+            except ModelError as exc:
                 # Remember the ETag of a bad model: re-downloading it every poll helps nobody; the publisher
                 # fixes it with a new pointer (new ETag). Network errors propagate WITHOUT updating the ETag,
                 # so the next poll retries.
-                self._etag = etag
+                self._settle(etag, missing=isinstance(exc, ModelMissingError))
                 with self._lock:
                     self.rejected_loads += 1
                 raise
-            self._etag = etag
+            self._settle(etag)
             with self._lock:
                 self._loaded = loaded
                 self.verified_loads += 1
             log.info("loaded model %s v%d (sha256 %s…)", self.game_id, manifest.version, manifest.sha256[:12])
             return True
 
-    def _get_pointer(self) -> tuple[bytes, str] | None:
-        """Conditional GET of latest.json; None if unchanged since the last poll or absent."""
+    def _settle(self, etag: str, missing: bool = False) -> None:
+        """Done with the pointer ``etag``; a missing model is looked for again after a backoff delay."""
+        self._etag = etag
+        if not missing:
+            self._missing = None
+            return
+        previous = self._missing
+        failures = previous.failures + 1 if previous is not None and previous.etag == etag else 1
+        self._missing = _MissingModel(etag, failures, self._clock() + self._backoff.delay(failures, self._rng))
+
+    def _get_pointer(self, conditional: bool = True) -> tuple[bytes, str] | None:
+        """GET of latest.json, conditional on the last ETag unless told otherwise; None if unchanged or absent."""
         kwargs = {"Bucket": self.bucket, "Key": latest_key(self.game_id)}
-        if self._etag is not None:
+        if conditional and self._etag is not None:
             kwargs["IfNoneMatch"] = self._etag
         try:
             response = self._s3.get_object(**kwargs)
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            code = _error_code(exc)
             if code in _NOT_MODIFIED_CODES:
                 return None
             if code in _MISSING_CODES:
@@ -127,7 +180,17 @@ class ModelSubscriber:
         return manifest
 
     def _download_and_load(self, manifest: ModelManifest) -> _Loaded:
-        data = self._s3.get_object(Bucket=self.bucket, Key=manifest.onnx_key)["Body"].read()
+        try:
+            data = self._s3.get_object(Bucket=self.bucket, Key=manifest.onnx_key)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) not in _MISSING_CODES:
+                raise
+            raise ModelMissingError(
+                manifest.onnx_key,
+                manifest.version,
+                f"model v{manifest.version} is missing: s3://{self.bucket}/{manifest.onnx_key} does not exist "
+                f"(named by {latest_key(self.game_id)}); keeping model v{self.version}",
+            ) from None
         digest = sha256_hex(data)
         if digest != manifest.sha256:
             raise ModelIntegrityError(
@@ -202,6 +265,10 @@ class ModelSubscriber:
     def has_model(self) -> bool:
         with self._lock:
             return self._loaded is not None
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _bounds(action_space: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
