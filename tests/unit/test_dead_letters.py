@@ -26,7 +26,7 @@ def test_dlq_lists_counts_by_reason_with_samples(tmp_path) -> None:
     for _, kind, _ in BAD.values():
         assert kind in out.output
     not_json_row = next(line for line in out.output.splitlines() if "not_json" in line)
-    assert "│ 2 " in not_json_row  # b"not json" and b"still not json"
+    assert "│ 3 " in not_json_row  # b"not json", UTF-16 and b"still not json"
     assert "seq 99" in out.output or "seq 10" in out.output
 
 

@@ -76,6 +76,20 @@ BAD = {
     "repeated step index": (with_steps({"t": 3}, {"t": 3}), "bad_step_index", "steps[1].t"),
     "chunk over the size limit": (b"{" + b" " * (1024 * 1024) + b"}", "too_large", "record"),
     "chunk over the step limit": (chunk_bytes(1025), "too_large", "steps"),
+    "empty chunk": (chunk_bytes(steps=[]), "bad_length", "steps"),
+    "episode id not a UUID": (chunk_bytes(episode_id="episode-1"), "bad_episode_id", "episode_id"),
+    "model version out of range": (chunk_bytes(model_version=2**31), "bad_model_version", "model_version"),
+    "step after the episode ended": (with_steps({"terminated": True}, {}), "step_after_end", "steps[1]"),
+    "UTF-16": (chunk_bytes().decode().encode("utf-16"), "not_json", "record"),
+    # Python's int() refuses more than 4300 digits with a plain ValueError: once, that stopped ingest. (A
+    # duplicate key, too: the last one counts.)
+    "a 5000-digit model version": (
+        chunk_bytes()[:-1] + b', "model_version": 1' + b"0" * 5000 + b"}",
+        "wrong_type",
+        "model_version",
+    ),
+    # Registered with gymnasium, but Box2D is not installed: building it raised DependencyNotInstalled.
+    "a game that cannot be built here": (chunk_bytes(game_id="LunarLander-v3"), "unknown_game", "game_id"),
 }
 
 

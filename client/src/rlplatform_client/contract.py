@@ -42,19 +42,42 @@ NOT_FINITE = f"must be finite and within float32 range (|x| <= {MAX_FLOAT32:.4g}
 MAX_RECORD_BYTES = 1024 * 1024  # Kinesis' limit for one record's data blob.
 GZIP_MAGIC = b"\x1f\x8b"
 # Upper bound on a gzip record's decompressed size: protects consumers from decompression bombs
-# (1 MiB of gzip can expand to ~1 GiB). Producers must not emit chunks whose JSON exceeds it.
-MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+# (1 MiB of gzip can expand to ~1 GiB) and bounds the memory a record costs them. Producers must not
+# emit chunks whose JSON exceeds it.
+MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
+# JSON integers outside this range are read as floats, as orjson (the consumers' fast path) reads them,
+# so a number with thousands of digits costs nothing and gets the same verdict on both paths.
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+REJECT_KINDS = frozenset(
+    {
+        "too_large",
+        "not_json",
+        "not_decompressible",
+        "unknown_version",
+        "unknown_game",
+        "missing_field",
+        "wrong_type",
+        "bad_length",
+        "bad_episode_id",
+        "bad_model_version",
+        "non_finite",
+        "action_out_of_range",
+        "bad_step_index",
+        "step_after_end",
+    }
+)
 
 
 class ContractError(ValueError):
     """A record that breaks the wire contract.
 
-    ``field`` names the offending field; ``kind`` is a stable category for counting dead letters:
-    too_large, not_json, not_decompressible, unknown_version, unknown_game, missing_field,
-    wrong_type, bad_length, non_finite, action_out_of_range, bad_step_index, invalid.
+    ``field`` names the offending field; ``kind`` is one of ``REJECT_KINDS``, a stable category for
+    counting dead letters (the README lists each with its meaning).
     """
 
-    def __init__(self, field: str, reason: str, kind: str = "invalid") -> None:
+    def __init__(self, field: str, reason: str, kind: str) -> None:
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
@@ -129,12 +152,7 @@ def decode_chunk(data: bytes) -> Chunk:
         raise ContractError("record", f"{len(data)} bytes exceeds the limit of {MAX_RECORD_BYTES}", "too_large")
     if data[:2] == GZIP_MAGIC:
         data = gunzip_bounded(data)
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ContractError("record", f"not JSON: {exc}", "not_json") from None
-    except RecursionError:
-        raise ContractError("record", "not JSON: nested too deeply", "not_json") from None
+    doc = _load_json(data)
     if not isinstance(doc, dict):
         raise ContractError("record", "must be a JSON object", "wrong_type")
     version = _require(doc, "v", int)
@@ -144,16 +162,14 @@ def decode_chunk(data: bytes) -> Chunk:
         )
     game_id = _require_str(doc, "game_id", 64)
     client_id = _require_str(doc, "client_id", 128)
-    episode_id = _require_str(doc, "episode_id", 64)
-    try:
-        uuid.UUID(episode_id)
-    except ValueError:
-        raise ContractError("episode_id", f"not a UUID: {episode_id!r}") from None
+    episode_id = canonical_episode_id(_require_str(doc, "episode_id", 64))
     model_version = _require(doc, "model_version", int)
     if not 0 <= model_version <= MAX_INDEX:
-        raise ContractError("model_version", f"must be in 0..{MAX_INDEX}, got {model_version}")
+        raise ContractError("model_version", f"must be in 0..{MAX_INDEX}, got {model_version}", "bad_model_version")
     raw_steps = _require(doc, "steps", list)
-    if not 1 <= len(raw_steps) <= MAX_STEPS_PER_CHUNK:
+    if not raw_steps:
+        raise ContractError("steps", f"must hold 1..{MAX_STEPS_PER_CHUNK} steps, got 0", "bad_length")
+    if len(raw_steps) > MAX_STEPS_PER_CHUNK:
         raise ContractError("steps", f"must hold 1..{MAX_STEPS_PER_CHUNK} steps, got {len(raw_steps)}", "too_large")
     steps = [_decode_step(raw, i) for i, raw in enumerate(raw_steps)]
     for i in range(1, len(steps)):
@@ -161,7 +177,42 @@ def decode_chunk(data: bytes) -> Chunk:
             raise ContractError(
                 f"steps[{i}].t", f"must increase within a chunk ({steps[i - 1].t} then {steps[i].t})", "bad_step_index"
             )
+        if steps[i - 1].terminated or steps[i - 1].truncated:
+            raise ContractError(
+                f"steps[{i}]",
+                f"follows steps[{i - 1}], which ended the episode (terminated or truncated)",
+                "step_after_end",
+            )
     return Chunk(game_id, client_id, episode_id, model_version, steps, version)
+
+
+def canonical_episode_id(episode_id: str) -> str:
+    """The lower-case dashed form of any spelling ``uuid.UUID`` accepts (upper case, braces, ``urn:uuid:``,
+    no dashes), so one episode has one idempotency key however a client spells it."""
+    try:
+        return str(uuid.UUID(episode_id))
+    except ValueError:
+        raise ContractError("episode_id", f"not a UUID: {episode_id!r}", "bad_episode_id") from None
+
+
+def _load_json(data: bytes) -> Any:
+    """UTF-8 JSON only (``json.loads`` would also take UTF-16/32); big integers read as floats."""
+    try:
+        return json.loads(data.decode("utf-8"), parse_int=_parse_int)
+    except UnicodeDecodeError as exc:
+        raise ContractError("record", f"not JSON: not UTF-8: {exc}", "not_json") from None
+    except json.JSONDecodeError as exc:
+        raise ContractError("record", f"not JSON: {exc}", "not_json") from None
+    except RecursionError:
+        raise ContractError("record", "not JSON: nested too deeply", "not_json") from None
+
+
+def _parse_int(text: str) -> int | float:
+    # 21 characters hold every 64-bit value with its sign; int() of a longer string may hit Python's
+    # digit limit (ValueError) and is never in range anyway.
+    if len(text) <= 21 and _INT_RANGE[0] <= (value := int(text)) <= _INT_RANGE[1]:
+        return value
+    return float(text)
 
 
 def gunzip_bounded(data: bytes) -> bytes:

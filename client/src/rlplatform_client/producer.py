@@ -134,7 +134,7 @@ class ExperienceProducer:
             raise ValueError(f"max_buffered_records must be >= 1, got {max_buffered_records}")
         for name, value, max_len in (("game_id", game_id, 64), ("client_id", client_id, 128)):
             if not isinstance(value, str) or not 1 <= len(value) <= max_len:
-                raise ContractError(name, f"must be a string of 1..{max_len} characters, got {value!r}")
+                raise ContractError(name, f"must be a string of 1..{max_len} characters, got {value!r}", "bad_length")
         if backpressure not in BACKPRESSURE_POLICIES:
             raise ValueError(f"backpressure must be one of {BACKPRESSURE_POLICIES}, got {backpressure!r}")
         if kinesis is None:
@@ -240,7 +240,9 @@ class ExperienceProducer:
                 episode_id, part.stop - part.start, self._column_encoder(episode_id, cols, part, model_version)
             )
         if too_big := [r for r in records if r.size > MAX_RECORD_BYTES]:
-            raise ContractError("record", f"one step encodes to {too_big[0].size} bytes > {MAX_RECORD_BYTES}")
+            raise ContractError(
+                "record", f"one step encodes to {too_big[0].size} bytes > {MAX_RECORD_BYTES}", "too_large"
+            )
         with self._cond:
             self._check_continues(episode_id, int(cols["t"][0]))
             # +1: the episode's open chunk (steps recorded one by one) is sealed first, to keep t in order.
@@ -257,7 +259,9 @@ class ExperienceProducer:
             raise RuntimeError("producer is closed")
         current = self._open.get(episode_id)
         if current is not None and current.steps and first_t <= current.steps[-1].t:
-            raise ContractError("t", f"must increase within an episode ({current.steps[-1].t} then {first_t})")
+            raise ContractError(
+                "t", f"must increase within an episode ({current.steps[-1].t} then {first_t})", "bad_step_index"
+            )
 
     def _column_encoder(
         self, episode_id: str, cols: dict[str, np.ndarray], part: slice, model_version: int
@@ -405,7 +409,9 @@ class ExperienceProducer:
             episode_id, 1, lambda _: encode_chunk(Chunk(self.game_id, self.client_id, episode_id, 0, [step]))
         )
         if records[0].size > MAX_RECORD_BYTES:
-            raise ContractError("record", f"one step encodes to {records[0].size} bytes > {MAX_RECORD_BYTES}")
+            raise ContractError(
+                "record", f"one step encodes to {records[0].size} bytes > {MAX_RECORD_BYTES}", "too_large"
+            )
 
     def _wait_for(self, predicate: Any, deadline: float | None) -> bool:
         """Wait on the condition for ``predicate`` or ``deadline``; False on timeout or dead sender."""
@@ -531,7 +537,7 @@ def _check_episode_id(episode_id: Any) -> None:
     try:
         uuid.UUID(episode_id)
     except (TypeError, ValueError, AttributeError):
-        raise ContractError("episode_id", f"not a UUID: {episode_id!r}") from None
+        raise ContractError("episode_id", f"not a UUID: {episode_id!r}", "bad_episode_id") from None
 
 
 def _make_step(t: Any, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any, truncated: Any) -> Step:
@@ -539,7 +545,7 @@ def _make_step(t: Any, obs: Any, action: Any, reward: Any, next_obs: Any, termin
     t = _nonneg_int(t, "t")
     reward = float(reward)
     if not -MAX_FLOAT32 <= reward <= MAX_FLOAT32:
-        raise ContractError("reward", NOT_FINITE)
+        raise ContractError("reward", NOT_FINITE, "non_finite")
     return Step(
         t=t,
         obs=_float_list(obs, "obs"),
@@ -553,7 +559,8 @@ def _make_step(t: Any, obs: Any, action: Any, reward: Any, next_obs: Any, termin
 
 def _nonneg_int(value: Any, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value <= MAX_INDEX:
-        raise ContractError(name, f"must be an int in 0..{MAX_INDEX}, got {value!r}")
+        kind = "bad_model_version" if name == "model_version" else "bad_step_index"
+        raise ContractError(name, f"must be an int in 0..{MAX_INDEX}, got {value!r}", kind)
     return int(value)
 
 
@@ -564,7 +571,7 @@ def _float_list(values: Any, name: str) -> list[float]:
         floats = np.asarray(values, dtype=np.float64).ravel().tolist()
     # max() of a list with NaN depends on order, so finiteness is checked first.
     if not all(map(math.isfinite, floats)) or max(map(abs, floats), default=0.0) > MAX_FLOAT32:
-        raise ContractError(name, NOT_FINITE)
+        raise ContractError(name, NOT_FINITE, "non_finite")
     return floats
 
 
@@ -574,7 +581,7 @@ def _action(action: Any) -> int | list[float]:
         return action
     arr = np.asarray(action)
     if arr.dtype == np.bool_:
-        raise ContractError("action", "must be an int (discrete) or numbers (continuous), got bool")
+        raise ContractError("action", "must be an int (discrete) or numbers (continuous), got bool", "wrong_type")
     if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
         return int(arr)
     return _float_list(arr, "action")
@@ -586,10 +593,12 @@ def _step_columns(
     """Validated numpy columns of ``n`` steps; ContractError names the first column the consumer would reject."""
     t = np.asarray(t)
     if t.ndim != 1 or not len(t) or t.dtype == np.bool_ or not np.issubdtype(t.dtype, np.integer):
-        raise ContractError("t", f"must be a non-empty 1-D array of ints, got shape {t.shape} of {t.dtype}")
+        raise ContractError(
+            "t", f"must be a non-empty 1-D array of ints, got shape {t.shape} of {t.dtype}", "wrong_type"
+        )
     n = len(t)
     if t[0] < 0 or t[-1] > MAX_INDEX or (np.diff(t) <= 0).any():
-        raise ContractError("t", f"must increase strictly within 0..{MAX_INDEX}")
+        raise ContractError("t", f"must increase strictly within 0..{MAX_INDEX}", "bad_step_index")
     cols = {"t": t.astype(np.int64, copy=False)}
     for name, value in (("obs", obs), ("next_obs", next_obs)):
         cols[name] = _float_column(value, name, n, ndim=2)
@@ -602,7 +611,7 @@ def _step_columns(
     for name, value in (("terminated", terminated), ("truncated", truncated)):
         flags = np.asarray(value)
         if flags.shape != (n,) or flags.dtype != np.bool_:
-            raise ContractError(name, f"must be {n} bools, got shape {flags.shape} of {flags.dtype}")
+            raise ContractError(name, f"must be {n} bools, got shape {flags.shape} of {flags.dtype}", "wrong_type")
         cols[name] = flags
     return cols
 
@@ -610,14 +619,14 @@ def _step_columns(
 def _float_column(value: Any, name: str, n: int, ndim: int) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
-        raise ContractError(name, f"must be numbers, got {arr.dtype}")
+        raise ContractError(name, f"must be numbers, got {arr.dtype}", "wrong_type")
     if arr.ndim != ndim or len(arr) != n or (ndim == 2 and arr.shape[1] == 0):
         expected = f"({n},)" if ndim == 1 else f"({n}, k>=1)"
-        raise ContractError(name, f"must have shape {expected}, got {arr.shape}")
+        raise ContractError(name, f"must have shape {expected}, got {arr.shape}", "bad_length")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     if not (np.abs(arr) <= MAX_FLOAT32).all():  # False for NaN too
-        raise ContractError(name, NOT_FINITE)
+        raise ContractError(name, NOT_FINITE, "non_finite")
     return arr
 
 

@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlplatform import aws, processes
-from rlplatform.games import UnknownGameError
-from rlplatform.ingest.parse import parse_record
+from rlplatform.ingest.parse import Rejected, parse
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store
-from rlplatform_client.contract import ContractError
 from rlplatform_client.stopping import set_on_signals
 
 log = logging.getLogger(__name__)
@@ -57,15 +55,13 @@ def parse_slice(records: list[tuple[str, str, bytes]]) -> ParsedSlice:
     steps: list[int] = []
     dead: list[dict] = []
     for shard_id, seq, data in records:
-        try:
-            game_id, transitions = parse_record(data)
-        except (ContractError, UnknownGameError) as exc:
-            kind, field = (exc.kind, exc.field) if isinstance(exc, ContractError) else ("unknown_game", "game_id")
+        parsed = parse(data)
+        if isinstance(parsed, Rejected):
             dead.append(
                 {
-                    "kind": kind,
-                    "field": field,
-                    "error": str(exc),
+                    "kind": parsed.kind,
+                    "field": parsed.field,
+                    "error": parsed.error,
                     "shard_id": shard_id,
                     "sequence_number": seq,
                     "size": len(data),
@@ -75,6 +71,7 @@ def parse_slice(records: list[tuple[str, str, bytes]]) -> ParsedSlice:
             )
             steps.append(0)
             continue
+        game_id, transitions = parsed
         steps.append(len(transitions))
         by_game[game_id].append(transitions)
     return ParsedSlice({g: TransitionBatch.concat(b) for g, b in by_game.items()}, steps, dead)

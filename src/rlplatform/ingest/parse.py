@@ -4,16 +4,20 @@ Two paths with one verdict. The fast path (orjson, no per-step objects, vectoris
 numpy) accepts only records it can prove valid; anything else, or anything it is unsure about, goes
 to the reference path (``decode_chunk`` + ``validate_chunk``), which either accepts the record or
 raises the precise ``ContractError`` naming the field. So the fast path changes speed, never verdicts.
+
+``parse`` is what ingest calls: whatever the bytes hold, it returns rows or a ``Rejected`` with a reason,
+never an exception, so one record cannot fail the batch it arrived in.
 """
 
 from __future__ import annotations
 
-import uuid
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
-from rlplatform.games import GameSpec, chunks_to_batch, game_spec, validate_chunk
+from rlplatform.games import GameSpec, UnknownGameError, chunks_to_batch, game_spec, validate_chunk
 from rlplatform.store import TransitionBatch
 from rlplatform_client.contract import (
     GZIP_MAGIC,
@@ -23,11 +27,38 @@ from rlplatform_client.contract import (
     MAX_STEPS_PER_CHUNK,
     SUPPORTED_VERSIONS,
     ContractError,
+    canonical_episode_id,
     decode_chunk,
     gunzip_bounded,
 )
 
+log = logging.getLogger(__name__)
 _NUMBER_TYPES = frozenset({float, int})
+# The dead-letter kind of a record the parser itself failed on: a bug in rlplatform, never the client's
+# fault by contract. The record is dead-lettered (and kept in the stream) rather than failing its batch.
+PARSER_ERROR = "parser_error"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Why a record was not stored: a dead-letter kind, the field it names, a readable message."""
+
+    kind: str
+    field: str
+    error: str
+
+
+def parse(data: bytes) -> tuple[str, TransitionBatch] | Rejected:
+    """``(game_id, transitions)`` of a valid record, else why not. Never raises for any input."""
+    try:
+        return parse_record(data)
+    except ContractError as exc:
+        return Rejected(exc.kind, exc.field, str(exc))
+    except UnknownGameError as exc:
+        return Rejected("unknown_game", "game_id", str(exc))
+    except Exception as exc:  # noqa: BLE001 - the safety net that keeps one record from stopping ingest
+        log.exception("parser failed on a record (%d bytes); dead-lettered as %s", len(data), PARSER_ERROR)
+        return Rejected(PARSER_ERROR, "record", f"record: the parser failed: {type(exc).__name__}: {exc}"[:1000])
 
 
 def parse_record(data: bytes) -> tuple[str, TransitionBatch]:
@@ -59,7 +90,7 @@ def _fast_parse(data: bytes) -> tuple[str, TransitionBatch] | None:
         spec = game_spec(game_id)
         batch = _columns(steps, episode_id, model_version, spec)
         return None if batch is None else (game_id, batch)
-    except (KeyError, TypeError, ValueError, LookupError, OverflowError):
+    except (KeyError, TypeError, ValueError, LookupError, OverflowError):  # ContractError is a ValueError
         return None
 
 
@@ -72,7 +103,7 @@ def _header(doc: object) -> tuple[str, str, int, list] | None:
         return None
     if type(episode_id) is not str or not 1 <= len(episode_id) <= 64:
         return None
-    uuid.UUID(episode_id)  # ValueError -> reference path
+    episode_id = canonical_episode_id(episode_id)  # ContractError -> reference path
     if type(model_version) is not int or not 0 <= model_version <= MAX_INDEX:
         return None
     if type(steps) is not list or not 1 <= len(steps) <= MAX_STEPS_PER_CHUNK:
@@ -92,6 +123,8 @@ def _columns(steps: list, episode_id: str, model_version: int, spec: GameSpec) -
     truncated = [s["truncated"] for s in steps]
     # Exact types, checked in C loops: bool is an int subclass in Python but a distinct JSON type.
     if set(map(type, t)) != {int} or set(map(type, terminated)) != {bool} or set(map(type, truncated)) != {bool}:
+        return None
+    if any(terminated[:-1]) or any(truncated[:-1]):  # a step after the episode's end
         return None
     if not set(map(type, reward)) <= _NUMBER_TYPES or not (np.abs(np.array(reward)) <= MAX_FLOAT32).all():
         return None
