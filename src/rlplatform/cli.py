@@ -142,7 +142,8 @@ def train(
     stop = threading.Event()
     set_on_signals(stop)
     cfg = TrainerConfig(game_id=game, publish_every_updates=publish_every, learning_starts=learning_starts, seed=seed)
-    Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file).run(stop, max_updates=max_updates)
+    trainer = Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file, stop=stop)
+    trainer.run(stop, max_updates=max_updates)
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print numbers (one JSON line last).")

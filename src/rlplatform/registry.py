@@ -1,28 +1,74 @@
-"""Model registry on S3: publish versioned ONNX models with a manifest, look up the latest version.
+"""Model registry on S3: publish versioned ONNX models with a manifest, look up versions and the pointer.
 
 The key layout and manifest schema are the client's (``rlplatform_client.models``): publisher and
-subscriber share one definition.
+subscriber share one definition. The versioned keys are the record of what was published; the latest
+pointer is only a hint for clients, so the next version number comes from the keys, never the pointer.
 """
 
 from __future__ import annotations
 
+import re
+
 from botocore.exceptions import ClientError
 
 from rlplatform import aws
-from rlplatform_client.models import ModelManifest, latest_key, publish_model
+from rlplatform_client.models import MODEL_PREFIX, ModelManifest, latest_key, publish_model
+from rlplatform_client.subscriber import ModelMissingError
 
-__all__ = ["latest_manifest", "publish"]
+__all__ = ["check_pointer", "latest_manifest", "next_version", "publish", "published_versions"]
+
+_VERSION_DIR = re.compile(r"/v(\d{6,})/$")
+_MISSING_CODES = ("NoSuchKey", "404", "NotFound")
 
 
 def latest_manifest(bucket: str, game_id: str) -> ModelManifest | None:
-    """The manifest the latest pointer names, or None when nothing was published yet."""
+    """The manifest the latest pointer names, or None when nothing was published yet.
+
+    Raises ``ManifestError`` when the pointer is not a valid manifest.
+    """
     try:
         body = aws.s3_client().get_object(Bucket=bucket, Key=latest_key(game_id))["Body"].read()
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+        if exc.response["Error"]["Code"] in _MISSING_CODES:
             return None
         raise
     return ModelManifest.from_json(body)
+
+
+def published_versions(bucket: str, game_id: str) -> list[int]:
+    """Versions that have a ``models/{game_id}/vNNNNNN/`` key prefix, ascending."""
+    pages = (
+        aws.s3_client()
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket, Prefix=f"{MODEL_PREFIX}/{game_id}/", Delimiter="/")
+    )
+    prefixes = (p["Prefix"] for page in pages for p in page.get("CommonPrefixes", []))
+    return sorted(int(m.group(1)) for prefix in prefixes if (m := _VERSION_DIR.search(prefix)))
+
+
+def next_version(bucket: str, game_id: str) -> int:
+    """One more than the highest published version (1 for a new game), whatever the pointer says."""
+    return max(published_versions(bucket, game_id), default=0) + 1
+
+
+def check_pointer(bucket: str, game_id: str) -> None:
+    """Raise the ``ModelError`` that makes the latest pointer unusable for clients, if any.
+
+    ``ManifestError``: not a valid manifest; ``ModelMissingError``: it names a model that does not exist.
+    """
+    manifest = latest_manifest(bucket, game_id)
+    if manifest is None:
+        return
+    try:
+        aws.s3_client().head_object(Bucket=bucket, Key=manifest.onnx_key)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in _MISSING_CODES:
+            raise
+        raise ModelMissingError(
+            manifest.onnx_key,
+            manifest.version,
+            f"{latest_key(game_id)} names v{manifest.version}, but s3://{bucket}/{manifest.onnx_key} does not exist",
+        ) from None
 
 
 def publish(bucket: str, manifest: ModelManifest, onnx_bytes: bytes) -> None:

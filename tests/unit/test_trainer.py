@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import sqlite3
 import threading
 import uuid
 from pathlib import Path
@@ -10,13 +13,24 @@ import boto3
 import numpy as np
 import onnxruntime as ort
 import pytest
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 from moto import mock_aws
 
+from rlplatform import registry
 from rlplatform.settings import Settings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform.train.trainer import Trainer, TrainerConfig, to_train_batch
-from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
+from rlplatform_client.models import ModelManifest, latest_key, publish_model, sha256_hex
+from rlplatform_client.retry import Backoff
+from rlplatform_client.subscriber import ModelMissingError
+
+SPACES = {
+    "algorithm": "DQN",
+    "learner_step": 1,
+    "observation_space": {"type": "box", "shape": [4], "low": [None] * 4, "high": [None] * 4},
+    "action_space": {"type": "discrete", "n": 2},
+}
 
 
 def cartpole_batch(n: int, seed: int = 0) -> TransitionBatch:
@@ -91,3 +105,74 @@ def test_trainer_waits_for_learning_starts(settings: Settings) -> None:
 def test_trainer_refuses_continuous_games(settings: Settings) -> None:
     with pytest.raises(ValueError, match="game_id: 'Pendulum-v1' has a continuous action space"):
         Trainer(settings, TrainerConfig(game_id="Pendulum-v1"))
+
+
+FAST = TrainerConfig(batch_size=32, learning_starts=100, publish_every_updates=10, eval_episodes=1)
+
+
+def test_next_version_comes_from_versioned_keys_not_a_bogus_pointer(settings: Settings) -> None:
+    s3 = boto3.client("s3")
+    for version in (1, 2, 3):
+        publish_model(s3, settings.bucket, ModelManifest.create("CartPole-v1", version, b"m", **SPACES), b"m")
+    bogus = ModelManifest.create("CartPole-v1", 8, b"never uploaded", **SPACES)
+    s3.put_object(Bucket=settings.bucket, Key=latest_key("CartPole-v1"), Body=bogus.to_json())
+    assert registry.published_versions(settings.bucket, "CartPole-v1") == [1, 2, 3]
+    with pytest.raises(ModelMissingError) as info:
+        registry.check_pointer(settings.bucket, "CartPole-v1")
+    assert (info.value.key, info.value.version) == (bogus.onnx_key, 8)
+
+    trainer = Trainer(settings, FAST)
+    assert trainer.status.version == 3
+    trainer.run(threading.Event(), max_updates=10)
+    assert latest_manifest(s3, settings.bucket).version == 4
+    assert registry.published_versions(settings.bucket, "CartPole-v1") == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("pointer", [b"\x00garbage", b'{"version": 8}', b"[]"])
+def test_trainer_starts_and_publishes_with_a_garbage_pointer(
+    settings: Settings, pointer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=settings.bucket, Key=latest_key("CartPole-v1"), Body=pointer)
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(settings, FAST)
+    assert "latest model pointer is broken" in caplog.text and trainer.status.version == 0
+    trainer.run(threading.Event(), max_updates=10)
+    assert latest_manifest(s3, settings.bucket).version == 1
+
+
+def test_trainer_waits_out_unreachable_s3_and_publishes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_publish = registry.publish
+    failures = [EndpointConnectionError(endpoint_url="http://s3.example"), ConnectTimeoutError(endpoint_url="x")]
+
+    def flaky_publish(*args: object) -> None:
+        if failures:
+            raise failures.pop(0)
+        real_publish(*args)
+
+    monkeypatch.setattr(registry, "publish", flaky_publish)
+    cfg = dataclasses.replace(FAST, unreachable_backoff=Backoff(base_s=0.0, cap_s=0.0))
+    with caplog.at_level(logging.WARNING):
+        Trainer(settings, cfg).run(threading.Event(), max_updates=10)
+    assert "S3 unreachable at " in caplog.text and ", retrying in 0 s" in caplog.text
+    assert "S3 reachable again at " in caplog.text
+    assert latest_manifest(boto3.client("s3"), settings.bucket).version == 1
+
+
+def test_trainer_stops_while_waiting_for_an_unreachable_store(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = threading.Event()
+
+    def locked(*_: object) -> int:
+        stop.set()  # As SIGTERM would, while the trainer waits for the store.
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(SqliteStore, "count", locked)
+    trainer = Trainer(settings, FAST, stop=stop)
+    with caplog.at_level(logging.INFO):
+        trainer.run(stop)
+    assert f"store (sqlite) unreachable at {settings.sqlite_path}, retrying in 1 s" in caplog.text
+    assert "stopped while store (sqlite) was unreachable" in caplog.text and trainer.status.updates == 0

@@ -88,6 +88,27 @@ class ExperienceStore(abc.ABC):
         self.close()
 
 
+def store_endpoint(settings: Settings) -> str:
+    """Where the store the settings name lives, for log lines."""
+    if settings.store == "sqlite":
+        return str(settings.sqlite_path)
+    return f"{settings.cassandra_contact_points} port {settings.cassandra_port}"
+
+
+def unavailable_errors(settings: Settings) -> tuple[type[BaseException], ...]:
+    """Errors of the settings' store that mean "not reachable now" (worth waiting for), not a bug."""
+    if settings.store == "sqlite":
+        import sqlite3
+
+        return (sqlite3.OperationalError,)  # locked, or the file cannot be opened
+    from cassandra import OperationTimedOut, Unavailable
+    from cassandra.cluster import NoHostAvailable
+
+    from rlplatform.store.cassandra import CassandraUnavailable
+
+    return (CassandraUnavailable, NoHostAvailable, OperationTimedOut, Unavailable)
+
+
 def open_store(settings: Settings) -> ExperienceStore:
     """The adapter the settings name."""
     if settings.store == "sqlite":

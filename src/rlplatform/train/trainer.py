@@ -5,6 +5,10 @@ step, top to bottom: sample ``batch_size`` transitions uniformly from the store 
 ``SampleBatch`` -> ``LearnerGroup.update``. Every ``publish_every_updates`` updates the Q-network is
 exported to ONNX, evaluated greedily on a local env (for the manifest only, never for training data),
 published with its manifest, and the learner state is checkpointed so a restarted trainer resumes.
+
+An unreachable S3 or store is waited out with capped exponential backoff (``rlplatform_client.retry``),
+never a reason to exit. The next version number comes from the registry's versioned keys, so a stale
+or bogus latest pointer can neither stop the trainer nor skew its numbering.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,16 +31,18 @@ from ray.rllib.core.learner.learner_group import LearnerGroup
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from rlplatform import registry
+from rlplatform import aws, registry
 from rlplatform.games import GameSpec, game_spec
 from rlplatform.settings import Settings
-from rlplatform.store import ExperienceStore, TransitionBatch, open_store
+from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
 from rlplatform.train.evaluate import evaluate_onnx
 from rlplatform.train.export import export_q_network
-from rlplatform_client.models import ModelManifest
+from rlplatform_client.models import ModelError, ModelManifest
+from rlplatform_client.retry import Backoff, RetryStopped, aws_unreachable, retry
 
 log = logging.getLogger(__name__)
 ALGORITHM = "DQN"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class TrainerConfig:
     publish_every_updates: int = 1_000
     eval_episodes: int = 5
     seed: int = 0
+    # Waits between attempts to reach an unreachable S3 or store.
+    unreachable_backoff: Backoff = Backoff()
 
 
 @dataclass
@@ -118,9 +128,19 @@ def to_train_batch(batch: TransitionBatch) -> MultiAgentBatch:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, cfg: TrainerConfig, status_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cfg: TrainerConfig,
+        status_path: Path | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.settings = settings
         self.cfg = cfg
+        # Set by SIGTERM/SIGINT: ends waits for an unreachable S3 or store (RetryStopped).
+        self.stop = stop or threading.Event()
+        self._s3_endpoint = aws.s3_client().meta.endpoint_url
+        self._store_errors = unavailable_errors(settings)
         self.spec = game_spec(cfg.game_id)
         if not self.spec.discrete:
             raise ValueError(f"game_id: {cfg.game_id!r} has a continuous action space; the DQN trainer needs discrete")
@@ -133,7 +153,8 @@ class Trainer:
 
     def train_step(self, store: ExperienceStore) -> float:
         """One learner update on a uniform store sample; returns the loss."""
-        batch = store.sample(self.cfg.game_id, self.cfg.batch_size, self.rng, window=self.cfg.replay_window)
+        cfg = self.cfg
+        batch = self._store(lambda: store.sample(cfg.game_id, cfg.batch_size, self.rng, window=cfg.replay_window))
         self.status.updates += 1
         results = self.learner_group.update(
             batch=to_train_batch(batch), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.status.updates}
@@ -153,7 +174,7 @@ class Trainer:
         obs_space, act_space = self.spec.manifest_spaces()
         manifest = ModelManifest.create(
             self.cfg.game_id,
-            self.status.version + 1,
+            self._s3(lambda: registry.next_version(self.settings.bucket, self.cfg.game_id)),
             onnx_bytes,
             algorithm=ALGORITHM,
             learner_step=self.status.updates,
@@ -161,7 +182,7 @@ class Trainer:
             action_space=act_space,
             eval_return=eval_return,
         )
-        registry.publish(self.settings.bucket, manifest, onnx_bytes)
+        self._s3(lambda: registry.publish(self.settings.bucket, manifest, onnx_bytes))
         self.status.version = manifest.version
         self.status.eval_return = eval_return
         self.status.published_at = time.time()
@@ -177,23 +198,51 @@ class Trainer:
 
     def run(self, stop: threading.Event, max_updates: int | None = None) -> None:
         """Train until ``stop`` is set (or ``max_updates``), publishing at the configured cadence."""
+        self.stop = stop
         torch.set_num_threads(1)
-        with open_store(self.settings) as store:
-            last_count_at = 0.0
-            while not stop.is_set() and (max_updates is None or self.status.updates < max_updates):
-                if time.monotonic() - last_count_at > 1.0:
-                    self.status.stored_rows = store.count(self.cfg.game_id)
-                    last_count_at = time.monotonic()
-                    self._write_status()
-                if not self._may_update():
-                    stop.wait(0.2)
-                    continue
-                self.status.loss = self.train_step(store)
-                if self.status.updates % self.cfg.publish_every_updates == 0:
-                    self.publish()
-            if self.status.updates > 0 and self.status.published_at is None:
+        try:
+            with self._store(lambda: open_store(self.settings)) as store:
+                self._train(store, max_updates)
+        except RetryStopped as exc:
+            log.info("%s", exc)
+        self._write_status()
+
+    def _train(self, store: ExperienceStore, max_updates: int | None) -> None:
+        last_count_at = 0.0
+        while not self.stop.is_set() and (max_updates is None or self.status.updates < max_updates):
+            if time.monotonic() - last_count_at > 1.0:
+                self.status.stored_rows = self._store(lambda: store.count(self.cfg.game_id))
+                last_count_at = time.monotonic()
+                self._write_status()
+            if not self._may_update():
+                self.stop.wait(0.2)
+                continue
+            self.status.loss = self.train_step(store)
+            if self.status.updates % self.cfg.publish_every_updates == 0:
                 self.publish()
-            self._write_status()
+        if self.status.updates > 0 and self.status.published_at is None:
+            self.publish()
+
+    def _s3(self, call: Callable[[], T]) -> T:
+        return self._retry(call, "S3", self._s3_endpoint, aws_unreachable)
+
+    def _store(self, call: Callable[[], T]) -> T:
+        errors = self._store_errors
+        where = store_endpoint(self.settings)
+        return self._retry(call, f"store ({self.settings.store})", where, lambda exc: isinstance(exc, errors))
+
+    def _retry(
+        self, call: Callable[[], T], service: str, endpoint: str, unreachable: Callable[[BaseException], bool]
+    ) -> T:
+        return retry(
+            call,
+            service=service,
+            endpoint=endpoint,
+            unreachable=unreachable,
+            stop=self.stop,
+            backoff=self.cfg.unreachable_backoff,
+            logger=log,
+        )
 
     def _may_update(self) -> bool:
         stored = self.status.stored_rows
@@ -209,14 +258,18 @@ class Trainer:
         os.replace(tmp, state)
 
     def _restore(self) -> None:
-        """Resume learner weights and counters; the version continues after the latest published one."""
+        """Resume learner weights and counters; the version continues after the highest published one."""
         state = self.checkpoint_dir / "trainer.json"
         if state.exists():
             self.learner_group.restore_from_path(self.checkpoint_dir / "learner")
             self.status.updates = json.loads(state.read_text())["updates"]
             log.info("resumed from %s at update %d", self.checkpoint_dir, self.status.updates)
-        latest = registry.latest_manifest(self.settings.bucket, self.cfg.game_id)
-        self.status.version = latest.version if latest else 0
+        versions = self._s3(lambda: registry.published_versions(self.settings.bucket, self.cfg.game_id))
+        self.status.version = max(versions, default=0)
+        try:
+            self._s3(lambda: registry.check_pointer(self.settings.bucket, self.cfg.game_id))
+        except ModelError as exc:
+            log.warning("latest model pointer is broken (the next publish replaces it): %s", exc)
 
     def _write_status(self) -> None:
         if self.status_path is None:
