@@ -2,8 +2,11 @@
 
 ``run_stack`` starts everything, shows live progress, evaluates every newly published model (the
 ONNX bytes a client would load, sha256-checked) and stops at the target return or the time budget.
-Shutdown is ordered so nothing is lost: clients stop and flush, ingest drains until the store holds
-every acknowledged transition, then ingest, trainer and moto stop. It runs on Ctrl-C too.
+A crashed ingest or trainer is restarted (after a backoff delay, at most ``max_restarts`` times per
+stage; both resume from their checkpoints). Shutdown is ordered so nothing is lost, on every exit path
+(success, time budget, Ctrl-C, error, a stage out of restarts): clients stop and flush, ingest drains
+(restarted if it dies) until the store holds every acknowledged transition or the drain timeout
+passes, then ingest, trainer and moto stop.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from rlplatform import aws, processes
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from rlplatform.train.evaluate import evaluate
+from rlplatform_client.models import ModelError
+from rlplatform_client.retry import Backoff
 from rlplatform_client.stopping import set_on_signals
 from rlplatform_client.subscriber import ModelSubscriber
 
@@ -44,6 +50,8 @@ class LaunchConfig:
     publish_every_updates: int = 1000
     learning_starts: int = 1000
     drain_timeout_s: float = 120.0
+    max_restarts: int = 3  # per restartable stage (ingest, trainer); one more crash fails the run
+    restart_backoff: Backoff = Backoff(base_s=1.0, cap_s=30.0)
 
 
 @dataclass
@@ -59,9 +67,89 @@ class Progress:
     transitions_sent: int = 0
     evals: list[dict] = field(default_factory=list)  # {"seconds", "version", "eval_return"}
     client_curve: list[tuple[float, float]] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+
+class StageFailed(RuntimeError):
+    """A stage exited and may not (or may no longer) be restarted."""
+
+
+class Supervisor:
+    """Child processes by stage name; a crashed restartable stage is started again with the same command.
+
+    A restart waits ``backoff.delay(n)`` after the crash was seen (a stage that crashes at start does not
+    spin), and each stage gets at most ``max_restarts``; ``check`` raises ``StageFailed`` beyond that.
+    """
+
+    def __init__(
+        self,
+        logs: Path,
+        env: Callable[[], dict[str, str]],
+        max_restarts: int,
+        backoff: Backoff,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logs = logs
+        self.env = env
+        self.max_restarts = max_restarts
+        self.backoff = backoff
+        self.clock = clock
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}  # restartable stages only
+        self.stopped: set[str] = set()  # deliberately terminated, so not a failure when found dead
+        self._argv: dict[str, list[str]] = {}
+        self._restart_at: dict[str, float] = {}
+
+    def spawn(self, name: str, argv: list[str], restartable: bool = False) -> None:
+        self._argv[name] = argv
+        if restartable:
+            self.restarts.setdefault(name, 0)
+        self._start(name)
+
+    def check(self, stages: Collection[str] | None = None, unlimited: bool = False) -> None:
+        """Restart crashed restartable stages (of ``stages``; all by default) that are due; raise
+        ``StageFailed`` for a crash that may not be restarted. ``unlimited`` ignores the restart limit."""
+        for name, proc in list(self.procs.items()):
+            if (stages is None or name in stages) and name not in self.stopped and proc.poll() is not None:
+                self._restart(name, proc.returncode, unlimited)
+
+    def terminate(self, name: str, timeout_s: float = 90.0) -> int | None:
+        proc = self.procs.get(name)
+        self.stopped.add(name)
+        return None if proc is None else processes.stop(proc, timeout_s)
+
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def _restart(self, name: str, code: int, unlimited: bool) -> None:
+        restarts = self.restarts.get(name)
+        if restarts is None:
+            raise StageFailed(f"{name} exited with code {code}; see {self.log_path(name)}")
+        if restarts >= self.max_restarts and not unlimited:
+            raise StageFailed(
+                f"{name} exited with code {code} after {restarts} restarts (limit {self.max_restarts}); "
+                f"see {self.log_path(name)}"
+            )
+        if name not in self._restart_at:
+            delay = self.backoff.delay(restarts + 1)
+            self._restart_at[name] = self.clock() + delay
+            console.print(f"[yellow]{name} exited with code {code}; restart {restarts + 1} in {delay:.0f} s[/]")
+        if self.clock() < self._restart_at[name]:
+            return
+        del self._restart_at[name]
+        processes.stop(self.procs[name], timeout_s=5)  # reaps what the dead leader left (e.g. its JVM)
+        self.restarts[name] = restarts + 1
+        self._start(name)
+
+    def _start(self, name: str) -> None:
+        log = open(self.log_path(name), "ab")  # noqa: SIM115 - the child owns it from here on
+        self.procs[name] = processes.spawn(
+            self._argv[name], env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
 
 
 class Stack:
@@ -81,8 +169,15 @@ class Stack:
             ray_address=None,
         )
         self.moto: aws.MotoServer | None = None
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.stopped: set[str] = set()  # deliberately terminated, so not a failure when found dead
+        self.supervisor = Supervisor(self.logs, self.env, cfg.max_restarts, cfg.restart_backoff)
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        return self.supervisor.procs
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        return dict(self.supervisor.restarts)
 
     def env(self) -> dict[str, str]:
         assert self.moto is not None
@@ -102,51 +197,52 @@ class Stack:
         self.moto.apply_env()  # the launcher itself reads the store count and the registry
         aws.bootstrap(self.settings)
         python = sys.executable
-        self._spawn("ingest", [python, "-m", "rlplatform", "ingest", "--checkpoint", str(self.run_dir / "ingest-ckpt")])
-        self._spawn(
-            "trainer",
-            [
-                python,
-                "-m",
-                "rlplatform",
-                "train",
-                "--game",
-                self.cfg.game,
-                "--status-file",
-                str(self.trainer_status),
-                "--publish-every",
-                str(self.cfg.publish_every_updates),
-                "--learning-starts",
-                str(self.cfg.learning_starts),
-                "--seed",
-                str(self.cfg.seed),
-            ],
-        )
-        self._spawn(
-            "clients",
-            [
-                python,
-                "-m",
-                "rlplatform_client",
-                "simulate",
-                "--game",
-                self.cfg.game,
-                "--clients",
-                str(self.cfg.clients),
-                "--stream",
-                self.settings.stream_name,
-                "--bucket",
-                self.settings.bucket,
-                "--stats-dir",
-                str(self.client_stats_dir),
-                "--poll-seconds",
-                "1",
-                "--seed",
-                str(self.cfg.seed),
-                "--max-steps-per-second",
-                str(self.cfg.client_steps_per_second),
-            ],
-        )
+        spawn = self.supervisor.spawn
+        spawn("ingest", [python, "-m", "rlplatform", "ingest", "--checkpoint", str(self.run_dir / "ingest-ckpt")], True)
+        spawn("trainer", self._trainer_argv(), restartable=True)
+        spawn("clients", self._clients_argv())
+
+    def _trainer_argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "rlplatform",
+            "train",
+            "--game",
+            self.cfg.game,
+            "--status-file",
+            str(self.trainer_status),
+            "--publish-every",
+            str(self.cfg.publish_every_updates),
+            "--learning-starts",
+            str(self.cfg.learning_starts),
+            "--seed",
+            str(self.cfg.seed),
+        ]
+
+    def _clients_argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "rlplatform_client",
+            "simulate",
+            "--game",
+            self.cfg.game,
+            "--clients",
+            str(self.cfg.clients),
+            "--stream",
+            self.settings.stream_name,
+            "--bucket",
+            self.settings.bucket,
+            "--stats-dir",
+            str(self.client_stats_dir),
+            "--poll-seconds",
+            "1",
+            "--seed",
+            str(self.cfg.seed),
+            "--max-steps-per-second",
+            str(self.cfg.client_steps_per_second),
+        ]
 
     @property
     def trainer_status(self) -> Path:
@@ -156,22 +252,12 @@ class Stack:
     def client_stats_dir(self) -> Path:
         return self.run_dir / "clients"
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it from here on
-        self.procs[name] = processes.spawn(
-            argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
-
     def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if name not in self.stopped and proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.logs / (name + '.log')}")
+        """Restart crashed stages that may be restarted; raise ``StageFailed`` otherwise."""
+        self.supervisor.check()
 
     def terminate(self, name: str, timeout_s: float = 90.0) -> int | None:
-        proc = self.procs.get(name)
-        self.stopped.add(name)
-        return None if proc is None else processes.stop(proc, timeout_s)
+        return self.supervisor.terminate(name, timeout_s)
 
     def stop(self) -> None:
         for name in ("clients", "ingest", "trainer"):
@@ -189,25 +275,35 @@ def run_stack(cfg: LaunchConfig) -> dict:
     progress = Progress()
     stack = Stack(cfg, run_dir)
     solved_at: float | None = None
-    error: str | None = None
+    errors: list[str] = []
+    drained = False
     try:
         console.print(f"[bold]rlplatform[/] embedded stack for {cfg.game}, {cfg.clients} clients, run dir {run_dir}")
         stack.start()
         solved_at = _watch(stack, cfg, progress, stop)
+    except Exception as exc:  # noqa: BLE001 - reported in the summary; acknowledged data is still drained
+        errors.append(_report(exc))
+    try:
         console.print("stopping clients and draining ingest ...")
-        stack.terminate("clients")
         _drain(stack, cfg, progress)
+        drained = True
     except Exception as exc:  # noqa: BLE001 - reported in the summary, then the stack is stopped
-        error = f"{type(exc).__name__}: {exc}"
-        console.print(f"[red]error:[/] {error}")
+        errors.append(_report(exc))
     finally:
+        progress.restarts = stack.restarts
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = _summary(cfg, progress, run_dir, solved_at, error)
+    summary = _summary(cfg, progress, run_dir, solved_at, "; ".join(errors) or None, drained)
     _write_outputs(run_dir, summary, progress)
     print(json.dumps(summary), flush=True)
     return summary
+
+
+def _report(exc: Exception) -> str:
+    error = f"{type(exc).__name__}: {exc}"
+    console.print(f"[red]error:[/] {error}")
+    return error
 
 
 def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.Event) -> float | None:
@@ -221,13 +317,14 @@ def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.
         last_rows, last_t = 0, time.monotonic()
         while not stop.is_set() and time.monotonic() < deadline:
             stack.check_alive()
+            progress.restarts = stack.restarts
             now = time.monotonic()
             progress.stored_rows = store.count(cfg.game)
             progress.ingest_rate = (progress.stored_rows - last_rows) / max(now - last_t, 1e-6)
             last_rows, last_t = progress.stored_rows, now
             _read_trainer(stack, progress)
             _read_clients(stack, progress)
-            if subscriber.poll():
+            if _poll(subscriber):
                 progress.model_version = subscriber.version
                 score = evaluate(subscriber.act, cfg.game, cfg.eval_episodes, seed=10_000 + subscriber.version)
                 progress.evals.append(
@@ -241,21 +338,33 @@ def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.
     return None
 
 
+def _poll(subscriber: ModelSubscriber) -> bool:
+    """A bad model in the registry is the trainer's to replace, not a reason to stop the run."""
+    try:
+        return subscriber.poll()
+    except ModelError as exc:
+        console.print(f"[yellow]model not evaluated:[/] {exc}")
+        return False
+
+
 def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
-    """After clients flushed: wait until the store holds every acknowledged transition."""
+    """Stop the clients (they flush), then wait until the store holds every transition Kinesis acknowledged
+    to them, restarting ingest whenever it dies (its restart limit does not apply: draining is the last
+    chance to store acknowledged data); ``TimeoutError`` after ``cfg.drain_timeout_s``."""
+    stack.terminate("clients")
     _read_clients(stack, progress)
     deadline = time.monotonic() + cfg.drain_timeout_s
     with open_store(stack.settings) as store:
-        while time.monotonic() < deadline:
-            progress.stored_rows = store.count(cfg.game)
-            if progress.stored_rows >= progress.transitions_sent:
-                return
-            stack.check_alive()
+        while (stored := store.count(cfg.game)) < progress.transitions_sent:
+            progress.stored_rows = stored
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"drain incomplete: store holds {stored} of {progress.transitions_sent} acknowledged "
+                    f"transitions after {cfg.drain_timeout_s:g} s"
+                )
+            stack.supervisor.check(stages=("ingest",), unlimited=True)
             time.sleep(0.2)
-    raise TimeoutError(
-        f"store holds {progress.stored_rows} of {progress.transitions_sent} sent transitions "
-        f"after {cfg.drain_timeout_s} s"
-    )
+        progress.stored_rows = stored
 
 
 def _read_json(path: Path) -> dict | None:
@@ -290,6 +399,7 @@ def _table(progress: Progress, cfg: LaunchConfig) -> Table:
         ("transitions sent (acked)", f"{progress.transitions_sent:,}"),
         ("learner updates", f"{progress.updates:,}"),
         ("model version", str(progress.model_version)),
+        ("stage restarts", _fmt_restarts(progress.restarts, cfg.max_restarts)),
         ("clients' mean return", _fmt(progress.clients_mean_return)),
         (f"greedy eval ({cfg.eval_episodes} ep)", f"{_fmt(last_eval)} (target {cfg.target_return:g})"),
     ]
@@ -302,7 +412,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def _summary(cfg: LaunchConfig, progress: Progress, run_dir: Path, solved_at: float | None, error: str | None) -> dict:
+def _fmt_restarts(restarts: dict[str, int], limit: int) -> str:
+    return ", ".join(f"{name} {n}/{limit}" for name, n in restarts.items()) or "-"
+
+
+def _summary(
+    cfg: LaunchConfig, progress: Progress, run_dir: Path, solved_at: float | None, error: str | None, drained: bool
+) -> dict:
     return {
         "solved": solved_at is not None and error is None,
         "seconds_to_solve": None if solved_at is None else round(solved_at, 1),
@@ -311,6 +427,8 @@ def _summary(cfg: LaunchConfig, progress: Progress, run_dir: Path, solved_at: fl
         "transitions_stored": progress.stored_rows,
         "model_versions": progress.model_version,
         "learner_updates": progress.updates,
+        "restarts": progress.restarts,
+        "drained": drained,
         "game": cfg.game,
         "clients": cfg.clients,
         "target_return": cfg.target_return,

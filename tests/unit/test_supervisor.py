@@ -1,0 +1,107 @@
+"""The launcher's supervisor restarts crashed stages (real child processes) with a limit, and counts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rlplatform.launcher import LaunchConfig, StageFailed, Supervisor, _fmt_restarts
+from rlplatform_client.retry import Backoff
+
+CRASH = [sys.executable, "-c", "import sys; print('started', flush=True); sys.exit(3)"]
+RUN = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path, clock: Clock) -> Iterator[Supervisor]:
+    sup = Supervisor(tmp_path, lambda: dict(os.environ), max_restarts=2, backoff=Backoff(1.0, 30.0), clock=clock)
+    try:
+        yield sup
+    finally:
+        for name in list(sup.procs):
+            sup.terminate(name, timeout_s=5)
+        assert all(proc.poll() is not None for proc in sup.procs.values())
+
+
+def exited(sup: Supervisor, name: str) -> int:
+    return sup.procs[name].wait(timeout=30)
+
+
+def test_crashed_stage_is_restarted_after_backoff_up_to_the_limit(supervisor: Supervisor, clock: Clock) -> None:
+    supervisor.spawn("trainer", CRASH, restartable=True)
+    first = supervisor.procs["trainer"]
+    assert exited(supervisor, "trainer") == 3
+
+    supervisor.check()  # Crash seen: restart 1 is due in 1 s, not before.
+    assert supervisor.procs["trainer"] is first and supervisor.restarts == {"trainer": 0}
+    clock.now += 1.0
+    supervisor.check()
+    assert supervisor.procs["trainer"] is not first and supervisor.restarts == {"trainer": 1}
+
+    assert exited(supervisor, "trainer") == 3
+    supervisor.check()
+    clock.now += 1.9  # The second restart waits twice as long.
+    supervisor.check()
+    assert supervisor.restarts == {"trainer": 1}
+    clock.now += 0.1
+    supervisor.check()
+    assert supervisor.restarts == {"trainer": 2}
+
+    assert exited(supervisor, "trainer") == 3
+    with pytest.raises(StageFailed, match=r"trainer exited with code 3 after 2 restarts \(limit 2\); see .*log"):
+        supervisor.check()
+    assert (supervisor.logs / "trainer.log").read_text().count("started") == 3
+
+
+def test_unlimited_check_restarts_beyond_the_limit_for_the_named_stages_only(
+    supervisor: Supervisor, clock: Clock
+) -> None:
+    supervisor.spawn("ingest", CRASH, restartable=True)
+    supervisor.spawn("trainer", CRASH, restartable=True)
+    supervisor.restarts.update(ingest=2, trainer=2)  # Both have used up their restarts.
+    assert exited(supervisor, "ingest") == exited(supervisor, "trainer") == 3
+    clock.now += 100
+    supervisor.check(stages=("ingest",), unlimited=True)  # Schedules the restart, after its backoff delay.
+    assert supervisor.restarts == {"ingest": 2, "trainer": 2}
+    clock.now += 30
+    supervisor.check(stages=("ingest",), unlimited=True)
+    assert supervisor.restarts == {"ingest": 3, "trainer": 2}
+
+
+def test_stage_that_may_not_restart_fails_at_once(supervisor: Supervisor) -> None:
+    supervisor.spawn("clients", CRASH)
+    exited(supervisor, "clients")
+    with pytest.raises(StageFailed, match="clients exited with code 3; see"):
+        supervisor.check()
+    assert supervisor.restarts == {}
+
+
+def test_running_and_deliberately_stopped_stages_are_left_alone(supervisor: Supervisor) -> None:
+    supervisor.spawn("ingest", RUN, restartable=True)
+    supervisor.spawn("clients", RUN)
+    supervisor.check()
+    assert supervisor.terminate("clients", timeout_s=5) is not None
+    supervisor.check()
+    assert supervisor.procs["ingest"].poll() is None and supervisor.restarts == {"ingest": 0}
+
+
+def test_restart_limit_is_a_launch_setting_and_shown() -> None:
+    assert LaunchConfig().max_restarts == 3
+    assert _fmt_restarts({"ingest": 0, "trainer": 1}, 3) == "ingest 0/3, trainer 1/3"
