@@ -99,7 +99,8 @@ def dlq(
         counts.add_column(column)
     for kind, n in report.counts.most_common():
         errors = "\n".join(
-            f"{d['error']} (shard {d['shard_id']}, seq {d['sequence_number']})" for d in report.samples[kind]
+            f"{d['error']} (shard {d['shard_id']}, seq {d['sequence_number']})" if "shard_id" in d else d["error"]
+            for d in report.samples[kind]
         )
         counts.add_row(kind, str(n), errors)
     console.print(counts)

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# A micro-batch of ingest reads at most this many bytes of records (plus one GetRecords response per shard).
+DEFAULT_INGEST_MAX_BATCH_BYTES = 64 * 1024 * 1024
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RLP_", extra="ignore")
@@ -41,6 +44,8 @@ class Settings(BaseSettings):
     checkpoint_dir: Path = Path("runs/checkpoints")
     # Seconds between micro-batches of the ingest job; 0 runs them back to back.
     ingest_trigger_seconds: float = Field(1.0, ge=0)
+    # Bounds ingest's memory under any backlog; at least one maximum-size record (1 MiB).
+    ingest_max_batch_bytes: int = Field(DEFAULT_INGEST_MAX_BATCH_BYTES, ge=1024 * 1024, le=1024**3)
     # Ray cluster for the trainer's learner ("host:port" or "auto"); None runs the learner in-process.
     ray_address: str | None = None
 

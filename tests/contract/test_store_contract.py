@@ -134,6 +134,25 @@ def test_replayed_rows_are_ignored_by_idempotency_key(store: ExperienceStore) ->
     assert store.count(GAME) == 80
 
 
+def test_a_step_re_sent_with_other_content_keeps_the_first_and_is_reported(store: ExperienceStore) -> None:
+    episode = str(uuid.uuid4())
+    first = make_batch(8, episode)
+    assert store.write(GAME, first) == 8
+    assert store.conflicting(GAME, first) == []  # an exact replay is no conflict
+    resent = make_batch(8, episode, seed=1)  # same keys, other observations for steps 1..7 (obs[:, 0] is t)
+    resent.reward[0] = 2.0
+    resent.model_version[3] = 4
+    assert store.write(GAME, resent) == 0
+    assert store.conflicting(GAME, resent) == list(range(8))
+    stored = store.sample(GAME, 64, np.random.default_rng(0))
+    by_t = {int(t): i for i, t in enumerate(stored.t)}
+    for t, i in by_t.items():
+        np.testing.assert_array_equal(stored.obs[i], first.obs[t])
+        assert stored.reward[i] == first.reward[t] and stored.model_version[i] == first.model_version[t]
+    # Keys that are not stored are no conflict either.
+    assert store.conflicting(GAME, make_batch(4)) == []
+
+
 def test_sample_returns_columnar_arrays_of_stored_rows(store: ExperienceStore) -> None:
     episode = str(uuid.uuid4())
     written = make_batch(200, episode)

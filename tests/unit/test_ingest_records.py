@@ -131,3 +131,17 @@ def test_parser_process_gives_the_same_rows_and_dead_letters_as_parsing_inline(t
     assert dict(inline.rejected) == dict(pooled.rejected) and sum(pooled.rejected.values()) == 6
     assert inline_dead == pooled_dead and [d["sequence_number"] for d in pooled_dead] == [f"bad-{i}" for i in range(6)]
     assert set(inline_rows) == set(pooled_rows)
+
+
+def test_a_step_re_sent_with_other_content_is_a_conflict_and_the_first_stays(store) -> None:
+    episode = str(uuid.uuid4())
+    first = chunk_bytes(3, episode)
+    doc = json.loads(first)
+    doc["steps"][1]["reward"] = 5.0
+    doc["episode_id"] = episode.upper()  # another spelling of the same episode: the same keys
+    assert process_records([("shard-0", "1", first)], store)[0].stored == 3
+    result, dead = process_records([("shard-0", "2", json.dumps(doc).encode()), ("shard-0", "3", first)], store)
+    assert result.stored == 0 and dict(result.rejected) == {"conflicting_resend": 1}
+    assert [(d["kind"], d["episode_id"], d["t"]) for d in dead] == [("conflicting_resend", episode, 1)]
+    rows = store.sample("CartPole-v1", 32, np.random.default_rng(0))
+    assert set(rows.reward.tolist()) == {1.0} and store.count("CartPole-v1") == 3

@@ -16,7 +16,8 @@ import os
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,15 @@ from pathlib import Path
 from rlplatform import aws, processes
 from rlplatform.ingest.parse import Rejected, parse
 from rlplatform.settings import Settings
-from rlplatform.store import ExperienceStore, TransitionBatch, open_store
+from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
+from rlplatform_client.retry import aws_unreachable, retry
 from rlplatform_client.stopping import set_on_signals
 
 log = logging.getLogger(__name__)
 DEAD_LETTER_PREFIX = "dead-letters/"
 DEAD_LETTER_SAMPLE_BYTES = 2048
+# The dead-letter kind of a step whose key is stored already with other content.
+CONFLICT = "conflicting_resend"
 
 
 @dataclass
@@ -82,25 +86,80 @@ def process_records(
     store: ExperienceStore,
     parser: Executor | None = None,
     slice_records: int = 64,
+    slice_bytes: int = 4 * 1024 * 1024,
+    store_errors: tuple[type[BaseException], ...] = (),
+    store_where: str = "the store",
 ) -> tuple[BatchResult, list[dict]]:
     """Parse, validate and store ``(shard_id, sequence_number, data)`` records.
 
     With a ``parser`` (a one-process pool), slice i+1 is parsed there while slice i is written here, so the
-    two halves of the work run on two cores; the call still returns only after every slice is stored.
-    Returns the counts and the dead letters (one dict per rejected record).
+    two halves of the work run on two cores; the call still returns only after every slice is stored. At most
+    two slices are parsed ahead, so parsed data waiting for the store stays bounded whatever the batch size.
+    A write failing with one of ``store_errors`` (the store is unreachable) is retried, logged, until it
+    succeeds. Returns the counts and the dead letters (one dict per rejected record).
     """
-    slices = [records[i : i + slice_records] for i in range(0, len(records), slice_records)]
-    parsed = parser.map(parse_slice, slices) if parser is not None else map(parse_slice, slices)
     result = BatchResult(records=len(records))
     dead: list[dict] = []
-    for part in parsed:
+    for part in _parsed(_slices(records, slice_records, slice_bytes), parser):
         for game_id, batch in part.batches.items():
-            result.stored += store.write(game_id, batch)
+            new = retry(
+                lambda g=game_id, b=batch: store.write(g, b),
+                service="store",
+                endpoint=store_where,
+                unreachable=lambda exc: isinstance(exc, store_errors),
+            )
+            result.stored += new
+            if new < len(batch):  # some keys were there already: a replay, or a client re-sending steps
+                conflicts = conflict_letters(game_id, batch, store.conflicting(game_id, batch))
+                result.rejected[CONFLICT] += len(conflicts)
+                dead += conflicts
         result.steps += part.steps
         for letter in part.dead:
             result.rejected[letter["kind"]] += 1
         dead += part.dead
     return result, dead
+
+
+def conflict_letters(game_id: str, batch: TransitionBatch, rows: list[int]) -> list[dict]:
+    """One dead letter per step re-sent with content other than the stored one (which stays)."""
+    return [
+        {
+            "kind": CONFLICT,
+            "field": "steps",
+            "error": f"steps: {game_id} episode {batch.episode_id[i]} step {batch.t[i]} re-sent with different"
+            " content; the first one stays",
+            "game_id": game_id,
+            "episode_id": str(batch.episode_id[i]),
+            "t": int(batch.t[i]),
+        }
+        for i in rows
+    ]
+
+
+def _slices(records: list, max_records: int, max_bytes: int) -> Iterator[list]:
+    """Consecutive runs of records, each at most ``max_records`` long and ``max_bytes`` of data (or one record)."""
+    start, size = 0, 0
+    for i, (_, _, data) in enumerate(records):
+        if i > start and (i - start >= max_records or size + len(data) > max_bytes):
+            yield records[start:i]
+            start, size = i, 0
+        size += len(data)
+    if start < len(records):
+        yield records[start:]
+
+
+def _parsed(slices: Iterator[list], parser: Executor | None, ahead: int = 2) -> Iterator[ParsedSlice]:
+    """Each slice parsed, in order; with a pool, up to ``ahead`` slices are in flight there."""
+    if parser is None:
+        yield from map(parse_slice, slices)
+        return
+    pending: deque = deque()
+    for part in slices:
+        pending.append(parser.submit(parse_slice, part))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _log_progress(query, last_logged: int | None) -> int | None:
@@ -126,9 +185,16 @@ def _append_metrics(path: Path, batch_id: int, result: BatchResult, arrivals: li
 
 
 def write_dead_letters(bucket: str, batch_id: int, dead: list[dict]) -> None:
+    """One object per micro-batch; an unreachable S3 is waited out, so no dead letter is lost."""
     key = f"{DEAD_LETTER_PREFIX}{time.strftime('%Y/%m/%d')}/batch-{batch_id:09d}.jsonl"
     body = "\n".join(json.dumps(d) for d in dead).encode()
-    aws.s3_client().put_object(Bucket=bucket, Key=key, Body=body)
+    s3 = aws.s3_client()
+    retry(
+        lambda: s3.put_object(Bucket=bucket, Key=key, Body=body),
+        service="S3",
+        endpoint=s3.meta.endpoint_url,
+        unreachable=aws_unreachable,
+    )
 
 
 def run(
@@ -174,7 +240,14 @@ def run(
     )
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KinesisDataSource)
-    store = open_store(settings)
+    store_errors, store_where = unavailable_errors(settings), store_endpoint(settings)
+    store = retry(
+        lambda: open_store(settings),
+        service="store",
+        endpoint=store_where,
+        unreachable=lambda exc: isinstance(exc, store_errors),
+        stop=stop,
+    )
     # Spawned, not forked: the driver has a JVM gateway and threads.
     parser = ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=processes.init_pool_worker
@@ -185,7 +258,7 @@ def run(
         table = batch_df.select("shard_id", "sequence_number", "data", "arrival_ts").toArrow()
         records = list(zip(*(table.column(i).to_pylist() for i in range(3)), strict=True))
         fetched = time.perf_counter()
-        result, dead = process_records(records, store, parser)
+        result, dead = process_records(records, store, parser, store_errors=store_errors, store_where=store_where)
         stored = time.perf_counter()
         if dead:
             write_dead_letters(settings.bucket, batch_id, dead)
@@ -201,7 +274,12 @@ def run(
             stored - fetched,
         )
 
-    reader = spark.readStream.format("kinesis").option("stream", settings.stream_name).load()
+    reader = (
+        spark.readStream.format("kinesis")
+        .option("stream", settings.stream_name)
+        .option("maxBytesPerTrigger", settings.ingest_max_batch_bytes)
+        .load()
+    )
     query = (
         reader.writeStream.foreachBatch(on_batch)
         .option("checkpointLocation", str(checkpoint))

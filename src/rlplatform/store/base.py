@@ -39,6 +39,10 @@ class TransitionBatch:
             if len(getattr(self, f.name)) != n:
                 raise ValueError(f"TransitionBatch.{f.name} has {len(getattr(self, f.name))} rows, expected {n}")
 
+    def __getitem__(self, rows: slice | np.ndarray) -> TransitionBatch:
+        """The rows a slice, an index array or a boolean mask selects."""
+        return TransitionBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
     @classmethod
     def concat(cls, batches: list[TransitionBatch]) -> TransitionBatch:
         return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)})
@@ -70,6 +74,23 @@ class ExperienceStore(abc.ABC):
     def _sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None) -> TransitionBatch:
         """``sample`` with validated arguments."""
 
+    def conflicting(self, game_id: str, batch: TransitionBatch) -> list[int]:
+        """Indices of the rows of ``batch`` whose key is stored with different content.
+
+        A write keeps the first content stored under a key, so a client re-sending a step with other values
+        would otherwise be ignored without a trace; ingest reports these after a write that ignored rows.
+        """
+        if len(batch) == 0:
+            return []
+        stored = self._stored(game_id, batch)
+        index = {key: j for j, key in enumerate(zip(stored.episode_id.tolist(), stored.t.tolist(), strict=True))}
+        keys = zip(batch.episode_id.tolist(), batch.t.tolist(), strict=True)
+        return [i for i, key in enumerate(keys) if key in index and not _same_row(batch, i, stored, index[key])]
+
+    @abc.abstractmethod
+    def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
+        """The stored rows whose ``(episode_id, t)`` keys appear in ``batch``, in any order."""
+
     @abc.abstractmethod
     def count(self, game_id: str) -> int:
         """Rows stored for the game (0 for an unknown game)."""
@@ -86,6 +107,24 @@ class ExperienceStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def t_ranges(batch: TransitionBatch) -> dict[str, tuple[int, int]]:
+    """Per episode of the batch, the lowest and highest step index: one range read per episode."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for episode_id, t in zip(batch.episode_id.tolist(), batch.t.tolist(), strict=True):
+        lo, hi = ranges.get(episode_id, (t, t))
+        ranges[episode_id] = (min(lo, t), max(hi, t))
+    return ranges
+
+
+def _same_row(a: TransitionBatch, i: int, b: TransitionBatch, j: int) -> bool:
+    """Row ``i`` of ``a`` equals row ``j`` of ``b`` as the store keeps it (float32 values, compared bit for bit)."""
+    return all(
+        np.asarray(getattr(a, name)[i], dtype=np.asarray(getattr(b, name)[j]).dtype).tobytes()
+        == np.asarray(getattr(b, name)[j]).tobytes()
+        for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "model_version")
+    )
 
 
 def store_endpoint(settings: Settings) -> str:

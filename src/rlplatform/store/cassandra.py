@@ -62,7 +62,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
 from rlplatform.settings import Settings
-from rlplatform.store.base import ExperienceStore, TransitionBatch
+from rlplatform.store.base import ExperienceStore, TransitionBatch, t_ranges
 
 log = logging.getLogger(__name__)
 
@@ -262,14 +262,7 @@ class CassandraStore(ExperienceStore):
         ts = [int(t) for t in batch.t.tolist()]
 
         # 1. Which keys exist already: one single-partition range read per episode of the batch.
-        ranges: dict[str, list[int]] = {}
-        for e, t in zip(episodes, ts, strict=True):
-            r = ranges.setdefault(e, [t, t])
-            r[0], r[1] = min(r[0], t), max(r[1], t)
-        existing: dict[tuple[str, int], int] = {}
-        results = self._concurrent("select_keys", [(game_id, e, lo, hi) for e, (lo, hi) in ranges.items()])
-        for e, rows in zip(ranges, results, strict=True):
-            existing.update(((e, row.t), row.seq) for row in rows)
+        existing = self._seqs_of_keys(game_id, batch)
 
         new: list[int] = []  # batch indices of keys seen for the first time (first occurrence wins)
         repair: list[tuple[int, int]] = []  # (index, seq) of redelivered keys, re-upserted in place
@@ -284,6 +277,12 @@ class CassandraStore(ExperienceStore):
                     repair.append((i, existing[key]))
             else:
                 new.append(i)
+
+        # A redelivered key whose row is there keeps it (the first content stays, as in every adapter); one
+        # whose row is missing (a writer died between recording the key and writing the row) is repaired.
+        if repair:
+            present = self._fetch(game_id, game.rows_per_partition, [s for _, s in repair])
+            repair = [(i, s) for i, s in repair if s not in present]
 
         # 2. Reserve seqs for the new keys, 3. record the keys, 4. write the rows (new + repaired).
         placed = list(repair)
@@ -331,6 +330,22 @@ class CassandraStore(ExperienceStore):
             f"{game_id}: drew only {len(rows)} of {n} rows from seq [{lo}, {hi}] in {_SAMPLE_ROUNDS} rounds:"
             " most seqs there are missing (writes in flight, holes, or rows expiring right now)"
         )
+
+    def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
+        game = self._known_game(game_id)
+        if game is None:
+            return batch[:0]
+        seqs = sorted(set(self._seqs_of_keys(game_id, batch).values()))
+        return _to_batch(list(self._fetch(game_id, game.rows_per_partition, seqs).values()), game)
+
+    def _seqs_of_keys(self, game_id: str, batch: TransitionBatch) -> dict[tuple[str, int], int]:
+        """``(episode_id, t) -> seq`` of the batch's keys that are recorded already."""
+        ranges = t_ranges(batch)
+        found: dict[tuple[str, int], int] = {}
+        results = self._concurrent("select_keys", [(game_id, e, lo, hi) for e, (lo, hi) in ranges.items()])
+        for e, rows in zip(ranges, results, strict=True):
+            found.update(((e, row.t), row.seq) for row in rows)
+        return found
 
     def count(self, game_id: str) -> int:
         game = self._known_game(game_id)

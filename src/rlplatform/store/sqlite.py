@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplatform.store.base import ExperienceStore, TransitionBatch
+from rlplatform.store.base import ExperienceStore, TransitionBatch, t_ranges
 
 _COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
 
@@ -92,6 +92,19 @@ class SqliteStore(ExperienceStore):
         if len(rows) < n:
             rest = self.sample(game_id, n - len(rows), rng, window)
             return TransitionBatch.concat([_to_batch(rows, obs_dim, action_dtype, action_dim), rest])
+        return _to_batch(rows, obs_dim, action_dtype, action_dim)
+
+    def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
+        game = self._known_game(game_id)
+        if game is None:
+            return batch[:0]
+        table, obs_dim, action_dtype, action_dim = game
+        rows: list[tuple] = []
+        with self._lock:
+            for episode_id, (lo, hi) in t_ranges(batch).items():
+                rows += self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM {table} WHERE episode_id = ? AND t BETWEEN ? AND ?", (episode_id, lo, hi)
+                ).fetchall()
         return _to_batch(rows, obs_dim, action_dtype, action_dim)
 
     def count(self, game_id: str) -> int:
