@@ -163,7 +163,8 @@ class Trainer:
         return float(_peek(loss)) if loss is not None else float("nan")
 
     def publish(self) -> ModelManifest:
-        """Export, evaluate, publish the next version, then checkpoint (so versions only increase)."""
+        """Export, evaluate, checkpoint, then publish the next version (after the checkpoint, so a restarted
+        trainer never publishes a learner step that was already published)."""
         obs_dim = self.spec.obs_dim
         # Export where the learner lives (this process or a Ray actor); only the ONNX bytes travel.
         results = self.learner_group.foreach_learner(
@@ -182,11 +183,11 @@ class Trainer:
             action_space=act_space,
             eval_return=eval_return,
         )
+        self._checkpoint()
         self._s3(lambda: registry.publish(self.settings.bucket, manifest, onnx_bytes))
         self.status.version = manifest.version
         self.status.eval_return = eval_return
         self.status.published_at = time.time()
-        self._checkpoint()
         log.info(
             "published %s v%d (updates %d, eval %.1f)",
             self.cfg.game_id,
@@ -254,7 +255,7 @@ class Trainer:
         self.learner_group.save_to_path(self.checkpoint_dir / "learner")
         state = self.checkpoint_dir / "trainer.json"
         tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"updates": self.status.updates, "version": self.status.version}))
+        tmp.write_text(json.dumps({"updates": self.status.updates}))
         os.replace(tmp, state)
 
     def _restore(self) -> None:
