@@ -1,7 +1,10 @@
-"""The launcher's supervisor restarts crashed stages (real child processes) with a limit, and counts."""
+"""The launcher's supervisor restarts crashed stages (real child processes) with a limit, and counts;
+the drain keeps ingest alive until every acknowledged step is stored."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -9,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform.launcher import LaunchConfig, StageFailed, Supervisor, _fmt_restarts
+from rlplatform.launcher import LaunchConfig, Progress, Stack, StageFailed, Supervisor, _drain, _fmt_restarts
 from rlplatform_client.retry import Backoff
 
 CRASH = [sys.executable, "-c", "import sys; print('started', flush=True); sys.exit(3)"]
@@ -105,3 +108,55 @@ def test_running_and_deliberately_stopped_stages_are_left_alone(supervisor: Supe
 def test_restart_limit_is_a_launch_setting_and_shown() -> None:
     assert LaunchConfig().max_restarts == 3
     assert _fmt_restarts({"ingest": 0, "trainer": 1}, 3) == "ingest 0/3, trainer 1/3"
+
+
+# An ingest stand-in: crashes on its first start, then stores 22 transitions and keeps running.
+FLAKY_INGEST = """
+import sys, uuid
+from pathlib import Path
+import numpy as np
+from rlplatform.store import TransitionBatch
+from rlplatform.store.sqlite import SqliteStore
+marker = Path(sys.argv[2])
+if not marker.exists():
+    marker.touch()
+    sys.exit(1)
+n = 22
+obs = np.zeros((n, 4), np.float32)
+batch = TransitionBatch(np.array([str(uuid.uuid4())] * n, dtype=object), np.arange(n), obs, np.zeros(n, np.int64),
+    np.ones(n, np.float32), obs, np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, np.int64))
+with SqliteStore(sys.argv[1]) as store:
+    store.write("CartPole-v1", batch)
+import time; time.sleep(120)
+"""
+
+
+@pytest.fixture
+def acked_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A stack whose clients had 22 steps acknowledged, with a crashing ingest stand-in."""
+    cfg = LaunchConfig(restart_backoff=Backoff(0.0, 0.0), drain_timeout_s=60)
+    stack = Stack(cfg, tmp_path / "run")
+    stack.supervisor.env = lambda: dict(os.environ)
+    stack.client_stats_dir.mkdir()
+    (stack.client_stats_dir / "client-0.json").write_text(json.dumps({"steps_acked": 22}))
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_drain_restarts_ingest_until_every_acknowledged_step_is_stored(acked_stack: Stack, tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", FLAKY_INGEST, str(acked_stack.settings.sqlite_path), str(tmp_path / "crashed")]
+    acked_stack.supervisor.spawn("ingest", argv, restartable=True)
+    acked_stack.supervisor.restarts["ingest"] = 3  # Out of restarts: the drain restarts it all the same.
+    progress = Progress()
+    _drain(acked_stack, acked_stack.cfg, progress)
+    assert progress.transitions_sent == progress.stored_rows == 22
+    assert acked_stack.restarts == {"ingest": 4}
+
+
+def test_drain_gives_up_after_its_timeout_and_says_how_far_it_got(acked_stack: Stack) -> None:
+    cfg = dataclasses.replace(acked_stack.cfg, drain_timeout_s=0.5)
+    acked_stack.supervisor.spawn("ingest", RUN, restartable=True)  # Alive, but stores nothing.
+    with pytest.raises(TimeoutError, match="drain incomplete: store holds 0 of 22 acknowledged transitions"):
+        _drain(acked_stack, cfg, Progress())
