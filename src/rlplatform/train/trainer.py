@@ -4,7 +4,8 @@ RLlib owns the algorithm (loss, optimizer, target network); this module only fee
 step, top to bottom: sample ``batch_size`` transitions uniformly from the store -> build a
 ``SampleBatch`` -> ``LearnerGroup.update``. Every ``publish_every_updates`` updates the Q-network is
 exported to ONNX, evaluated greedily on a local env (for the manifest only, never for training data),
-published with its manifest, and the learner state is checkpointed so a restarted trainer resumes.
+the learner state is checkpointed (so a restarted trainer resumes), and the model is published with
+its manifest.
 
 An unreachable S3 or store is waited out with capped exponential backoff (``rlplatform_client.retry``),
 never a reason to exit. The next version number comes from the registry's versioned keys, so a stale
