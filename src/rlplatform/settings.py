@@ -14,7 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A micro-batch of ingest reads at most this many bytes of records (plus one GetRecords response per shard).
-DEFAULT_INGEST_MAX_BATCH_BYTES = 64 * 1024 * 1024
+DEFAULT_INGEST_MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 class Settings(BaseSettings):

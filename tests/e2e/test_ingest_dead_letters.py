@@ -1,4 +1,9 @@
-"""The running ingest job dead-letters bad records to S3 and keeps storing good ones."""
+"""The running ingest job dead-letters bad records to S3 and keeps storing good ones, also after a restart.
+
+The poison is every kind the unit tests and the parser fuzzing know, including the two that once stopped
+ingest for good (a 5000-digit integer, a registered game that cannot be built here), sent between good
+records in one PutRecords call.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +67,12 @@ def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path
             # Still running: later good records are stored too.
             put(settings.stream_name, [good_record(7)])
             wait_for(lambda: store.count("CartPole-v1") == 22, 60, job)
+            # And it survives a restart from its checkpoint: poison again between good records.
+            job.stop()
+            job.start()
+            put(settings.stream_name, [good_record(3), bad[0], good_record(4)])
+            wait_for(lambda: store.count("CartPole-v1") == 29, 180, job)
+            wait_for(lambda: sum(read_dead_letters(settings.bucket).counts.values()) == len(bad) + 1, 60, job)
     finally:
         if job is not None:
             job.stop()

@@ -228,6 +228,9 @@ def run(
         # Measured on 2 cores at 2k steps/s: the driver JVM idled at ~64 % of a core, mostly C2 compiler and
         # parallel GC threads; with C1 only and the serial collector (a 1 GB heap), ~23 %.
         .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+        # Spark's default, stated because the job's memory bound rests on it (micro-batches are bounded by
+        # bytes, RLP_INGEST_MAX_BATCH_BYTES, so a backlog never needs more).
+        .config("spark.driver.memory", "1g")
         # The default (FileContext) manager runs `readlink` and `chmod` as child processes for every offset and
         # commit file when Hadoop's native library is absent, as in the pip pyspark: ~25 spawns/s here, ~6 with
         # this one. One query writes its checkpoint, so the plain FileSystem rename is safe.
