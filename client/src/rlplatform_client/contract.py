@@ -16,8 +16,10 @@ bytes ``1f 8b``)::
     }
 
 ``action`` is an int for discrete action spaces and a list of floats for continuous ones.
-``terminated`` and ``truncated`` follow gymnasium: a truncated step is *not* terminal.
-The idempotency key of a step is ``(game_id, episode_id, t)``.
+``terminated`` and ``truncated`` follow gymnasium: a truncated step is *not* terminal, but both end the
+episode, so no step may follow either in the same chunk. The idempotency key of a step is
+``(game_id, episode_id, t)``, with ``episode_id`` in its canonical form (``canonical_episode_id``).
+Only UTF-8 is JSON here; unknown fields are ignored; of duplicate keys the last counts.
 """
 
 from __future__ import annotations

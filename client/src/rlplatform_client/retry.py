@@ -19,6 +19,10 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+# Error codes that mean "slow down" (Kinesis reads are limited per shard), not "your request is wrong".
+_THROTTLED = frozenset(
+    {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "ProvisionedThroughputExceededException"}
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def aws_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         code = exc.response.get("Error", {}).get("Code", "")
-        return status >= 500 or code in ("Throttling", "ThrottlingException", "SlowDown", "RequestTimeout")
+        return status >= 500 or code in _THROTTLED
     return False
 
 

@@ -67,7 +67,8 @@ class KinesisStreamReader(SimpleDataSourceStreamReader):
             import boto3
             from botocore.config import Config
 
-            self._client = boto3.client("kinesis", config=Config(retries={"max_attempts": 10, "mode": "adaptive"}))
+            # A few quick retries inside botocore; a longer outage is waited out by ``_call``, with log lines.
+            self._client = boto3.client("kinesis", config=Config(retries={"max_attempts": 3, "mode": "standard"}))
         return self._client
 
     def initialOffset(self) -> dict:
