@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,17 @@ GameOpt = Annotated[str, typer.Option("--game", help="gymnasium game id, also th
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def _until_stopped() -> Iterator[None]:
+    """SIGTERM/SIGINT while a stage waits for an unreachable service is a clean stop, not a traceback."""
+    from rlplatform_client.retry import RetryStopped
+
+    try:
+        yield
+    except RetryStopped as exc:
+        logging.getLogger("rlplatform").warning("%s; exiting", exc)
 
 
 @app.command()
@@ -119,7 +132,8 @@ def ingest(
     from rlplatform.ingest import job
 
     _logging(log_level)
-    job.run(load_settings(), checkpoint, master=master, metrics=metrics)
+    with _until_stopped():
+        job.run(load_settings(), checkpoint, master=master, metrics=metrics)
 
 
 @app.command()
@@ -143,8 +157,9 @@ def train(
     stop = threading.Event()
     set_on_signals(stop)
     cfg = TrainerConfig(game_id=game, publish_every_updates=publish_every, learning_starts=learning_starts, seed=seed)
-    trainer = Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file, stop=stop)
-    trainer.run(stop, max_updates=max_updates)
+    with _until_stopped():
+        trainer = Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file, stop=stop)
+        trainer.run(stop, max_updates=max_updates)
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print numbers (one JSON line last).")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-import random
 import threading
 import time
 import uuid
@@ -52,6 +51,7 @@ from .contract import (
     encode_chunk,
     encode_record,
 )
+from .retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,8 @@ class ExperienceProducer:
         self._policy = backpressure
         self._block_timeout_s = block_timeout_s
         self._compress = compress
-        self._retry_base_s = retry_base_s
-        self._retry_cap_s = retry_cap_s
+        # Full jitter spreads the retries of many clients hitting one shard.
+        self._retry = Backoff(retry_base_s, retry_cap_s, jitter=True)
         self._linger_s = linger_s
         self._flushing = 0  # flush() calls waiting: they must not wait for a fuller call
 
@@ -473,7 +473,7 @@ class ExperienceProducer:
         pending = batch
         attempt = 0
         while pending:
-            if attempt and self._abort.wait(self._backoff(attempt)):
+            if attempt and self._abort.wait(self._retry.delay(attempt)):
                 return  # close() gave up; the loss is reported there.
             attempt += 1
             results = self._put(pending)
@@ -516,10 +516,6 @@ class ExperienceProducer:
                 self.last_error = f"{first['ErrorCode']}: {first.get('ErrorMessage', '')}"
             self._cond.notify_all()
         return failed
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with full jitter (spreads retries of many clients hitting one shard)."""
-        return random.uniform(0.0, min(self._retry_cap_s, self._retry_base_s * 2 ** (attempt - 1)))
 
 
 def _is_retryable(exc: Exception) -> bool:

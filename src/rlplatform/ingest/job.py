@@ -218,6 +218,14 @@ def run(
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if threading.current_thread() is threading.main_thread():
         set_on_signals(stop)
+    store_errors, store_where = unavailable_errors(settings), store_endpoint(settings)
+    store = retry(
+        lambda: open_store(settings),
+        service="store",
+        endpoint=store_where,
+        unreachable=lambda exc: isinstance(exc, store_errors),
+        stop=stop,
+    )
     spark = (
         SparkSession.builder.master(master)
         .appName("rlplatform-ingest")
@@ -243,14 +251,6 @@ def run(
     )
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KinesisDataSource)
-    store_errors, store_where = unavailable_errors(settings), store_endpoint(settings)
-    store = retry(
-        lambda: open_store(settings),
-        service="store",
-        endpoint=store_where,
-        unreachable=lambda exc: isinstance(exc, store_errors),
-        stop=stop,
-    )
     # Spawned, not forked: the driver has a JVM gateway and threads.
     parser = ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=processes.init_pool_worker
