@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +24,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from rlplatform import aws, processes
+from rlplatform import aws
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
+from rlplatform.supervisor import Supervisor
 from rlplatform.train.evaluate import evaluate
 from rlplatform_client.models import ModelError
 from rlplatform_client.retry import Backoff
@@ -71,85 +71,6 @@ class Progress:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
-
-
-class StageFailed(RuntimeError):
-    """A stage exited and may not (or may no longer) be restarted."""
-
-
-class Supervisor:
-    """Child processes by stage name; a crashed restartable stage is started again with the same command.
-
-    A restart waits ``backoff.delay(n)`` after the crash was seen (a stage that crashes at start does not
-    spin), and each stage gets at most ``max_restarts``; ``check`` raises ``StageFailed`` beyond that.
-    """
-
-    def __init__(
-        self,
-        logs: Path,
-        env: Callable[[], dict[str, str]],
-        max_restarts: int,
-        backoff: Backoff,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logs = logs
-        self.env = env
-        self.max_restarts = max_restarts
-        self.backoff = backoff
-        self.clock = clock
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.restarts: dict[str, int] = {}  # restartable stages only
-        self.stopped: set[str] = set()  # deliberately terminated, so not a failure when found dead
-        self._argv: dict[str, list[str]] = {}
-        self._restart_at: dict[str, float] = {}
-
-    def spawn(self, name: str, argv: list[str], restartable: bool = False) -> None:
-        self._argv[name] = argv
-        if restartable:
-            self.restarts.setdefault(name, 0)
-        self._start(name)
-
-    def check(self, stages: Collection[str] | None = None, unlimited: bool = False) -> None:
-        """Restart crashed restartable stages (of ``stages``; all by default) that are due; raise
-        ``StageFailed`` for a crash that may not be restarted. ``unlimited`` ignores the restart limit."""
-        for name, proc in list(self.procs.items()):
-            if (stages is None or name in stages) and name not in self.stopped and proc.poll() is not None:
-                self._restart(name, proc.returncode, unlimited)
-
-    def terminate(self, name: str, timeout_s: float = 90.0) -> int | None:
-        proc = self.procs.get(name)
-        self.stopped.add(name)
-        return None if proc is None else processes.stop(proc, timeout_s)
-
-    def log_path(self, name: str) -> Path:
-        return self.logs / f"{name}.log"
-
-    def _restart(self, name: str, code: int, unlimited: bool) -> None:
-        restarts = self.restarts.get(name)
-        if restarts is None:
-            raise StageFailed(f"{name} exited with code {code}; see {self.log_path(name)}")
-        if restarts >= self.max_restarts and not unlimited:
-            raise StageFailed(
-                f"{name} exited with code {code} after {restarts} restarts (limit {self.max_restarts}); "
-                f"see {self.log_path(name)}"
-            )
-        if name not in self._restart_at:
-            delay = self.backoff.delay(restarts + 1)
-            self._restart_at[name] = self.clock() + delay
-            console.print(f"[yellow]{name} exited with code {code}; restart {restarts + 1} in {delay:.0f} s[/]")
-        if self.clock() < self._restart_at[name]:
-            return
-        del self._restart_at[name]
-        processes.stop(self.procs[name], timeout_s=5)  # reaps what the dead leader left (e.g. its JVM)
-        self.restarts[name] = restarts + 1
-        self._start(name)
-
-    def _start(self, name: str) -> None:
-        log = open(self.log_path(name), "ab")  # noqa: SIM115 - the child owns it from here on
-        self.procs[name] = processes.spawn(
-            self._argv[name], env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-        log.close()
 
 
 class Stack:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform.launcher import LaunchConfig, Progress, Stack, StageFailed, Supervisor, _drain, _fmt_restarts
+from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain, _fmt_restarts
+from rlplatform.supervisor import StageFailed, Supervisor
 from rlplatform_client.retry import Backoff
 
 CRASH = [sys.executable, "-c", "import sys; print('started', flush=True); sys.exit(3)"]
