@@ -145,3 +145,14 @@ def test_a_step_re_sent_with_other_content_is_a_conflict_and_the_first_stays(sto
     assert [(d["kind"], d["episode_id"], d["t"]) for d in dead] == [("conflicting_resend", episode, 1)]
     rows = store.sample("CartPole-v1", 32, np.random.default_rng(0))
     assert set(rows.reward.tolist()) == {1.0} and store.count("CartPole-v1") == 3
+
+
+def test_slices_are_cut_by_decompressed_size_and_count() -> None:
+    from rlplatform.ingest.job import _slices
+
+    big = gzip.compress(b" " * 3_000_000 + chunk_bytes(2))  # ~3 MB of JSON in a few KiB of gzip
+    small = chunk_bytes(2)
+    records = [("s", str(i), data) for i, data in enumerate([big, big, small, small, big])]
+    cut = [[seq for _, seq, _ in part] for part in _slices(records, 64, 4 * 1024 * 1024)]
+    assert cut == [["0"], ["1", "2", "3"], ["4"]]
+    assert [len(part) for part in _slices(records * 3, 4, 1 << 40)] == [4, 4, 4, 3]

@@ -26,6 +26,7 @@ from rlplatform import aws, processes
 from rlplatform.ingest.parse import Rejected, parse
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
+from rlplatform_client.contract import GZIP_MAGIC, MAX_DECOMPRESSED_BYTES
 from rlplatform_client.retry import aws_unreachable, retry
 from rlplatform_client.stopping import set_on_signals
 
@@ -137,15 +138,25 @@ def conflict_letters(game_id: str, batch: TransitionBatch, rows: list[int]) -> l
 
 
 def _slices(records: list, max_records: int, max_bytes: int) -> Iterator[list]:
-    """Consecutive runs of records, each at most ``max_records`` long and ``max_bytes`` of data (or one record)."""
+    """Consecutive runs of records, each at most ``max_records`` long and ``max_bytes`` of expanded data (or
+    one record): what a slice costs the parser is its decompressed size, not its size on the wire."""
     start, size = 0, 0
     for i, (_, _, data) in enumerate(records):
-        if i > start and (i - start >= max_records or size + len(data) > max_bytes):
+        expanded = _expanded_size(data)
+        if i > start and (i - start >= max_records or size + expanded > max_bytes):
             yield records[start:i]
             start, size = i, 0
-        size += len(data)
+        size += expanded
     if start < len(records):
         yield records[start:]
+
+
+def _expanded_size(data: bytes) -> int:
+    """A record's size once decompressed, from the gzip trailer (ISIZE, the last member's size mod 2^32);
+    the parser refuses more than MAX_DECOMPRESSED_BYTES whatever the trailer claims."""
+    if data[:2] != GZIP_MAGIC or len(data) < 18:
+        return len(data)
+    return min(max(len(data), int.from_bytes(data[-4:], "little")), MAX_DECOMPRESSED_BYTES)
 
 
 def _parsed(slices: Iterator[list], parser: Executor | None, ahead: int = 2) -> Iterator[ParsedSlice]:
