@@ -10,8 +10,8 @@ import uuid
 import numpy as np
 import pytest
 
-from rlplatform.games import UnknownGameError, chunks_to_batch, game_spec, validate_chunk
-from rlplatform.ingest.parse import _fast_parse, parse_record
+from rlplatform.games import UnknownGameError, game_spec
+from rlplatform.ingest.parse import _fast_parse, chunks_to_batch, parse_record, validate_chunk
 from rlplatform_client.contract import Chunk, ContractError, Step, decode_chunk, encode_chunk
 
 STRANGE_VALUES = [None, True, False, "1.0", [], {}, [1.0], -1, 0, 1, 2, 1e308, -0.0, 0.5, 10**20, "x" * 70]

@@ -12,12 +12,14 @@ never an exception, so one record cannot fail the batch it arrived in.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
-from rlplatform.games import GameSpec, UnknownGameError, chunks_to_batch, game_spec, validate_chunk
+from rlplatform.games import GameSpec, UnknownGameError, game_spec
 from rlplatform.store import TransitionBatch
 from rlplatform_client.contract import (
     GZIP_MAGIC,
@@ -26,6 +28,7 @@ from rlplatform_client.contract import (
     MAX_RECORD_BYTES,
     MAX_STEPS_PER_CHUNK,
     SUPPORTED_VERSIONS,
+    Chunk,
     ContractError,
     canonical_episode_id,
     decode_chunk,
@@ -33,6 +36,7 @@ from rlplatform_client.contract import (
 )
 
 log = logging.getLogger(__name__)
+Resolver = Callable[[str], GameSpec]
 _NUMBER_TYPES = frozenset({float, int})
 # The dead-letter kind of a record the parser itself failed on: a bug in rlplatform, never the client's
 # fault by contract. The record is dead-lettered (and kept in the stream) rather than failing its batch.
@@ -48,10 +52,13 @@ class Rejected:
     error: str
 
 
-def parse(data: bytes) -> tuple[str, TransitionBatch] | Rejected:
-    """``(game_id, transitions)`` of a valid record, else why not. Never raises for any input."""
+def parse(data: bytes, resolve: Resolver = game_spec) -> tuple[str, TransitionBatch] | Rejected:
+    """``(game_id, transitions)`` of a valid record, else why not. Never raises for any input.
+
+    ``resolve`` maps a game id to its spec or raises ``UnknownGameError`` (``GameCatalog.resolve`` in ingest).
+    """
     try:
-        return parse_record(data)
+        return parse_record(data, resolve)
     except ContractError as exc:
         return Rejected(exc.kind, exc.field, str(exc))
     except UnknownGameError as exc:
@@ -61,18 +68,18 @@ def parse(data: bytes) -> tuple[str, TransitionBatch] | Rejected:
         return Rejected(PARSER_ERROR, "record", f"record: the parser failed: {type(exc).__name__}: {exc}"[:1000])
 
 
-def parse_record(data: bytes) -> tuple[str, TransitionBatch]:
+def parse_record(data: bytes, resolve: Resolver = game_spec) -> tuple[str, TransitionBatch]:
     """``(game_id, transitions)`` of one valid record; raises ``ContractError``/``UnknownGameError``."""
-    fast = _fast_parse(data)
+    fast = _fast_parse(data, resolve)
     if fast is not None:
         return fast
     chunk = decode_chunk(data)
-    spec = game_spec(chunk.game_id)
+    spec = resolve(chunk.game_id)
     validate_chunk(chunk, spec)
     return chunk.game_id, chunks_to_batch([chunk], spec)
 
 
-def _fast_parse(data: bytes) -> tuple[str, TransitionBatch] | None:
+def _fast_parse(data: bytes, resolve: Resolver = game_spec) -> tuple[str, TransitionBatch] | None:
     """The record's transitions if it is certainly valid, else None (the reference path decides)."""
     if len(data) > MAX_RECORD_BYTES:
         return None
@@ -87,7 +94,7 @@ def _fast_parse(data: bytes) -> tuple[str, TransitionBatch] | None:
         if header is None:
             return None
         game_id, episode_id, model_version, steps = header
-        spec = game_spec(game_id)
+        spec = resolve(game_id)
         batch = _columns(steps, episode_id, model_version, spec)
         return None if batch is None else (game_id, batch)
     except (KeyError, TypeError, ValueError, LookupError, OverflowError):  # ContractError is a ValueError
@@ -174,3 +181,48 @@ def _actions(action: list, spec: GameSpec) -> np.ndarray | None:
         return None
     low, high = np.array(spec.action_low), np.array(spec.action_high)
     return arr.astype(np.float32) if ((arr >= low) & (arr <= high)).all() else None
+
+
+def validate_chunk(chunk: Chunk, spec: GameSpec) -> None:
+    """Raise ``ContractError`` naming the field when a chunk does not fit its game's spec (reference path)."""
+    for i, step in enumerate(chunk.steps):
+        for name in ("obs", "next_obs"):
+            values = getattr(step, name)
+            if len(values) != spec.obs_dim:
+                raise ContractError(
+                    f"steps[{i}].{name}", f"length must be {spec.obs_dim}, got {len(values)}", "bad_length"
+                )
+        _validate_action(step.action, spec, f"steps[{i}].action")
+
+
+def _validate_action(action: int | list[float], spec: GameSpec, field: str) -> None:
+    if spec.discrete:
+        if not isinstance(action, int) or not 0 <= action < spec.n_actions:
+            raise ContractError(
+                field, f"must be an int in [0, {spec.n_actions}), got {action!r}", "action_out_of_range"
+            )
+        return
+    if not isinstance(action, list) or len(action) != len(spec.action_low):
+        raise ContractError(
+            field, f"must be a list of {len(spec.action_low)} numbers, got {action!r}", "action_out_of_range"
+        )
+    for j, (x, lo, hi) in enumerate(zip(action, spec.action_low, spec.action_high, strict=True)):
+        if not (lo <= x <= hi or math.isinf(lo) and math.isinf(hi)):
+            raise ContractError(f"{field}[{j}]", f"must be in [{lo}, {hi}], got {x}", "action_out_of_range")
+
+
+def chunks_to_batch(chunks: list[Chunk], spec: GameSpec) -> TransitionBatch:
+    """Flatten validated chunks of one game into columnar arrays."""
+    steps = [(c, s) for c in chunks for s in c.steps]
+    action_dtype = np.int64 if spec.discrete else np.float32
+    return TransitionBatch(
+        episode_id=np.array([c.episode_id for c, _ in steps], dtype=object),
+        t=np.array([s.t for _, s in steps], dtype=np.int64),
+        obs=np.array([s.obs for _, s in steps], dtype=np.float32).reshape(len(steps), spec.obs_dim),
+        action=np.array([s.action for _, s in steps], dtype=action_dtype),
+        reward=np.array([s.reward for _, s in steps], dtype=np.float32),
+        next_obs=np.array([s.next_obs for _, s in steps], dtype=np.float32).reshape(len(steps), spec.obs_dim),
+        terminated=np.array([s.terminated for _, s in steps], dtype=bool),
+        truncated=np.array([s.truncated for _, s in steps], dtype=bool),
+        model_version=np.array([c.model_version for c, _ in steps], dtype=np.int64),
+    )

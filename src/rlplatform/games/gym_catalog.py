@@ -1,0 +1,46 @@
+"""gymnasium ids as games: a registered environment with a flat Box observation space is a game with no
+declaration needed, and its own simulator."""
+
+from __future__ import annotations
+
+import functools
+
+import gymnasium as gym
+
+from rlplatform.games.spec import GameSpec, UnknownGameError
+
+
+def game_spec(game_id: str) -> GameSpec:
+    """The spec of a registered gymnasium game with a flat Box observation space.
+
+    Raises ``UnknownGameError`` for every game that cannot be resolved here, including registered ones
+    whose environment cannot be built on this machine (Box2D, MuJoCo, ... not installed).
+    """
+    spec = _resolve(game_id)
+    if isinstance(spec, str):
+        raise UnknownGameError(f"game_id: {spec}")
+    return spec
+
+
+@functools.cache
+def _resolve(game_id: str) -> GameSpec | str:
+    """The spec, or why there is none. Failures are cached too: a client repeating an unbuildable game id
+    must not make ingest import and fail an environment once per record."""
+    if game_id not in gym.registry:
+        return f"unknown game {game_id!r}"
+    try:
+        env = gym.make(game_id)
+        try:
+            obs_space, act_space = env.observation_space, env.action_space
+        finally:
+            env.close()
+    except Exception as exc:  # noqa: BLE001 - gymnasium and env packages raise anything (DependencyNotInstalled, ...)
+        return f"{game_id!r} cannot be built here: {type(exc).__name__}: {exc}"[:500]
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        return f"{game_id!r} has no flat Box observation space"
+    if isinstance(act_space, gym.spaces.Discrete):
+        return GameSpec(game_id, obs_space.shape[0], int(act_space.n), simulator=game_id)
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        low, high = tuple(act_space.low.tolist()), tuple(act_space.high.tolist())
+        return GameSpec(game_id, obs_space.shape[0], None, low, high, simulator=game_id)
+    return f"{game_id!r} has an unsupported action space {act_space}"
