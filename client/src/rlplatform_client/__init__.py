@@ -10,6 +10,7 @@ from .contract import (
     decode_chunk,
     encode_chunk,
 )
+from .games import GameSpec, GameSpecConflict, GameSpecError, declare_game
 from .models import (
     ManifestError,
     ModelError,
@@ -33,6 +34,9 @@ __all__ = [
     "Chunk",
     "ContractError",
     "ExperienceProducer",
+    "GameSpec",
+    "GameSpecConflict",
+    "GameSpecError",
     "ManifestError",
     "ModelError",
     "ModelIntegrityError",
@@ -43,6 +47,7 @@ __all__ = [
     "NoModelError",
     "Step",
     "__version__",
+    "declare_game",
     "decode_chunk",
     "encode_chunk",
     "latest_key",

@@ -157,11 +157,16 @@ def read_declared(s3: Any, bucket: str, game_id: str) -> GameSpec | None:
     return GameSpec.from_document(json.loads(body))
 
 
-def declare_game(s3: Any, bucket: str, spec: GameSpec) -> bool:
-    """Declare ``spec`` in the bucket's catalog; idempotent. True if it was new, False if declared already.
+def declare_game(bucket: str, spec: GameSpec, *, s3: Any = None) -> bool:
+    """Declare ``spec`` in the bucket's catalog; idempotent, so a game client may call it at every start.
 
-    Raises ``GameSpecConflict`` naming the differences when the id is declared with another spec.
+    True if it was new, False if declared already with the same spec. Raises ``GameSpecConflict`` naming the
+    differences when the id is declared with another spec.
     """
+    if s3 is None:
+        import boto3  # Lazy: callers that inject a client need no AWS config.
+
+        s3 = boto3.client("s3")  # Endpoint from AWS_ENDPOINT_URL[_S3] if set.
     existing = read_declared(s3, bucket, spec.game_id)
     if existing is not None:
         if differences := existing.differences(spec):

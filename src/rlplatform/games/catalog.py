@@ -87,7 +87,7 @@ class GameCatalog:
 
     def register(self, spec: GameSpec) -> bool:
         """Declare a spec (idempotent); True if new. ``GameSpecConflict`` names the differences otherwise."""
-        created = declare_game(self.s3, self.bucket, spec)
+        created = declare_game(self.bucket, spec, s3=self.s3)
         with self._lock:
             self._declared[spec.game_id] = spec
             self._checked_at.pop(spec.game_id, None)

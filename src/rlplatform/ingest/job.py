@@ -9,6 +9,7 @@ A micro-batch is cut into slices: one worker process parses slice i+1 while the 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import multiprocessing
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlplatform import aws, processes
+from rlplatform.games import GameCatalog, game_spec
 from rlplatform.ingest.parse import Rejected, parse
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
@@ -54,13 +56,18 @@ class ParsedSlice:
     dead: list[dict]
 
 
-def parse_slice(records: list[tuple[str, str, bytes]]) -> ParsedSlice:
-    """Parse and validate ``(shard_id, sequence_number, data)`` records; runs in the parser process."""
+def parse_slice(records: list[tuple[str, str, bytes]], bucket: str | None = None) -> ParsedSlice:
+    """Parse and validate ``(shard_id, sequence_number, data)`` records; runs in the parser process.
+
+    Games resolve through the catalog in ``bucket`` (declared specs, then gymnasium ids); gymnasium only
+    without one.
+    """
+    resolve = _catalog(bucket).resolve if bucket else game_spec
     by_game: dict[str, list[TransitionBatch]] = defaultdict(list)
     steps: list[int] = []
     dead: list[dict] = []
     for shard_id, seq, data in records:
-        parsed = parse(data)
+        parsed = parse(data, resolve)
         if isinstance(parsed, Rejected):
             dead.append(
                 {
@@ -82,6 +89,12 @@ def parse_slice(records: list[tuple[str, str, bytes]]) -> ParsedSlice:
     return ParsedSlice({g: TransitionBatch.concat(b) for g, b in by_game.items()}, steps, dead)
 
 
+@functools.cache
+def _catalog(bucket: str) -> GameCatalog:
+    """One catalog per process and bucket: its cache of declared specs outlives each slice."""
+    return GameCatalog(bucket)
+
+
 def process_records(
     records: list[tuple[str, str, bytes]],
     store: ExperienceStore,
@@ -90,6 +103,7 @@ def process_records(
     slice_bytes: int = 4 * 1024 * 1024,
     store_errors: tuple[type[BaseException], ...] = (),
     store_where: str = "the store",
+    bucket: str | None = None,
 ) -> tuple[BatchResult, list[dict]]:
     """Parse, validate and store ``(shard_id, sequence_number, data)`` records.
 
@@ -101,7 +115,7 @@ def process_records(
     """
     result = BatchResult(records=len(records))
     dead: list[dict] = []
-    for part in _parsed(_slices(records, slice_records, slice_bytes), parser):
+    for part in _parsed(_slices(records, slice_records, slice_bytes), parser, bucket):
         for game_id, batch in part.batches.items():
             new = retry(
                 lambda g=game_id, b=batch: store.write(g, b),
@@ -159,14 +173,16 @@ def _expanded_size(data: bytes) -> int:
     return min(max(len(data), int.from_bytes(data[-4:], "little")), MAX_DECOMPRESSED_BYTES)
 
 
-def _parsed(slices: Iterator[list], parser: Executor | None, ahead: int = 2) -> Iterator[ParsedSlice]:
+def _parsed(
+    slices: Iterator[list], parser: Executor | None, bucket: str | None, ahead: int = 2
+) -> Iterator[ParsedSlice]:
     """Each slice parsed, in order; with a pool, up to ``ahead`` slices are in flight there."""
     if parser is None:
-        yield from map(parse_slice, slices)
+        yield from (parse_slice(part, bucket) for part in slices)
         return
     pending: deque = deque()
     for part in slices:
-        pending.append(parser.submit(parse_slice, part))
+        pending.append(parser.submit(parse_slice, part, bucket))
         if len(pending) >= ahead:
             yield pending.popleft().result()
     while pending:
@@ -272,7 +288,9 @@ def run(
         table = batch_df.select("shard_id", "sequence_number", "data", "arrival_ts").toArrow()
         records = list(zip(*(table.column(i).to_pylist() for i in range(3)), strict=True))
         fetched = time.perf_counter()
-        result, dead = process_records(records, store, parser, store_errors=store_errors, store_where=store_where)
+        result, dead = process_records(
+            records, store, parser, store_errors=store_errors, store_where=store_where, bucket=settings.bucket
+        )
         stored = time.perf_counter()
         if dead:
             write_dead_letters(settings.bucket, batch_id, dead)
