@@ -153,6 +153,40 @@ def test_a_step_re_sent_with_other_content_keeps_the_first_and_is_reported(store
     assert store.conflicting(GAME, make_batch(4)) == []
 
 
+def episode(n: int, version: int, reward: float, ended: str = "terminated", start_t: int = 0) -> TransitionBatch:
+    """One episode's steps ``start_t..start_t+n-1`` played by ``version``, each earning ``reward``."""
+    batch = make_batch(n, start_t=start_t)
+    batch.model_version[:] = version
+    batch.reward[:] = reward
+    batch.terminated[:] = False
+    if ended:
+        getattr(batch, ended)[-1] = True
+    return batch
+
+
+def test_live_returns_count_whole_finished_episodes_of_one_version(store: ExperienceStore) -> None:
+    assert store.live_returns(GAME) == {}
+    for batch in (
+        episode(10, version=0, reward=1.0),
+        episode(30, version=0, reward=1.0, ended="truncated"),  # a time limit ends an episode too
+        episode(20, version=2, reward=0.5),
+        episode(5, version=2, reward=9.0, ended=""),  # still running: not counted
+        episode(5, version=2, reward=9.0, start_t=3),  # steps 0..2 missing: not counted
+    ):
+        store.write(GAME, batch)
+    mixed = episode(8, version=1, reward=1.0)
+    mixed.model_version[4:] = 2  # the client swapped models mid-episode: judges neither
+    store.write(GAME, mixed)
+    # One episode written in two parts, as chunks arrive.
+    split = episode(12, version=2, reward=0.5)
+    store.write(GAME, split[:7])
+    store.write(GAME, split[7:])
+    live = store.live_returns(GAME)
+    assert sorted(live) == [0, 2]
+    assert (live[0].episodes, live[0].mean_return, live[0].std_return, live[0].mean_length) == (2, 20.0, 10.0, 20.0)
+    assert (live[2].episodes, live[2].mean_return, live[2].mean_length) == (2, 8.0, 16.0)
+
+
 def test_sample_returns_columnar_arrays_of_stored_rows(store: ExperienceStore) -> None:
     episode = str(uuid.uuid4())
     written = make_batch(200, episode)

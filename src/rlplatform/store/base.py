@@ -48,6 +48,70 @@ class TransitionBatch:
         return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches]) for f in fields(cls)})
 
 
+@dataclass(frozen=True)
+class EpisodeSteps:
+    """A few columns of every stored step of a game, for live evaluation; every array has length ``n``.
+
+    episode_id: object[n]   t: int64[n]   reward: float32[n]   ended: bool[n] (terminated or truncated)
+    model_version: int64[n]
+    """
+
+    episode_id: np.ndarray
+    t: np.ndarray
+    reward: np.ndarray
+    ended: np.ndarray
+    model_version: np.ndarray
+
+
+@dataclass(frozen=True)
+class LiveReturns:
+    """How the clients played one model version: its finished episodes' return and length."""
+
+    model_version: int
+    episodes: int
+    mean_return: float
+    std_return: float
+    mean_length: float
+
+
+def live_returns_of(steps: EpisodeSteps) -> dict[int, LiveReturns]:
+    """Per model version, the episodes that are finished and whole: steps ``0..T`` all stored, the last one
+    terminated or truncated, every step chosen by that one version (a client that swapped models mid-episode
+    played a mix, which judges neither)."""
+    import pandas as pd
+
+    if len(steps.t) == 0:
+        return {}
+    df = pd.DataFrame({f.name: getattr(steps, f.name) for f in fields(steps)}).sort_values(["episode_id", "t"])
+    per_episode = df.groupby("episode_id").agg(
+        ret=("reward", "sum"),
+        length=("t", "size"),
+        first_t=("t", "min"),
+        last_t=("t", "max"),
+        ended=("ended", "last"),
+        v_min=("model_version", "min"),
+        v_max=("model_version", "max"),
+    )
+    whole = per_episode[
+        per_episode.ended
+        & (per_episode.first_t == 0)
+        & (per_episode.length == per_episode.last_t + 1)
+        & (per_episode.v_min == per_episode.v_max)
+    ]
+    per_version = whole.groupby("v_min").agg(
+        episodes=("ret", "size"),
+        mean_return=("ret", "mean"),
+        std_return=("ret", lambda r: float(np.std(r))),
+        mean_length=("length", "mean"),
+    )
+    return {
+        int(v): LiveReturns(
+            int(v), int(row.episodes), float(row.mean_return), float(row.std_return), float(row.mean_length)
+        )
+        for v, row in per_version.iterrows()
+    }
+
+
 class ExperienceStore(abc.ABC):
     """Where transitions live between ingest and training."""
 
@@ -91,6 +155,16 @@ class ExperienceStore(abc.ABC):
     def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
         """The stored rows whose ``(episode_id, t)`` keys appear in ``batch``, in any order."""
 
+    def live_returns(self, game_id: str) -> dict[int, LiveReturns]:
+        """Per model version, the return and length of the finished episodes the clients played with it
+        (``live_returns_of``): the measure that works for every game, simulator or not. It reads a few
+        columns of every stored step, so its cost grows with the table: for reports, not the training loop."""
+        return live_returns_of(self._episode_steps(game_id))
+
+    @abc.abstractmethod
+    def _episode_steps(self, game_id: str) -> EpisodeSteps:
+        """``EpisodeSteps`` of every stored step of the game (empty arrays for an unknown game)."""
+
     @abc.abstractmethod
     def count(self, game_id: str) -> int:
         """Rows stored for the game (0 for an unknown game)."""
@@ -116,6 +190,16 @@ def t_ranges(batch: TransitionBatch) -> dict[str, tuple[int, int]]:
         lo, hi = ranges.get(episode_id, (t, t))
         ranges[episode_id] = (min(lo, t), max(hi, t))
     return ranges
+
+
+def no_episode_steps() -> EpisodeSteps:
+    return EpisodeSteps(
+        np.array([], dtype=object),
+        np.array([], dtype=np.int64),
+        np.array([], dtype=np.float32),
+        np.array([], dtype=bool),
+        np.array([], dtype=np.int64),
+    )
 
 
 def _same_row(a: TransitionBatch, i: int, b: TransitionBatch, j: int) -> bool:

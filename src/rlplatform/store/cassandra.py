@@ -62,7 +62,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
 from rlplatform.settings import Settings
-from rlplatform.store.base import ExperienceStore, TransitionBatch, t_ranges
+from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, no_episode_steps, t_ranges
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,8 @@ def statements(keyspace: str, ttl_seconds: int) -> dict[str, str]:
         "insert_row": f"INSERT INTO {ks}.transitions (game_id, chunk, seq, {_ROW_COLUMNS}, written_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL {ttl}",
         "select_rows": f"SELECT seq, {_ROW_COLUMNS} FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq IN ?",
+        "select_chunk_steps": "SELECT episode_id, t, reward, terminated, truncated, model_version"
+        f" FROM {ks}.transitions WHERE game_id = ? AND chunk = ?",
         "first_seq": f"SELECT seq FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq >= ? LIMIT 1",
         "delete_chunk": f"DELETE FROM {ks}.transitions WHERE game_id = ? AND chunk = ?",
         "delete_head": f"DELETE FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq <= ?",
@@ -337,6 +339,28 @@ class CassandraStore(ExperienceStore):
             return batch[:0]
         seqs = sorted(set(self._seqs_of_keys(game_id, batch).values()))
         return _to_batch(list(self._fetch(game_id, game.rows_per_partition, seqs).values()), game)
+
+    def _episode_steps(self, game_id: str) -> EpisodeSteps:
+        game = self._known_game(game_id)
+        if game is None:
+            return no_episode_steps()
+        rpp = game.rows_per_partition
+        hi = self._next_seq(game_id) - 1
+        lo = self._head(game_id, hi, rpp)
+        if lo > hi:
+            return no_episode_steps()
+        pages = self._concurrent("select_chunk_steps", [(game_id, c) for c in range(lo // rpp, hi // rpp + 1)])
+        rows = [(r.episode_id, r.t, r.reward, r.terminated or r.truncated, r.model_version) for p in pages for r in p]
+        if not rows:
+            return no_episode_steps()
+        cols = list(zip(*rows, strict=True))
+        return EpisodeSteps(
+            episode_id=np.array(cols[0], dtype=object),
+            t=np.array(cols[1], dtype=np.int64),
+            reward=np.array(cols[2], dtype=np.float32),
+            ended=np.array(cols[3], dtype=bool),
+            model_version=np.array(cols[4], dtype=np.int64),
+        )
 
     def _seqs_of_keys(self, game_id: str, batch: TransitionBatch) -> dict[tuple[str, int], int]:
         """``(episode_id, t) -> seq`` of the batch's keys that are recorded already."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplatform.store.base import ExperienceStore, TransitionBatch, t_ranges
+from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, no_episode_steps, t_ranges
 
 _COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
 
@@ -107,6 +107,16 @@ class SqliteStore(ExperienceStore):
                 ).fetchall()
         return _to_batch(rows, obs_dim, action_dtype, action_dim)
 
+    def _episode_steps(self, game_id: str) -> EpisodeSteps:
+        game = self._known_game(game_id)
+        if game is None:
+            return no_episode_steps()
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT episode_id, t, reward, terminated OR truncated, model_version FROM {game[0]}"
+            ).fetchall()
+        return _episode_steps(rows)
+
     def count(self, game_id: str) -> int:
         game = self._known_game(game_id)
         if game is None:
@@ -185,4 +195,17 @@ def _to_batch(rows: list[tuple], obs_dim: int, action_dtype: np.dtype, action_di
         terminated=np.array(cols[6], dtype=bool),
         truncated=np.array(cols[7], dtype=bool),
         model_version=np.array(cols[8], dtype=np.int64),
+    )
+
+
+def _episode_steps(rows: list[tuple]) -> EpisodeSteps:
+    if not rows:
+        return no_episode_steps()
+    cols = list(zip(*rows, strict=True))
+    return EpisodeSteps(
+        episode_id=np.array(cols[0], dtype=object),
+        t=np.array(cols[1], dtype=np.int64),
+        reward=np.array(cols[2], dtype=np.float32),
+        ended=np.array(cols[3], dtype=bool),
+        model_version=np.array(cols[4], dtype=np.int64),
     )
