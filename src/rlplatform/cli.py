@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rlplatform.settings import load_settings
 
+if TYPE_CHECKING:
+    from rlplatform.games import GameSpec
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RL bots from real play.")
 
 GameOpt = Annotated[str, typer.Option("--game", help="gymnasium game id, also the game_id on the wire.")]
+AlgorithmOpt = Annotated[
+    str | None,
+    typer.Option("--algorithm", help="DQN or SAC; wins over --config. Default: DQN for discrete actions, SAC for box."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help='Per-game trainer config, JSON or YAML: {"algorithm": "SAC", "hyperparameters": {...}}.',
+    ),
+]
 
 
 def _logging(level: str) -> None:
@@ -46,10 +63,15 @@ def up(
         float, typer.Option("--client-steps-per-second", min=1, help="Step-rate cap per simulated client.")
     ] = 100.0,
     eval_episodes: Annotated[int, typer.Option("--eval-episodes", min=1, help="Episodes per greedy evaluation.")] = 20,
+    algorithm: AlgorithmOpt = None,
+    config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Start the embedded stack (moto, Spark ingest, RLlib trainer, N clients) and train until solved."""
     from rlplatform.launcher import LaunchConfig, run_stack
+
+    if algorithm or config:
+        _check_algorithm(game, algorithm, config)
 
     summary = run_stack(
         LaunchConfig(
@@ -60,10 +82,27 @@ def up(
             run_dir=run_dir,
             client_steps_per_second=client_steps_per_second,
             eval_episodes=eval_episodes,
+            algorithm=algorithm,
+            trainer_config=config.resolve() if config else None,
             seed=seed,
         )
     )
     raise typer.Exit(0 if summary.get("error") is None else 1)
+
+
+def _check_algorithm(game: str, algorithm: str | None, config: Path | None) -> None:
+    """Refuse a bad --algorithm or --config before any process starts, not in the trainer's log."""
+    from rlplatform.games import UnknownGameError, game_spec
+    from rlplatform.train.algorithms import AlgorithmConfigError, algorithm_class
+    from rlplatform.train.trainer import trainer_config
+
+    try:
+        cfg = trainer_config(game, config_file=config, algorithm=algorithm)
+        spec = game_spec(game)
+        algorithm_class(spec, cfg.algorithm)(spec, cfg.hyperparameters)
+    except (AlgorithmConfigError, UnknownGameError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -139,10 +178,17 @@ def ingest(
 @app.command()
 def train(
     game: GameOpt = "CartPole-v1",
+    algorithm: AlgorithmOpt = None,
+    config: ConfigOpt = None,
     status_file: Annotated[Path | None, typer.Option("--status-file", help="Write progress JSON here.")] = None,
     max_updates: Annotated[int | None, typer.Option("--max-updates", min=1)] = None,
-    publish_every: Annotated[int, typer.Option("--publish-every", min=1, help="Learner updates per model.")] = 1000,
-    learning_starts: Annotated[int, typer.Option("--learning-starts", min=1)] = 1000,
+    publish_every: Annotated[
+        int | None, typer.Option("--publish-every", min=1, help="Learner updates per model (default 1000).")
+    ] = None,
+    learning_starts: Annotated[
+        int | None,
+        typer.Option("--learning-starts", min=1, help="Stored transitions before the first update (a hyperparameter)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Run the learner on this Ray cluster (host:port).")
@@ -150,16 +196,159 @@ def train(
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Train from store samples and publish ONNX models until SIGTERM/SIGINT or --max-updates."""
-    from rlplatform.train.trainer import Trainer, TrainerConfig
+    from rlplatform.train.algorithms import AlgorithmConfigError
+    from rlplatform.train.trainer import Trainer, trainer_config
     from rlplatform_client.stopping import set_on_signals
 
     _logging(log_level)
     stop = threading.Event()
     set_on_signals(stop)
-    cfg = TrainerConfig(game_id=game, publish_every_updates=publish_every, learning_starts=learning_starts, seed=seed)
-    with _until_stopped():
-        trainer = Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file, stop=stop)
-        trainer.run(stop, max_updates=max_updates)
+    loop = {"seed": seed} | ({"publish_every_updates": publish_every} if publish_every else {})
+    overrides = {"learning_starts": learning_starts} if learning_starts else {}
+    try:
+        cfg = trainer_config(game, config_file=config, algorithm=algorithm, hyperparameters=overrides, **loop)
+        with _until_stopped():
+            trainer = Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file, stop=stop)
+            trainer.run(stop, max_updates=max_updates)
+    except AlgorithmConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def models(game: GameOpt = "CartPole-v1") -> None:
+    """Published versions of a game with how the clients that ran them played (live return from the store)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlplatform.report import LIVE_NOTE, live_cell, version_reports
+    from rlplatform.store import open_store
+
+    settings = load_settings()
+    with open_store(settings) as store:
+        reports = version_reports(settings.bucket, game, store)
+    table = Table(title=f"{game}: models in s3://{settings.bucket}/", caption=LIVE_NOTE)
+    for column in ("version", "algorithm", "published at", "learner step", "live return", "simulator eval"):
+        table.add_column(column)
+    for r in reports:
+        m = r.manifest
+        if r.version == 0:
+            cells = ("random play", "-", "-")
+        elif m is None:
+            cells = ("?", "manifest unreadable", "-")
+        else:
+            cells = (m.algorithm, m.created_at[:19], str(m.learner_step))
+        evaluation = "-" if m is None or m.eval_return is None else f"{m.eval_return:.1f}"
+        table.add_row(str(r.version), *cells, live_cell(r.live), evaluation)
+    Console().print(table)
+
+
+games_app = typer.Typer(no_args_is_help=True, help="The game catalog: declared specs in the bucket, and gymnasium ids.")
+app.add_typer(games_app, name="games")
+
+
+@games_app.command("register")
+def games_register(
+    game: Annotated[str, typer.Argument(help="The game_id clients put in their chunks.")],
+    spec_file: Annotated[
+        Path | None, typer.Option("--spec", help="A spec JSON document (README: Bring your own game).")
+    ] = None,
+    obs_size: Annotated[int | None, typer.Option("--obs-size", min=1, help="Observation vector length.")] = None,
+    actions: Annotated[int | None, typer.Option("--actions", min=1, help="Discrete actions 0..N-1.")] = None,
+    action_low: Annotated[str | None, typer.Option("--action-low", help="Box lower bounds, comma-separated.")] = None,
+    action_high: Annotated[str | None, typer.Option("--action-high", help="Box upper bounds, comma-separated.")] = None,
+    simulator: Annotated[str | None, typer.Option("--simulator", help="A gymnasium id simulating it.")] = None,
+) -> None:
+    """Declare a game (idempotent); a different spec for a declared id is refused, naming the differences."""
+    from rlplatform.games import GameCatalog, GameSpecConflict, GameSpecError
+
+    try:
+        spec = _spec_from_options(game, spec_file, obs_size, actions, action_low, action_high, simulator)
+        created = GameCatalog(load_settings().bucket).register(spec)
+    except (GameSpecError, GameSpecConflict) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{'declared' if created else 'already declared, same spec:'} {game}")
+
+
+@games_app.command("list")
+def games_list() -> None:
+    """Declared games (gymnasium ids work without a declaration and are not listed)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlplatform.games import GameCatalog
+
+    settings = load_settings()
+    specs = GameCatalog(settings.bucket).list_declared()
+    if not specs:
+        typer.echo(f"no games declared in s3://{settings.bucket}/ (gymnasium ids need no declaration)")
+        return
+    table = Table(title=f"games declared in s3://{settings.bucket}/")
+    for column in ("game_id", "observation", "actions", "simulator"):
+        table.add_column(column)
+    for spec in specs:
+        obs, action = spec.manifest_spaces()
+        table.add_row(spec.game_id, f"float32[{spec.obs_dim}]", json.dumps(action), spec.simulator or "-")
+    Console().print(table)
+
+
+@games_app.command("show")
+def games_show(game: Annotated[str, typer.Argument(help="A declared game_id or a gymnasium id.")]) -> None:
+    """The spec document a game resolves to (declared in the bucket, else derived from gymnasium)."""
+    from rlplatform.games import GameCatalog, UnknownGameError
+
+    catalog = GameCatalog(load_settings().bucket)
+    try:
+        spec = catalog.resolve(game)
+    except UnknownGameError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    source = "declared" if catalog.declared(game) is not None else "gymnasium"
+    typer.echo(json.dumps({**spec.to_document(), "source": source}, indent=2))
+
+
+def _spec_from_options(
+    game: str,
+    spec_file: Path | None,
+    obs_size: int | None,
+    actions: int | None,
+    action_low: str | None,
+    action_high: str | None,
+    simulator: str | None,
+) -> GameSpec:
+    """A GameSpec from a spec file or from the flags (exactly one of the two)."""
+    from rlplatform.games import GameSpec, GameSpecError
+
+    flags = (obs_size, actions, action_low, action_high, simulator)
+    if spec_file is not None:
+        if any(f is not None for f in flags):
+            raise GameSpecError("(options)", "give --spec FILE or the flags, not both")
+        try:
+            doc = json.loads(spec_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise GameSpecError("(document)", f"cannot read {spec_file}: {exc}") from None
+        if isinstance(doc, dict) and doc.setdefault("game_id", game) != game:
+            raise GameSpecError("game_id", f"the file declares {doc['game_id']!r}, the command {game!r}")
+        return GameSpec.from_document(doc)
+    if obs_size is None or (actions is None) == (action_low is None or action_high is None):
+        raise GameSpecError("(options)", "give --obs-size and either --actions N or --action-low/--action-high")
+    if actions is not None:
+        action = {"type": "discrete", "n": actions}
+    else:
+        action = {"type": "box", "low": _numbers(action_low, "low"), "high": _numbers(action_high, "high")}
+    observation = {"type": "box", "shape": [obs_size], "dtype": "float32"}
+    doc = {"game_id": game, "observation_space": observation, "action_space": action, "simulator": simulator}
+    return GameSpec.from_document(doc)
+
+
+def _numbers(text: str, name: str) -> list[float]:
+    from rlplatform.games import GameSpecError
+
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise GameSpecError(f"action_space.{name}", f"must be comma-separated numbers, got {text!r}") from None
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print numbers (one JSON line last).")
@@ -185,7 +374,6 @@ def bench_ingest(
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-<timestamp>.")] = None,
 ) -> None:
     """End-to-end ingest throughput and latency (producer -> moto Kinesis -> Spark -> SQLite)."""
-    import json
     import time
 
     from rlplatform.bench import IngestBenchConfig, run_ingest_bench

@@ -47,8 +47,11 @@ class LaunchConfig:
     client_steps_per_second: float = 100.0
     eval_episodes: int = 20
     seed: int = 0
-    publish_every_updates: int = 1000
-    learning_starts: int = 1000
+    # None: the trainer's own default (TrainerConfig, the algorithm's hyperparameters, its config file).
+    algorithm: str | None = None
+    trainer_config: Path | None = None
+    publish_every_updates: int | None = None
+    learning_starts: int | None = None
     drain_timeout_s: float = 120.0
     max_restarts: int = 3  # per restartable stage (ingest, trainer); one more crash fails the run
     restart_backoff: Backoff = Backoff(base_s=1.0, cap_s=30.0)
@@ -124,22 +127,15 @@ class Stack:
         spawn("clients", self._clients_argv())
 
     def _trainer_argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "rlplatform",
-            "train",
-            "--game",
-            self.cfg.game,
-            "--status-file",
-            str(self.trainer_status),
-            "--publish-every",
-            str(self.cfg.publish_every_updates),
-            "--learning-starts",
-            str(self.cfg.learning_starts),
-            "--seed",
-            str(self.cfg.seed),
-        ]
+        argv = [sys.executable, "-m", "rlplatform", "train", "--game", self.cfg.game]
+        argv += ["--status-file", str(self.trainer_status), "--seed", str(self.cfg.seed)]
+        optional = {
+            "--algorithm": self.cfg.algorithm,
+            "--config": self.cfg.trainer_config,
+            "--publish-every": self.cfg.publish_every_updates,
+            "--learning-starts": self.cfg.learning_starts,
+        }
+        return argv + [str(x) for flag, value in optional.items() if value is not None for x in (flag, value)]
 
     def _clients_argv(self) -> list[str]:
         return [

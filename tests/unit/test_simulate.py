@@ -4,13 +4,23 @@ import sys
 import threading
 
 import boto3
+import numpy as np
 import pytest
 from moto import mock_aws
+from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from rlplatform_client.cli import app
-from rlplatform_client.models import ModelManifest, latest_key
-from rlplatform_client.simulate import BotClient, MissingDependencyError, SimConfig, epsilon, import_gymnasium
+from rlplatform_client.models import ModelManifest, latest_key, publish_model
+from rlplatform_client.simulate import (
+    BotClient,
+    MissingDependencyError,
+    SimConfig,
+    epsilon,
+    gaussian_explore,
+    import_gymnasium,
+)
+from rlplatform_client.subscriber import ModelSubscriber
 
 
 def test_epsilon_follows_apex_schedule() -> None:
@@ -87,3 +97,56 @@ def test_bot_client_keeps_playing_with_a_pointer_to_a_missing_model(tmp_path) ->
     assert stats["episodes"] == 3 and stats["steps_recorded"] >= 3 * 8 and stats["model_version"] == 0
     # Dozens of polls, a handful of attempts: the subscriber backs off the missing model.
     assert 1 <= stats["rejected_loads"] <= 3
+
+
+def test_gaussian_exploration_stays_inside_the_box_and_scales_with_its_width() -> None:
+    rng = np.random.default_rng(0)
+    low, high = np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32)
+    greedy = np.array([1.9, 5.0], np.float32)
+    noisy = np.array([gaussian_explore(greedy, low, high, 0.1, rng) for _ in range(2000)])
+    assert noisy.dtype == np.float32 and np.all(noisy >= low) and np.all(noisy <= high)
+    assert noisy[:, 1].std() == pytest.approx(0.5, rel=0.1)  # 0.1 of half the width 10
+    assert noisy[:, 0].max() == 2.0  # clipped, not resampled
+
+
+def action_model() -> bytes:
+    """obs [None, 3] float32 -> action [None, 1] = 10 * obs[0]: far outside Pendulum's [-2, 2] for most obs."""
+    w = numpy_helper.from_array(np.array([[10.0], [0.0], [0.0]], dtype=np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["obs", "W"], ["action"])],
+        "tiny_action",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, [None, 1])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_bot_client_explores_around_an_action_model_inside_the_box(tmp_path) -> None:
+    cfg = SimConfig(game="Pendulum-v1", clients=1, stream="exp", bucket="models-bkt", episodes_per_client=1)
+    data = action_model()
+    manifest = ModelManifest.create(
+        "Pendulum-v1",
+        1,
+        data,
+        algorithm="SAC",
+        learner_step=1,
+        observation_space={"type": "box", "shape": [3], "low": [None] * 3, "high": [None] * 3},
+        action_space={"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]},
+        output={"name": "action", "kind": "action"},
+    )
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models-bkt")
+        publish_model(s3, "models-bkt", manifest, data)
+        client = BotClient(cfg, 0, os.getppid(), threading.Event())
+        client.subscriber = ModelSubscriber("models-bkt", "Pendulum-v1", s3=s3)
+        assert client.subscriber.poll()
+        env = import_gymnasium().make("Pendulum-v1")
+        obs, _ = env.reset(seed=0)
+        actions = np.array([client._choose(env, obs) for _ in range(500)])
+    greedy = np.clip(10 * obs[0], -2, 2)
+    assert actions.shape == (500, 1) and np.all(np.abs(actions) <= 2.0)
+    assert actions.std() > 0 and abs(np.median(actions) - greedy) < 0.5  # epsilon 0.4: noise std 0.8

@@ -22,6 +22,7 @@ from rlplatform_client.retry import Backoff
 from rlplatform_client.subscriber import (
     MISSING_MODEL_BACKOFF,
     ModelIntegrityError,
+    ModelLoadError,
     ModelMissingError,
     ModelSubscriber,
     NoModelError,
@@ -276,3 +277,66 @@ def test_missing_model_is_loaded_once_it_appears_after_the_backoff(s3: Any) -> N
 
 def test_default_missing_model_backoff_is_jittered_and_capped() -> None:
     assert MISSING_MODEL_BACKOFF.jitter and MISSING_MODEL_BACKOFF.cap_s >= MISSING_MODEL_BACKOFF.base_s > 0
+
+
+def test_manifest_without_output_reads_as_q_values_for_discrete_and_action_for_box() -> None:
+    doc = json.loads(manifest_for(1, b"m").to_json())
+    del doc["output"]  # as written before the field existed
+    old = ModelManifest.from_json(json.dumps(doc))
+    assert old.output is None and old.output_kind == "q_values"
+    box = {"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]}
+    assert ModelManifest.from_json(json.dumps({**doc, "action_space": box})).output_kind == "action"
+
+
+@pytest.mark.parametrize(
+    ("output", "field"),
+    [({"name": "q", "kind": "action"}, "output.kind"), ({"kind": "q_values"}, "output.name"), ("q", "output")],
+)
+def test_manifest_output_must_fit_the_action_space(output: Any, field: str) -> None:
+    doc = {**json.loads(manifest_for(1, b"m").to_json()), "output": output}
+    with pytest.raises(ManifestError) as info:
+        ModelManifest.from_json(json.dumps(doc))
+    assert info.value.field == field
+
+
+def box_model(scale: float) -> bytes:
+    """obs [None, 4] float32 -> action [None, 1] = scale * obs[0] (a model that may leave its box)."""
+    w = numpy_helper.from_array(np.array([[scale], [0], [0], [0]], dtype=np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["obs", "W"], ["action"])],
+        "tiny_action",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, [None, 1])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_action_models_are_acted_on_inside_the_box_and_must_have_the_named_output(s3: Any) -> None:
+    box = {"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]}
+    data = box_model(3.0)
+
+    def publish(version: int, output: dict) -> None:
+        manifest = ModelManifest.create(
+            GAME,
+            version,
+            data,
+            algorithm="SAC",
+            learner_step=1,
+            observation_space=OBS_SPACE,
+            action_space=box,
+            output=output,
+        )
+        publish_model(s3, BUCKET, manifest, data)
+
+    sub = ModelSubscriber(BUCKET, GAME, s3=s3)
+    publish(1, {"name": "mean_action", "kind": "action"})
+    with pytest.raises(ModelLoadError, match="the manifest names output 'mean_action', the model has \\['action'\\]"):
+        sub.poll()
+    publish(2, {"name": "action", "kind": "action"})
+    assert sub.poll() and sub.manifest.output_kind == "action"
+    for x, expected in ((0.5, 1.5), (1.0, 2.0), (-4.0, -2.0)):
+        action = sub.act([x, 0.0, 0.0, 0.0])
+        assert action.dtype == np.float32 and action.shape == (1,) and action[0] == pytest.approx(expected)

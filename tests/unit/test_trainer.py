@@ -17,14 +17,20 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 from moto import mock_aws
 
 from rlplatform import registry
+from rlplatform.games import game_spec
 from rlplatform.settings import Settings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.train.trainer import Trainer, TrainerConfig, to_train_batch
+from rlplatform.train.algorithms import AlgorithmConfigError
+from rlplatform.train.algorithms.dqn import DQN
+from rlplatform.train.trainer import Trainer, TrainerConfig
 from rlplatform_client.models import ModelManifest, latest_key, publish_model, sha256_hex
 from rlplatform_client.retry import Backoff
 from rlplatform_client.subscriber import ModelMissingError
 
+FAST = TrainerConfig(
+    hyperparameters={"batch_size": 32, "learning_starts": 100}, publish_every_updates=10, eval_episodes=1
+)
 SPACES = {
     "algorithm": "DQN",
     "learner_step": 1,
@@ -66,7 +72,7 @@ def latest_manifest(s3, bucket: str) -> ModelManifest:
 
 def test_train_batch_keeps_terminated_and_truncated_apart() -> None:
     source = cartpole_batch(100)
-    batch = to_train_batch(source).policy_batches["default_policy"]
+    batch = DQN(game_spec("CartPole-v1")).to_train_batch(source).policy_batches["default_policy"]
     assert batch["terminateds"].sum() == 5 and batch["truncateds"].sum() == 2
     np.testing.assert_array_equal(batch["terminateds"], source.terminated)
     np.testing.assert_array_equal(batch["truncateds"], source.truncated)
@@ -74,18 +80,18 @@ def test_train_batch_keeps_terminated_and_truncated_apart() -> None:
 
 
 def test_trainer_publishes_models_and_resumes_with_increasing_versions(settings: Settings) -> None:
-    cfg = TrainerConfig(batch_size=32, learning_starts=100, publish_every_updates=10, eval_episodes=1)
-    Trainer(settings, cfg).run(threading.Event(), max_updates=20)
+    Trainer(settings, FAST).run(threading.Event(), max_updates=20)
 
     s3 = boto3.client("s3")
     manifest = latest_manifest(s3, settings.bucket)
     assert manifest.version == 2 and manifest.learner_step == 20 and manifest.algorithm == "DQN"
+    assert manifest.output == {"name": "q_values", "kind": "q_values"}
     model = s3.get_object(Bucket=settings.bucket, Key=manifest.onnx_key)["Body"].read()
     assert sha256_hex(model) == manifest.sha256
     q = ort.InferenceSession(model).run(None, {"obs": np.zeros((3, 4), np.float32)})[0]
     assert q.shape == (3, 2) and np.all(np.isfinite(q))
 
-    resumed = Trainer(settings, cfg)
+    resumed = Trainer(settings, FAST)
     assert resumed.status.updates == 20 and resumed.status.version == 2
     resumed.run(threading.Event(), max_updates=30)
     latest = latest_manifest(s3, settings.bucket)
@@ -93,8 +99,7 @@ def test_trainer_publishes_models_and_resumes_with_increasing_versions(settings:
 
 
 def test_trainer_waits_for_learning_starts(settings: Settings) -> None:
-    cfg = TrainerConfig(learning_starts=10_000)
-    trainer = Trainer(settings, cfg)
+    trainer = Trainer(settings, TrainerConfig(hyperparameters={"learning_starts": 10_000}))
     stop = threading.Event()
     timer = threading.Timer(1.5, stop.set)
     timer.start()
@@ -102,12 +107,9 @@ def test_trainer_waits_for_learning_starts(settings: Settings) -> None:
     assert trainer.status.updates == 0 and trainer.status.stored_rows == 500
 
 
-def test_trainer_refuses_continuous_games(settings: Settings) -> None:
-    with pytest.raises(ValueError, match="game_id: 'Pendulum-v1' has a continuous action space"):
-        Trainer(settings, TrainerConfig(game_id="Pendulum-v1"))
-
-
-FAST = TrainerConfig(batch_size=32, learning_starts=100, publish_every_updates=10, eval_episodes=1)
+def test_trainer_refuses_dqn_for_continuous_games(settings: Settings) -> None:
+    with pytest.raises(AlgorithmConfigError, match="algorithm: DQN learns discrete action spaces, but 'Pendulum-v1'"):
+        Trainer(settings, TrainerConfig(game_id="Pendulum-v1", algorithm="DQN"))
 
 
 def test_next_version_comes_from_versioned_keys_not_a_bogus_pointer(settings: Settings) -> None:

@@ -9,12 +9,16 @@ Layout (``version`` is an int >= 1, zero-padded so keys sort by version)::
 Publishers write the model, then its manifest, then the pointer, so a reader that sees a pointer can
 always fetch the model it names. Subscribers verify ``sha256`` before loading anything.
 
-ONNX convention: one input named ``"obs"``, float32 ``[batch, obs_dim]``.
+ONNX convention: one input named ``"obs"``, float32 ``[batch, obs_dim]``. The manifest's ``output``
+(``{"name": ..., "kind": ...}``) names the graph output to read and how to act on it:
 
-* discrete (``action_space={"type": "discrete", "n": N}``): output ``[batch, N]`` Q-values or logits;
-  the greedy action is the argmax.
-* continuous (``{"type": "box", "shape": [k], "low": [...], "high": [...]}``): output ``[batch, k]`` is
-  the action itself, clipped to ``low``/``high`` (a ``null`` bound means unbounded).
+* ``"kind": "q_values"`` (discrete ``action_space={"type": "discrete", "n": N}``; DQN): output
+  ``[batch, N]``; the greedy action is the argmax.
+* ``"kind": "action"`` (box ``{"type": "box", "shape": [k], "low": [...], "high": [...]}``; SAC): output
+  ``[batch, k]`` is the action itself, inside ``low``/``high`` (clip anyway; a ``null`` bound is unbounded).
+
+Manifests written before ``output`` existed lack it: read them as the graph's first output, of kind
+``q_values`` for discrete action spaces and ``action`` for box ones.
 
 Spaces are JSON: bounds must be finite numbers or ``null`` (JSON has no Infinity).
 """
@@ -29,8 +33,11 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 MODEL_PREFIX = "models"
 INPUT_NAME = "obs"
+OUTPUT_KINDS = {"discrete": "q_values", "box": "action"}  # the kind of output each action space is acted on with
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -85,6 +92,7 @@ class ModelManifest:
     observation_space: dict
     action_space: dict
     created_at: str
+    output: dict | None = None  # {"name", "kind"}; None in manifests older than the field
 
     def __post_init__(self) -> None:
         _validate(asdict(self))
@@ -102,11 +110,16 @@ class ModelManifest:
         if not isinstance(doc, dict):
             raise ManifestError("(document)", "must be a JSON object")
         _validate(doc)
-        return cls(**{f.name: doc[f.name] for f in fields(cls)})
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
 
     @property
     def is_discrete(self) -> bool:
         return self.action_space["type"] == "discrete"
+
+    @property
+    def output_kind(self) -> str:
+        """How to act on the model's output: ``"q_values"`` (argmax) or ``"action"`` (the action itself)."""
+        return self.output["kind"] if self.output else OUTPUT_KINDS[self.action_space["type"]]
 
     @classmethod
     def create(
@@ -120,6 +133,7 @@ class ModelManifest:
         observation_space: dict,
         action_space: dict,
         eval_return: float | None = None,
+        output: dict | None = None,
     ) -> ModelManifest:
         """Manifest for ``onnx_bytes`` at its canonical key, stamped now (UTC)."""
         return cls(
@@ -133,7 +147,18 @@ class ModelManifest:
             observation_space=observation_space,
             action_space=action_space,
             created_at=datetime.now(timezone.utc).isoformat(),
+            output=output,
         )
+
+
+def greedy_action(row: np.ndarray, kind: str, action_space: dict) -> int | np.ndarray:
+    """The action for one row of a model's output: the argmax of ``q_values`` (int), or the ``action``
+    (float32[k]) clipped to the box (``null`` bounds: unbounded)."""
+    if kind == "q_values":
+        return int(np.argmax(row))
+    low = np.array([-np.inf if v is None else v for v in action_space["low"]], dtype=np.float32)
+    high = np.array([np.inf if v is None else v for v in action_space["high"]], dtype=np.float32)
+    return np.clip(np.asarray(row, dtype=np.float32), low, high)
 
 
 def publish_model(s3: Any, bucket: str, manifest: ModelManifest, onnx_bytes: bytes) -> None:
@@ -163,6 +188,7 @@ def _validate(doc: dict) -> None:
     _eval_return(doc)
     _space(doc, "observation_space")
     _action_space(doc)
+    _output(doc)
     try:
         # Python 3.10's fromisoformat does not accept the common "Z" suffix.
         datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", _str(doc, "created_at")))
@@ -224,6 +250,22 @@ def _action_space(doc: dict) -> None:
         values = space.get(bound)
         if not isinstance(values, list) or len(values) != k or not all(_is_number(v) for v in values):
             raise ManifestError(f"action_space.{bound}", f"must be a list of {k} numbers or nulls, got {values!r}")
+
+
+def _output(doc: dict) -> None:
+    output = doc.get("output")
+    if output is None:
+        return
+    if not isinstance(output, dict):
+        raise ManifestError("output", f'must be an object with "name" and "kind", got {output!r}')
+    if not isinstance(output.get("name"), str) or not output["name"]:
+        raise ManifestError("output.name", f"must be a non-empty string, got {output.get('name')!r}")
+    kind = OUTPUT_KINDS[doc["action_space"]["type"]]
+    if output.get("kind") != kind:
+        raise ManifestError(
+            "output.kind",
+            f"must be {kind!r} for a {doc['action_space']['type']} action space, got {output.get('kind')!r}",
+        )
 
 
 def _is_number(value: Any) -> bool:

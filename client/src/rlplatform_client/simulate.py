@@ -1,8 +1,10 @@
 """Bot clients that play a gymnasium game, stream experience and follow the newest published model.
 
 Each client is a separate process (``spawn`` context: no inherited threads, locks or boto3 sessions from
-the parent). Clients explore differently, Ape-X style: client ``i`` of ``N`` uses
-``eps_i = 0.4 ** (1 + 7 * i / max(N - 1, 1))``.
+the parent). Every client plays uniformly at random until a model exists. Clients then explore
+differently, Ape-X style: client ``i`` of ``N`` uses ``eps_i = 0.4 ** (1 + 7 * i / max(N - 1, 1))``, as
+the epsilon of epsilon-greedy for a model of Q-values (DQN), or as the standard deviation of Gaussian noise,
+in units of half the box's width, added to a model's action (SAC) and clipped to the box.
 
 Shutdown: SIGTERM/SIGINT (the parent forwards them), the time or episode budget, or the parent's death
 (children must never outlive the parent) make a client stop playing, close its producer (flushing every
@@ -68,6 +70,15 @@ class SimConfig:
 def epsilon(index: int, clients: int) -> float:
     """Ape-X per-client exploration rate: 0.4 for client 0 down to 0.4**8 for the last one."""
     return 0.4 ** (1 + 7 * index / max(clients - 1, 1))
+
+
+def gaussian_explore(
+    action: np.ndarray, low: np.ndarray, high: np.ndarray, scale: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``action`` float32[k] plus noise of std ``scale`` times half the box's width (1 where unbounded), clipped."""
+    width = np.where(np.isfinite(high - low), (high - low) / 2.0, 1.0)
+    noisy = action + rng.normal(0.0, 1.0, action.shape) * scale * width
+    return np.clip(noisy, low, high).astype(np.float32)
 
 
 def import_gymnasium() -> Any:
@@ -243,10 +254,14 @@ class BotClient:
             self.stop.wait(delay)  # Wakes immediately on SIGTERM/SIGINT.
 
     def _choose(self, env: Any, obs: Any) -> Any:
-        """Random until a model exists, then epsilon-greedy with the newest model."""
-        if not self.subscriber.has_model or self.rng.random() < self.epsilon:
+        """Random until a model exists, then epsilon-greedy (Q-values) or Gaussian noise (actions) on its action."""
+        manifest = self.subscriber.manifest
+        if manifest is None:
             return env.action_space.sample()
-        return self.subscriber.act(obs)
+        if manifest.output_kind == "q_values":
+            return env.action_space.sample() if self.rng.random() < self.epsilon else self.subscriber.act(obs)
+        space = env.action_space
+        return gaussian_explore(self.subscriber.act(obs), space.low, space.high, self.epsilon, self.rng)
 
     def _record(self, episode_id: str, t: int, *args: Any) -> None:
         try:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import ClientError
 
-from .models import INPUT_NAME, ManifestError, ModelError, ModelManifest, latest_key, sha256_hex
+from .models import INPUT_NAME, ManifestError, ModelError, ModelManifest, greedy_action, latest_key, sha256_hex
 from .retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,6 @@ class _Loaded:
     manifest: ModelManifest
     session: Any  # onnxruntime.InferenceSession
     output_name: str
-    low: np.ndarray | None
-    high: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -213,13 +211,18 @@ class ModelSubscriber:
         inputs = [i.name for i in session.get_inputs()]
         if inputs != [INPUT_NAME]:
             raise ModelLoadError(f"{manifest.onnx_key}: expected one input named {INPUT_NAME!r}, got {inputs}")
-        low, high = _bounds(manifest.action_space)
-        return _Loaded(manifest, session, session.get_outputs()[0].name, low, high)
+        outputs = [o.name for o in session.get_outputs()]
+        output_name = manifest.output["name"] if manifest.output else outputs[0]
+        if output_name not in outputs:
+            raise ModelLoadError(
+                f"{manifest.onnx_key}: the manifest names output {output_name!r}, the model has {outputs}"
+            )
+        return _Loaded(manifest, session, output_name)
 
     # ------------------------------------------------------------------ inference
 
     def forward(self, obs_batch: Any) -> np.ndarray:
-        """Raw model output for a batch: ``[batch, n]`` Q-values/logits, or ``[batch, k]`` actions."""
+        """Raw model output for a batch: ``[batch, n]`` Q-values or ``[batch, k]`` actions (``output_kind``)."""
         loaded = self._current()
         batch = np.asarray(obs_batch, dtype=np.float32)
         if batch.ndim == 1:
@@ -231,15 +234,11 @@ class ModelSubscriber:
         return self.forward(np.asarray(obs, dtype=np.float32).reshape(1, -1))[0]
 
     def act(self, obs: Any) -> int | np.ndarray:
-        """Greedy action: argmax for discrete spaces (int), the clipped output for box spaces."""
+        """Greedy action: the argmax of ``q_values`` (int), or the model's ``action`` clipped to the box
+        (float32[k])."""
         loaded = self._current()
         out = loaded.session.run([loaded.output_name], {INPUT_NAME: np.asarray(obs, dtype=np.float32).reshape(1, -1)})
-        row = out[0][0]
-        if loaded.manifest.is_discrete:
-            return int(np.argmax(row))
-        if loaded.low is not None:
-            row = np.clip(row, loaded.low, loaded.high)
-        return row
+        return greedy_action(out[0][0], loaded.manifest.output_kind, loaded.manifest.action_space)
 
     def _current(self) -> _Loaded:
         with self._lock:
@@ -269,12 +268,3 @@ class ModelSubscriber:
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _bounds(action_space: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Clip bounds for box actions (null -> unbounded); None for discrete spaces."""
-    if action_space["type"] != "box":
-        return None, None
-    low = np.array([-np.inf if v is None else v for v in action_space["low"]], dtype=np.float32)
-    high = np.array([np.inf if v is None else v for v in action_space["high"]], dtype=np.float32)
-    return low, high

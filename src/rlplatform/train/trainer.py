@@ -1,11 +1,12 @@
-"""The trainer: RLlib's DQN Learner updated from store samples, publishing ONNX models to S3.
+"""The trainer: an RLlib Learner updated from store samples, publishing ONNX models to S3.
 
-RLlib owns the algorithm (loss, optimizer, target network); this module only feeds it. One training
-step, top to bottom: sample ``batch_size`` transitions uniformly from the store -> build a
-``SampleBatch`` -> ``LearnerGroup.update``. Every ``publish_every_updates`` updates the Q-network is
-exported to ONNX, evaluated greedily on a local env (for the manifest only, never for training data),
-the learner state is checkpointed (so a restarted trainer resumes), and the model is published with
-its manifest.
+The algorithm is a plug-in (``rlplatform.train.algorithms``), chosen per game: the default for its
+action space, a trainer config file, or ``--algorithm``. RLlib owns the algorithm (losses, optimizers,
+target networks); this module only feeds it. One training step, top to bottom: sample ``batch_size``
+transitions uniformly from the store -> the algorithm's train batch -> ``LearnerGroup.update``. Every
+``publish_every_updates`` updates the policy is exported to ONNX, evaluated greedily on a local env
+(for the manifest only, never for training data), the learner state is checkpointed (so a restarted
+trainer resumes), and the model is published with its manifest.
 
 An unreachable S3 or store is waited out with capped exponential backoff (``rlplatform_client.retry``),
 never a reason to exit. The next version number comes from the registry's versioned keys, so a stale
@@ -19,54 +20,83 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from ray.rllib.algorithms.dqn import DQNConfig
-from ray.rllib.core.columns import Columns
-from ray.rllib.core.learner.learner_group import LearnerGroup
-from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
+from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from rlplatform import aws, registry
-from rlplatform.games import GameSpec, game_spec
+from rlplatform.games import game_spec
 from rlplatform.settings import Settings
-from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
+from rlplatform.store import ExperienceStore, open_store, store_endpoint, unavailable_errors
+from rlplatform.train.algorithms import Algorithm, AlgorithmConfigError, algorithm_class
 from rlplatform.train.evaluate import evaluate_onnx
-from rlplatform.train.export import export_q_network
 from rlplatform_client.models import ModelError, ModelManifest
 from rlplatform_client.retry import Backoff, RetryStopped, aws_unreachable, retry
 
 log = logging.getLogger(__name__)
-ALGORITHM = "DQN"
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
     game_id: str = "CartPole-v1"
-    batch_size: int = 128
-    lr: float = 5e-4
-    gamma: float = 0.99
-    hidden: int = 64
-    # Target-network sync cadence, counted in learner updates (data arrives independently of updates).
-    target_update_every: int = 250
-    learning_starts: int = 1_000
-    # Sample from the newest rows only, like a DQN replay buffer of this capacity: the store keeps
-    # all history, but learning from hour-old policies' data slows DQN down.
-    replay_window: int = 50_000
-    # At most this many sampled transitions per stored transition: stops a fast learner overfitting
-    # to the first few episodes while clients are still slow to produce data.
-    max_replay_ratio: float = 64.0
+    # None: the default for the game's action space (rlplatform.train.algorithms.DEFAULT_BY_ACTION_SPACE).
+    algorithm: str | None = None
+    # Over the algorithm's own defaults (its Hyperparameters dataclass), e.g. {"batch_size": 64}.
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     publish_every_updates: int = 1_000
     eval_episodes: int = 5
     seed: int = 0
     # Waits between attempts to reach an unreachable S3 or store.
     unreachable_backoff: Backoff = Backoff()
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A per-game trainer config, JSON or YAML: ``{"algorithm": "SAC", "hyperparameters": {...}}``, both optional.
+
+    Raises ``AlgorithmConfigError`` naming the field that is wrong.
+    """
+    import yaml  # YAML is a superset of JSON: one parser reads both
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise AlgorithmConfigError(f"{path}: neither JSON nor YAML: {exc}") from None
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict):
+        raise AlgorithmConfigError(f"{path}: must be a mapping with keys algorithm, hyperparameters")
+    if unknown := sorted(set(doc) - {"algorithm", "hyperparameters"}):
+        raise AlgorithmConfigError(f"{path}: {unknown[0]}: unknown key; allowed: algorithm, hyperparameters")
+    if not isinstance(doc.get("algorithm", ""), str):
+        raise AlgorithmConfigError(f"{path}: algorithm: must be a string, got {doc['algorithm']!r}")
+    if not isinstance(doc.get("hyperparameters", {}), dict):
+        raise AlgorithmConfigError(f"{path}: hyperparameters: must be a mapping, got {doc['hyperparameters']!r}")
+    return doc
+
+
+def trainer_config(
+    game_id: str,
+    *,
+    config_file: Path | None = None,
+    algorithm: str | None = None,
+    hyperparameters: Mapping[str, Any] | None = None,
+    **loop: Any,
+) -> TrainerConfig:
+    """The game's ``TrainerConfig``: the config file's algorithm and hyperparameters, with ``algorithm`` and
+    ``hyperparameters`` (the command line's) over them; ``loop`` sets the other ``TrainerConfig`` fields."""
+    doc = read_config_file(config_file) if config_file is not None else {}
+    return TrainerConfig(
+        game_id=game_id,
+        algorithm=algorithm or doc.get("algorithm"),
+        hyperparameters={**doc.get("hyperparameters", {}), **(hyperparameters or {})},
+        **loop,
+    )
 
 
 @dataclass
@@ -77,55 +107,6 @@ class TrainerStatus:
     loss: float | None = None
     eval_return: float | None = None
     published_at: float | None = None
-
-
-def build_learner_group(spec: GameSpec, cfg: TrainerConfig, ray_address: str | None = None) -> LearnerGroup:
-    """RLlib's DQN LearnerGroup for the game's spaces.
-
-    Without ``ray_address`` the learner runs in this process; with it, this process joins that Ray
-    cluster and the learner runs there as an actor (the compose profile's ray-head).
-    """
-    obs_space, act_space = spec.spaces()
-    config = (
-        DQNConfig()
-        .environment(observation_space=obs_space, action_space=act_space)
-        .training(
-            lr=cfg.lr,
-            gamma=cfg.gamma,
-            train_batch_size_per_learner=cfg.batch_size,
-            target_network_update_freq=cfg.target_update_every,
-            double_q=True,
-            dueling=True,
-            n_step=1,
-        )
-        .rl_module(
-            model_config={"fcnet_hiddens": [cfg.hidden], "fcnet_activation": "tanh", "head_fcnet_hiddens": [cfg.hidden]}
-        )
-        .debugging(seed=cfg.seed)
-    )
-    if ray_address:
-        import ray
-
-        ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-        config = config.learners(num_learners=1, num_cpus_per_learner=1)
-        log.info("joined Ray cluster at %s: the learner runs there as a Ray actor", ray_address)
-    return config.build_learner_group(spaces={DEFAULT_POLICY_ID: (obs_space, act_space)})
-
-
-def to_train_batch(batch: TransitionBatch) -> MultiAgentBatch:
-    """Store columns -> RLlib's train batch. ``terminated`` alone stops bootstrapping; truncation does not."""
-    n = len(batch)
-    columns = {
-        Columns.OBS: batch.obs,
-        Columns.ACTIONS: batch.action,
-        Columns.REWARDS: batch.reward,
-        Columns.NEXT_OBS: batch.next_obs,
-        Columns.TERMINATEDS: batch.terminated,
-        Columns.TRUNCATEDS: batch.truncated,
-        "n_step": np.ones(n, dtype=np.float32),  # one-step targets
-        "weights": np.ones(n, dtype=np.float32),  # uniform sampling: no importance weights
-    }
-    return MultiAgentBatch({DEFAULT_POLICY_ID: SampleBatch(columns)}, env_steps=n)
 
 
 class Trainer:
@@ -143,10 +124,11 @@ class Trainer:
         self._s3_endpoint = aws.s3_client().meta.endpoint_url
         self._store_errors = unavailable_errors(settings)
         self.spec = game_spec(cfg.game_id)
-        if not self.spec.discrete:
-            raise ValueError(f"game_id: {cfg.game_id!r} has a continuous action space; the DQN trainer needs discrete")
+        self.algorithm: Algorithm = algorithm_class(self.spec, cfg.algorithm)(self.spec, cfg.hyperparameters)
+        self.hp = self.algorithm.hp
+        log.info("%s learns %s with %s", self.algorithm.name, cfg.game_id, self.hp)
         self.rng = np.random.default_rng(cfg.seed)
-        self.learner_group = build_learner_group(self.spec, cfg, settings.ray_address)
+        self.learner_group = self.algorithm.build_learner_group(cfg.seed, settings.ray_address)
         self.status = TrainerStatus()
         self.status_path = status_path
         self.checkpoint_dir = Path(settings.checkpoint_dir) / cfg.game_id
@@ -154,11 +136,12 @@ class Trainer:
 
     def train_step(self, store: ExperienceStore) -> float:
         """One learner update on a uniform store sample; returns the loss."""
-        cfg = self.cfg
-        batch = self._store(lambda: store.sample(cfg.game_id, cfg.batch_size, self.rng, window=cfg.replay_window))
+        game_id, hp = self.cfg.game_id, self.hp
+        batch = self._store(lambda: store.sample(game_id, hp.batch_size, self.rng, window=hp.replay_window))
         self.status.updates += 1
+        # Target-network cadences count these "timesteps": here learner updates, since data arrives on its own.
         results = self.learner_group.update(
-            batch=to_train_batch(batch), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.status.updates}
+            batch=self.algorithm.to_train_batch(batch), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.status.updates}
         )
         loss = results[0][DEFAULT_POLICY_ID]["total_loss"] if isinstance(results, list) else None
         return float(_peek(loss)) if loss is not None else float("nan")
@@ -166,23 +149,26 @@ class Trainer:
     def publish(self) -> ModelManifest:
         """Export, evaluate, checkpoint, then publish the next version (after the checkpoint, so a restarted
         trainer never publishes a learner step that was already published)."""
-        obs_dim = self.spec.obs_dim
+        algorithm = self.algorithm
         # Export where the learner lives (this process or a Ray actor); only the ONNX bytes travel.
         results = self.learner_group.foreach_learner(
-            lambda learner: export_q_network(learner.module[DEFAULT_POLICY_ID], obs_dim)
+            lambda learner: algorithm.export_onnx(learner.module[DEFAULT_POLICY_ID])
         )
         onnx_bytes = next(iter(results)).get()
-        eval_return = evaluate_onnx(onnx_bytes, self.cfg.game_id, self.cfg.eval_episodes, seed=self.status.version)
         obs_space, act_space = self.spec.manifest_spaces()
+        eval_return = evaluate_onnx(
+            onnx_bytes, self.cfg.game_id, algorithm.output, act_space, self.cfg.eval_episodes, seed=self.status.version
+        )
         manifest = ModelManifest.create(
             self.cfg.game_id,
             self._s3(lambda: registry.next_version(self.settings.bucket, self.cfg.game_id)),
             onnx_bytes,
-            algorithm=ALGORITHM,
+            algorithm=algorithm.name,
             learner_step=self.status.updates,
             observation_space=obs_space,
             action_space=act_space,
             eval_return=eval_return,
+            output=algorithm.output,
         )
         self._checkpoint()
         self._s3(lambda: registry.publish(self.settings.bucket, manifest, onnx_bytes))
@@ -248,9 +234,9 @@ class Trainer:
 
     def _may_update(self) -> bool:
         stored = self.status.stored_rows
-        if stored < self.cfg.learning_starts:
+        if stored < self.hp.learning_starts:
             return False
-        return self.status.updates * self.cfg.batch_size < self.cfg.max_replay_ratio * stored
+        return self.status.updates * self.hp.batch_size < self.hp.max_replay_ratio * stored
 
     def _checkpoint(self) -> None:
         self.learner_group.save_to_path(self.checkpoint_dir / "learner")

@@ -1,0 +1,68 @@
+"""DQN (double, dueling) for discrete action spaces; the ONNX model outputs Q-values, greedy = argmax."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from ray.rllib.algorithms.dqn import DQNConfig
+from ray.rllib.core.columns import Columns
+
+from rlplatform.train.algorithms.base import DISCRETE, Algorithm, Hyperparameters
+
+
+@dataclass(frozen=True)
+class DQNHyperparameters(Hyperparameters):
+    batch_size: int = 128
+    learning_starts: int = 1_000
+    # Learning from hour-old policies' data slows DQN down.
+    replay_window: int = 50_000
+    max_replay_ratio: float = 64.0
+    lr: float = 5e-4
+    gamma: float = 0.99
+    hidden: int = 64
+    # Counted in learner updates: data arrives independently of updates.
+    target_update_every: int = 250
+
+
+class _QValues(torch.nn.Module):
+    """obs float32[batch, obs_dim] -> Q-values float32[batch, n], exactly RLlib's Q computation."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.module.compute_q_values({Columns.OBS: obs})["qf_preds"]
+
+
+class DQN(Algorithm):
+    name = "DQN"
+    action_spaces = frozenset({DISCRETE})
+    hyperparameters_cls = DQNHyperparameters
+    output = {"name": "q_values", "kind": "q_values"}
+
+    def rllib_config(self) -> DQNConfig:
+        hp = self.hp
+        return (
+            DQNConfig()
+            .training(
+                lr=hp.lr,
+                gamma=hp.gamma,
+                train_batch_size_per_learner=hp.batch_size,
+                target_network_update_freq=hp.target_update_every,
+                double_q=True,
+                dueling=True,
+                n_step=1,
+            )
+            .rl_module(
+                model_config={
+                    "fcnet_hiddens": [hp.hidden],
+                    "fcnet_activation": "tanh",
+                    "head_fcnet_hiddens": [hp.hidden],
+                }
+            )
+        )
+
+    def policy_head(self, module: torch.nn.Module) -> torch.nn.Module:
+        return _QValues(module)

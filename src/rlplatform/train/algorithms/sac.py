@@ -1,0 +1,105 @@
+"""SAC for continuous (bounded box) action spaces; the ONNX model outputs the deterministic action.
+
+RLlib's SAC module acts in [-1, 1]^k (its squashed Gaussian uses the default bounds; RLlib's env
+runners rescale to the box). Stored actions are in the game's box, so they are normalised to [-1, 1]
+for the learner, and the exported action is the squashed mean scaled back into [low, high].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.sac import SACConfig
+from ray.rllib.core.columns import Columns
+
+from rlplatform.games import GameSpec
+from rlplatform.train.algorithms.base import BOX, Algorithm, Hyperparameters
+
+
+@dataclass(frozen=True)
+class SACHyperparameters(Hyperparameters):
+    """Defaults from RLlib's tuned Pendulum example (rllib/tuned_examples/sac/pendulum_sac.py), with
+    uniform one-step replay (the store samples uniformly and keeps single transitions)."""
+
+    batch_size: int = 256
+    learning_starts: int = 1_000
+    replay_window: int = 100_000
+    max_replay_ratio: float = 256.0
+    actor_lr: float = 2e-4
+    critic_lr: float = 8e-4
+    alpha_lr: float = 9e-4
+    initial_alpha: float = 1.001
+    gamma: float = 0.99
+    tau: float = 0.005
+    hidden: tuple[int, ...] = (256, 256)
+
+
+class _DeterministicAction(torch.nn.Module):
+    """obs float32[batch, obs_dim] -> action float32[batch, k]: low + (tanh(mean) + 1) / 2 * (high - low)."""
+
+    def __init__(self, module: torch.nn.Module, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        dist_inputs = self.module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        mean, _log_std = torch.chunk(dist_inputs, 2, dim=-1)
+        unit = (torch.tanh(mean) + 1.0) / 2.0
+        return torch.clamp(self.low + unit * (self.high - self.low), self.low, self.high)
+
+
+class SAC(Algorithm):
+    name = "SAC"
+    action_spaces = frozenset({BOX})
+    hyperparameters_cls = SACHyperparameters
+    output = {"name": "action", "kind": "action"}
+
+    @classmethod
+    def unfit_reason(cls, spec: GameSpec) -> str | None:
+        if reason := super().unfit_reason(spec):
+            return reason
+        if not all(math.isfinite(b) for b in (*spec.action_low, *spec.action_high)):
+            return f"algorithm: SAC squashes actions into a bounded box, but {spec.game_id!r} has unbounded actions"
+        return None
+
+    def __init__(self, spec: GameSpec, hyperparameters: dict | None = None) -> None:
+        super().__init__(spec, hyperparameters)
+        self.low = np.asarray(spec.action_low, dtype=np.float32)
+        self.high = np.asarray(spec.action_high, dtype=np.float32)
+
+    def rllib_config(self) -> SACConfig:
+        hp = self.hp
+        return (
+            SACConfig()
+            .training(
+                actor_lr=hp.actor_lr,
+                critic_lr=hp.critic_lr,
+                alpha_lr=hp.alpha_lr,
+                lr=None,
+                initial_alpha=hp.initial_alpha,
+                target_entropy="auto",
+                gamma=hp.gamma,
+                tau=hp.tau,
+                n_step=1,
+                twin_q=True,
+                train_batch_size_per_learner=hp.batch_size,
+                # Soft (tau) target update after every learner update.
+                target_network_update_freq=1,
+            )
+            .rl_module(
+                model_config={"fcnet_hiddens": list(hp.hidden), "fcnet_activation": "relu", "head_fcnet_hiddens": []}
+            )
+        )
+
+    def learner_actions(self, action: np.ndarray) -> np.ndarray:
+        """float32[n, k] in [low, high] -> float32[n, k] in [-1, 1], the space RLlib's SAC module acts in."""
+        unit = (np.asarray(action, dtype=np.float32).reshape(len(action), -1) - self.low) / (self.high - self.low)
+        return np.clip(2.0 * unit - 1.0, -1.0, 1.0).astype(np.float32)
+
+    def policy_head(self, module: torch.nn.Module) -> torch.nn.Module:
+        return _DeterministicAction(module, self.low, self.high)
