@@ -1,0 +1,138 @@
+"""The game catalog: declared specs in the bucket, validated, immutable, found by ingest without a restart."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from moto import mock_aws
+from typer.testing import CliRunner
+
+from rlplatform.cli import app
+from rlplatform.games import GameCatalog, GameSpec, GameSpecConflict, GameSpecError, UnknownGameError
+from rlplatform.ingest.job import _catalog, process_records
+from rlplatform.store.sqlite import SqliteStore
+from rlplatform_client import declare_game
+from rlplatform_client.contract import Chunk, Step, encode_chunk
+
+BUCKET = "rlp-models"
+RACER = {
+    "game_id": "Racer-v1",
+    "observation_space": {"type": "box", "shape": [3], "dtype": "float32"},
+    "action_space": {"type": "box", "low": [-1, 0], "high": [1, None]},
+}
+
+
+@pytest.fixture
+def s3():
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_declared_spec_round_trips_and_declaring_it_again_is_a_no_op(s3) -> None:
+    spec = GameSpec.from_document(RACER)
+    assert spec.obs_dim == 3 and not spec.discrete and spec.action_high == (1.0, float("inf"))
+    assert declare_game(BUCKET, spec, s3=s3) is True
+    assert declare_game(BUCKET, GameSpec.from_document(json.loads(json.dumps(RACER))), s3=s3) is False
+    assert GameCatalog(BUCKET, s3).resolve("Racer-v1") == spec
+    assert GameSpec.from_document(spec.to_document()) == spec  # unbounded highs travel as null
+
+
+def test_a_different_spec_for_a_declared_id_is_refused_naming_the_difference(s3) -> None:
+    declare_game(BUCKET, GameSpec.from_document(RACER), s3=s3)
+    other = {**RACER, "observation_space": {"type": "box", "shape": [4]}}
+    with pytest.raises(GameSpecConflict) as info:
+        declare_game(BUCKET, GameSpec.from_document(other), s3=s3)
+    assert info.value.differences == [
+        "observation_space: {'type': 'box', 'shape': [3], 'dtype': 'float32'} != "
+        "{'type': 'box', 'shape': [4], 'dtype': 'float32'}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"observation_space": {"type": "box", "shape": [0]}}, "observation_space.shape"),
+        ({"observation_space": {"type": "box", "shape": [3], "dtype": "float64"}}, "observation_space.dtype"),
+        ({"action_space": {"type": "multi"}}, "action_space.type"),
+        ({"action_space": {"type": "discrete", "n": 0}}, "action_space.n"),
+        ({"action_space": {"type": "box", "low": [1], "high": [0]}}, "action_space.low[0]"),
+        ({"action_space": {"type": "box", "low": [0, 0], "high": [1]}}, "action_space"),
+        ({"action_space": {"type": "box", "low": ["a"], "high": [1]}}, "action_space.low[0]"),
+        ({"game_id": "a/b"}, "game_id"),
+        ({"v": 2}, "v"),
+    ],
+)
+def test_a_bad_spec_names_its_field(change: dict, field: str) -> None:
+    with pytest.raises(GameSpecError) as info:
+        GameSpec.from_document({**RACER, **change})
+    assert info.value.field == field and str(info.value).startswith(f"spec.{field}:")
+
+
+def test_an_undeclared_id_is_re_read_after_the_interval_not_per_lookup(s3) -> None:
+    clock = Clock()
+    catalog = GameCatalog(BUCKET, s3, recheck_s=2.0, clock=clock)
+    with pytest.raises(UnknownGameError):
+        catalog.resolve("Racer-v1")
+    declare_game(BUCKET, GameSpec.from_document(RACER), s3=s3)  # another process declares it
+    clock.now = 1.0
+    assert catalog.declared("Racer-v1") is None  # remembered as undeclared for recheck_s
+    clock.now = 2.5
+    assert catalog.resolve("Racer-v1").obs_dim == 3
+
+
+def test_gymnasium_ids_need_no_declaration(s3) -> None:
+    spec = GameCatalog(BUCKET, s3).resolve("Pendulum-v1")
+    assert spec.obs_dim == 3 and spec.action_low == (-2.0,) and spec.simulator == "Pendulum-v1"
+
+
+def racer_record(n: int) -> bytes:
+    steps = [Step(t, [0.1, 0.2, 0.3], [0.5, 2.0], 1.0, [0.2, 0.3, 0.4], False, t == n - 1) for t in range(n)]
+    return encode_chunk(Chunk("Racer-v1", "c", str(uuid.uuid4()), 0, steps))
+
+
+def test_ingest_stores_a_declared_game_that_gymnasium_does_not_know(s3, tmp_path: Path) -> None:
+    _catalog.cache_clear()
+    records = [("shard-0", "1", racer_record(4))]
+    with SqliteStore(tmp_path / "s.sqlite") as store:
+        result, dead = process_records(records, store, bucket=BUCKET)
+        assert result.stored == 0 and [d["kind"] for d in dead] == ["unknown_game"]
+        declare_game(BUCKET, GameSpec.from_document(RACER), s3=s3)
+        _catalog(BUCKET)._checked_at.clear()  # as if the recheck interval had passed
+        result, dead = process_records([("shard-0", "2", racer_record(4))], store, bucket=BUCKET)
+        assert result.stored == 4 and dead == []
+        rows = store.sample("Racer-v1", 8, np.random.default_rng(0))
+        assert rows.obs.shape == (8, 3) and rows.action.shape == (8, 2)
+    _catalog.cache_clear()
+
+
+def test_cli_registers_lists_and_shows_games(s3, tmp_path: Path) -> None:
+    runner = CliRunner()
+    spec_file = tmp_path / "racer.json"
+    spec_file.write_text(json.dumps(RACER))
+    out = runner.invoke(app, ["games", "register", "Racer-v1", "--spec", str(spec_file)])
+    assert out.exit_code == 0 and "declared Racer-v1" in out.output, out.output
+    out = runner.invoke(app, ["games", "register", "Grid-v0", "--obs-size", "9", "--actions", "4"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["games", "register", "Grid-v0", "--obs-size", "9", "--actions", "5"])
+    assert out.exit_code == 1 and "action_space" in out.output and "'n': 4" in out.output
+    out = runner.invoke(app, ["games", "list"], terminal_width=200)
+    assert out.exit_code == 0 and "Grid-v0" in out.output and "Racer-v1" in out.output
+    out = runner.invoke(app, ["games", "show", "CartPole-v1"])
+    assert out.exit_code == 0 and json.loads(out.output)["source"] == "gymnasium"
+    out = runner.invoke(app, ["games", "show", "Nope-v0"])
+    assert out.exit_code == 1 and "neither declared" in out.output
