@@ -31,10 +31,10 @@ from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from rlplatform import aws, registry
-from rlplatform.games import game_spec
+from rlplatform.games import GameCatalog
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, open_store, store_endpoint, unavailable_errors
-from rlplatform.train.algorithms import Algorithm, AlgorithmConfigError, algorithm_class
+from rlplatform.train.algorithms import Algorithm, AlgorithmConfigError, algorithm_class, known_algorithm
 from rlplatform.train.evaluate import evaluate_onnx
 from rlplatform_client.models import ModelError, ModelManifest
 from rlplatform_client.retry import Backoff, RetryStopped, aws_unreachable, retry
@@ -101,6 +101,7 @@ def trainer_config(
 
 @dataclass
 class TrainerStatus:
+    algorithm: str | None = None
     updates: int = 0
     version: int = 0
     stored_rows: int = 0
@@ -123,13 +124,16 @@ class Trainer:
         self.stop = stop or threading.Event()
         self._s3_endpoint = aws.s3_client().meta.endpoint_url
         self._store_errors = unavailable_errors(settings)
-        self.spec = game_spec(cfg.game_id)
+        if cfg.algorithm is not None:
+            known_algorithm(cfg.algorithm)  # a typo fails before any S3 or store call
+        # Declared in the bucket's catalog, else a gymnasium id: a game needs no environment here.
+        self.spec = GameCatalog(settings.bucket).resolve(cfg.game_id)
         self.algorithm: Algorithm = algorithm_class(self.spec, cfg.algorithm)(self.spec, cfg.hyperparameters)
         self.hp = self.algorithm.hp
         log.info("%s learns %s with %s", self.algorithm.name, cfg.game_id, self.hp)
         self.rng = np.random.default_rng(cfg.seed)
         self.learner_group = self.algorithm.build_learner_group(cfg.seed, settings.ray_address)
-        self.status = TrainerStatus()
+        self.status = TrainerStatus(algorithm=self.algorithm.name)
         self.status_path = status_path
         self.checkpoint_dir = Path(settings.checkpoint_dir) / cfg.game_id
         self._restore()
@@ -156,9 +160,10 @@ class Trainer:
         )
         onnx_bytes = next(iter(results)).get()
         obs_space, act_space = self.spec.manifest_spaces()
-        eval_return = evaluate_onnx(
-            onnx_bytes, self.cfg.game_id, algorithm.output, act_space, self.cfg.eval_episodes, seed=self.status.version
-        )
+        eval_return = None  # a game without a simulator is judged by live play only (rlplatform models)
+        if self.spec.simulator is not None:
+            episodes, seed = self.cfg.eval_episodes, self.status.version
+            eval_return = evaluate_onnx(onnx_bytes, self.spec.simulator, algorithm.output, act_space, episodes, seed)
         manifest = ModelManifest.create(
             self.cfg.game_id,
             self._s3(lambda: registry.next_version(self.settings.bucket, self.cfg.game_id)),
@@ -176,11 +181,11 @@ class Trainer:
         self.status.eval_return = eval_return
         self.status.published_at = time.time()
         log.info(
-            "published %s v%d (updates %d, eval %.1f)",
+            "published %s v%d (updates %d, simulator eval %s)",
             self.cfg.game_id,
             manifest.version,
             self.status.updates,
-            eval_return,
+            "-" if eval_return is None else f"{eval_return:.1f}",
         )
         return manifest
 

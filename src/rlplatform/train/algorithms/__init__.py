@@ -17,6 +17,7 @@ __all__ = [
     "AlgorithmConfigError",
     "Hyperparameters",
     "algorithm_class",
+    "known_algorithm",
 ]
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"DQN": DQN, "SAC": SAC}
@@ -28,12 +29,16 @@ def algorithm_class(spec: GameSpec, name: str | None = None) -> type[Algorithm]:
 
     Raises ``AlgorithmConfigError`` naming the field and the allowed values.
     """
-    if name is None:
-        name = DEFAULT_BY_ACTION_SPACE[DISCRETE if spec.discrete else BOX]
-    cls = ALGORITHMS.get(name)
-    if cls is None:
-        raise AlgorithmConfigError(f"algorithm: unknown {name!r}; allowed: {', '.join(ALGORITHMS)}")
+    cls = known_algorithm(name or DEFAULT_BY_ACTION_SPACE[DISCRETE if spec.discrete else BOX])
     if reason := cls.unfit_reason(spec):
         fitting = [n for n, c in ALGORITHMS.items() if c.unfit_reason(spec) is None]
         raise AlgorithmConfigError(f"{reason}; allowed for this game: {', '.join(fitting) or 'none'}")
+    return cls
+
+
+def known_algorithm(name: str) -> type[Algorithm]:
+    """The class registered as ``name``; ``AlgorithmConfigError`` naming the allowed names otherwise."""
+    cls = ALGORITHMS.get(name)
+    if cls is None:
+        raise AlgorithmConfigError(f"algorithm: unknown {name!r}; allowed: {', '.join(ALGORITHMS)}")
     return cls
