@@ -64,6 +64,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     stored_rows: int = 0
     ingest_rate: float = 0.0
+    algorithm: str | None = None
     updates: int = 0
     model_version: int = 0
     clients_mean_return: float | None = None
@@ -295,6 +296,7 @@ def _read_trainer(stack: Stack, progress: Progress) -> None:
     status = _read_json(stack.trainer_status)
     if status:
         progress.updates = status["updates"]
+        progress.algorithm = status.get("algorithm")
 
 
 def _read_clients(stack: Stack, progress: Progress) -> None:
@@ -314,7 +316,7 @@ def _table(progress: Progress, cfg: LaunchConfig) -> Table:
         ("ingested transitions/s", f"{progress.ingest_rate:,.0f}"),
         ("stored rows", f"{progress.stored_rows:,}"),
         ("transitions sent (acked)", f"{progress.transitions_sent:,}"),
-        ("learner updates", f"{progress.updates:,}"),
+        ("learner updates", f"{progress.updates:,} ({progress.algorithm or '-'})"),
         ("model version", str(progress.model_version)),
         ("stage restarts", _fmt_restarts(progress.restarts, cfg.max_restarts)),
         ("clients' mean return", _fmt(progress.clients_mean_return)),
@@ -344,6 +346,7 @@ def _summary(
         "transitions_stored": progress.stored_rows,
         "model_versions": progress.model_version,
         "learner_updates": progress.updates,
+        "algorithm": progress.algorithm,
         "restarts": progress.restarts,
         "drained": drained,
         "game": cfg.game,

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from rlplatform import cli
 from rlplatform.games import game_spec
-from rlplatform.settings import Settings
+from rlplatform.settings import Settings, load_settings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform.train import trainer as trainer_module
@@ -213,7 +213,8 @@ def test_train_command_algorithm_flag_wins_over_the_config_file(
     result = runner.invoke(cli.app, ["train", "--game", "CartPole-v1", "--config", str(path), "--algorithm", "DQN"])
     assert result.exit_code == 0, result.output
     assert seen[-1].algorithm == "DQN" and seen[-1].hyperparameters == {"batch_size": 64}
-    monkeypatch.undo()  # the real Trainer refuses the name before it touches S3 or the store
+    monkeypatch.undo()  # the real Trainer refuses the name before it trains or publishes anything
     with mock_aws():
+        boto3.client("s3").create_bucket(Bucket=load_settings().bucket)
         result = runner.invoke(cli.app, ["train", "--game", "CartPole-v1", "--algorithm", "PPO"])
     assert result.exit_code == 2 and "algorithm: unknown 'PPO'; allowed: DQN, SAC" in result.output
