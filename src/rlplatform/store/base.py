@@ -192,13 +192,15 @@ def t_ranges(batch: TransitionBatch) -> dict[str, tuple[int, int]]:
     return ranges
 
 
-def no_episode_steps() -> EpisodeSteps:
+def episode_steps_of(rows: list[tuple]) -> EpisodeSteps:
+    """``EpisodeSteps`` from ``(episode_id, t, reward, ended, model_version)`` rows, as adapters read them."""
+    cols = list(zip(*rows, strict=True)) if rows else [()] * 5
     return EpisodeSteps(
-        np.array([], dtype=object),
-        np.array([], dtype=np.int64),
-        np.array([], dtype=np.float32),
-        np.array([], dtype=bool),
-        np.array([], dtype=np.int64),
+        episode_id=np.array(cols[0], dtype=object),
+        t=np.array(cols[1], dtype=np.int64),
+        reward=np.array(cols[2], dtype=np.float32),
+        ended=np.array(cols[3], dtype=bool),
+        model_version=np.array(cols[4], dtype=np.int64),
     )
 
 

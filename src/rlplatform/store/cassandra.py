@@ -62,7 +62,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
 from rlplatform.settings import Settings
-from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, no_episode_steps, t_ranges
+from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, episode_steps_of, t_ranges
 
 log = logging.getLogger(__name__)
 
@@ -343,24 +343,15 @@ class CassandraStore(ExperienceStore):
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
         if game is None:
-            return no_episode_steps()
+            return episode_steps_of([])
         rpp = game.rows_per_partition
         hi = self._next_seq(game_id) - 1
         lo = self._head(game_id, hi, rpp)
         if lo > hi:
-            return no_episode_steps()
+            return episode_steps_of([])
         pages = self._concurrent("select_chunk_steps", [(game_id, c) for c in range(lo // rpp, hi // rpp + 1)])
         rows = [(r.episode_id, r.t, r.reward, r.terminated or r.truncated, r.model_version) for p in pages for r in p]
-        if not rows:
-            return no_episode_steps()
-        cols = list(zip(*rows, strict=True))
-        return EpisodeSteps(
-            episode_id=np.array(cols[0], dtype=object),
-            t=np.array(cols[1], dtype=np.int64),
-            reward=np.array(cols[2], dtype=np.float32),
-            ended=np.array(cols[3], dtype=bool),
-            model_version=np.array(cols[4], dtype=np.int64),
-        )
+        return episode_steps_of(rows)
 
     def _seqs_of_keys(self, game_id: str, batch: TransitionBatch) -> dict[tuple[str, int], int]:
         """``(episode_id, t) -> seq`` of the batch's keys that are recorded already."""

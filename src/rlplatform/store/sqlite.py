@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, no_episode_steps, t_ranges
+from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, episode_steps_of, t_ranges
 
 _COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
 
@@ -110,12 +110,12 @@ class SqliteStore(ExperienceStore):
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
         if game is None:
-            return no_episode_steps()
+            return episode_steps_of([])
         with self._lock:
             rows = self._conn.execute(
                 f"SELECT episode_id, t, reward, terminated OR truncated, model_version FROM {game[0]}"
             ).fetchall()
-        return _episode_steps(rows)
+        return episode_steps_of(rows)
 
     def count(self, game_id: str) -> int:
         game = self._known_game(game_id)
@@ -195,17 +195,4 @@ def _to_batch(rows: list[tuple], obs_dim: int, action_dtype: np.dtype, action_di
         terminated=np.array(cols[6], dtype=bool),
         truncated=np.array(cols[7], dtype=bool),
         model_version=np.array(cols[8], dtype=np.int64),
-    )
-
-
-def _episode_steps(rows: list[tuple]) -> EpisodeSteps:
-    if not rows:
-        return no_episode_steps()
-    cols = list(zip(*rows, strict=True))
-    return EpisodeSteps(
-        episode_id=np.array(cols[0], dtype=object),
-        t=np.array(cols[1], dtype=np.int64),
-        reward=np.array(cols[2], dtype=np.float32),
-        ended=np.array(cols[3], dtype=bool),
-        model_version=np.array(cols[4], dtype=np.int64),
     )
