@@ -25,8 +25,10 @@ from rich.live import Live
 from rich.table import Table
 
 from rlplatform import aws
+from rlplatform.report import live_cell
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
+from rlplatform.store.base import LiveReturns
 from rlplatform.supervisor import Supervisor
 from rlplatform.train.evaluate import evaluate
 from rlplatform_client.models import ModelError
@@ -53,6 +55,7 @@ class LaunchConfig:
     publish_every_updates: int | None = None
     learning_starts: int | None = None
     drain_timeout_s: float = 120.0
+    live_every_s: float = 10.0
     max_restarts: int = 3  # per restartable stage (ingest, trainer); one more crash fails the run
     restart_backoff: Backoff = Backoff(base_s=1.0, cap_s=30.0)
 
@@ -72,6 +75,8 @@ class Progress:
     evals: list[dict] = field(default_factory=list)  # {"seconds", "version", "eval_return"}
     client_curve: list[tuple[float, float]] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
+    # Per model version, how the (exploring) clients played it, from the store; refreshed every few seconds.
+    live: dict[int, LiveReturns] = field(default_factory=dict)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -232,7 +237,7 @@ def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.
         open_store(stack.settings) as store,
         Live(_table(progress, cfg), console=console, refresh_per_second=2) as live,
     ):
-        last_rows, last_t = 0, time.monotonic()
+        last_rows, last_t, live_at = 0, time.monotonic(), 0.0
         while not stop.is_set() and time.monotonic() < deadline:
             stack.check_alive()
             progress.restarts = stack.restarts
@@ -242,6 +247,8 @@ def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.
             last_rows, last_t = progress.stored_rows, now
             _read_trainer(stack, progress)
             _read_clients(stack, progress)
+            if now - live_at >= cfg.live_every_s:  # reads every stored step: not every second
+                progress.live, live_at = store.live_returns(cfg.game), now
             if _poll(subscriber):
                 progress.model_version = subscriber.version
                 score = evaluate(subscriber.act, cfg.game, cfg.eval_episodes, seed=10_000 + subscriber.version)
@@ -283,6 +290,7 @@ def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
             stack.supervisor.check(stages=("ingest",), unlimited=True)
             time.sleep(0.2)
         progress.stored_rows = stored
+        progress.live = store.live_returns(cfg.game)  # every acknowledged step counted
 
 
 def _read_json(path: Path) -> dict | None:
@@ -320,11 +328,27 @@ def _table(progress: Progress, cfg: LaunchConfig) -> Table:
         ("model version", str(progress.model_version)),
         ("stage restarts", _fmt_restarts(progress.restarts, cfg.max_restarts)),
         ("clients' mean return", _fmt(progress.clients_mean_return)),
+        ("live return, newest version", _fmt_live(progress.live)),
         (f"greedy eval ({cfg.eval_episodes} ep)", f"{_fmt(last_eval)} (target {cfg.target_return:g})"),
     ]
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _newest_live(live: dict[int, LiveReturns]) -> dict | None:
+    """The newest version's live return, for the summary."""
+    if not live:
+        return None
+    newest = live[max(live)]
+    return {"version": newest.model_version, "episodes": newest.episodes, "mean_return": round(newest.mean_return, 1)}
+
+
+def _fmt_live(live: dict[int, LiveReturns]) -> str:
+    if not live:
+        return "-"
+    newest = max(live)
+    return f"v{newest}: {live_cell(live[newest])}"
 
 
 def _fmt(value: float | None) -> str:
@@ -346,6 +370,7 @@ def _summary(
         "transitions_stored": progress.stored_rows,
         "model_versions": progress.model_version,
         "learner_updates": progress.updates,
+        "live_return": _newest_live(progress.live),
         "algorithm": progress.algorithm,
         "restarts": progress.restarts,
         "drained": drained,
@@ -375,6 +400,12 @@ def _write_outputs(run_dir: Path, summary: dict, progress: Progress) -> None:
         )
     if progress.client_curve:
         ax.plot(*zip(*progress.client_curve, strict=True), label="clients' mean return (exploring)", alpha=0.7)
+    # Each version's live return from the store, at the time the launcher first saw that version.
+    seen = [
+        (e["seconds"], progress.live[e["version"]].mean_return) for e in progress.evals if e["version"] in progress.live
+    ]
+    if seen:
+        ax.plot(*zip(*seen, strict=True), "s", label="live return per version (store, exploring)")
     ax.axhline(summary["target_return"], color="grey", linestyle="--", label="target")
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("episode return")
