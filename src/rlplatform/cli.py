@@ -183,7 +183,7 @@ def train(
     status_file: Annotated[Path | None, typer.Option("--status-file", help="Write progress JSON here.")] = None,
     max_updates: Annotated[int | None, typer.Option("--max-updates", min=1)] = None,
     publish_every: Annotated[
-        int | None, typer.Option("--publish-every", min=1, help="Learner updates per model (default 1000).")
+        int | None, typer.Option("--publish-every", min=1, help="Learner updates per model (default: TrainerConfig's).")
     ] = None,
     learning_starts: Annotated[
         int | None,

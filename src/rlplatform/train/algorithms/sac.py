@@ -8,7 +8,9 @@ for the learner, and the exported action is the squashed mean scaled back into [
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +71,7 @@ class SAC(Algorithm):
             return f"algorithm: SAC squashes actions into a bounded box, but {spec.game_id!r} has unbounded actions"
         return None
 
-    def __init__(self, spec: GameSpec, hyperparameters: dict | None = None) -> None:
+    def __init__(self, spec: GameSpec, hyperparameters: Mapping[str, Any] | None = None) -> None:
         super().__init__(spec, hyperparameters)
         self.low = np.asarray(spec.action_low, dtype=np.float32)
         self.high = np.asarray(spec.action_high, dtype=np.float32)
