@@ -12,13 +12,12 @@ import re
 from botocore.exceptions import ClientError
 
 from rlplatform import aws
-from rlplatform_client.models import MODEL_PREFIX, ModelManifest, latest_key, publish_model
+from rlplatform_client.models import MODEL_PREFIX, ModelManifest, is_missing, latest_key, publish_model
 from rlplatform_client.subscriber import ModelMissingError
 
 __all__ = ["check_pointer", "latest_manifest", "next_version", "publish", "published_versions"]
 
 _VERSION_DIR = re.compile(r"/v(\d{6,})/$")
-_MISSING_CODES = ("NoSuchKey", "404", "NotFound")
 
 
 def latest_manifest(bucket: str, game_id: str) -> ModelManifest | None:
@@ -29,7 +28,7 @@ def latest_manifest(bucket: str, game_id: str) -> ModelManifest | None:
     try:
         body = aws.s3_client().get_object(Bucket=bucket, Key=latest_key(game_id))["Body"].read()
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in _MISSING_CODES:
+        if is_missing(exc):
             return None
         raise
     return ModelManifest.from_json(body)
@@ -62,7 +61,7 @@ def check_pointer(bucket: str, game_id: str) -> None:
     try:
         aws.s3_client().head_object(Bucket=bucket, Key=manifest.onnx_key)
     except ClientError as exc:
-        if exc.response["Error"]["Code"] not in _MISSING_CODES:
+        if not is_missing(exc):
             raise
         raise ModelMissingError(
             manifest.onnx_key,

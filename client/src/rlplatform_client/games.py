@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .models import is_missing
+
 GAMES_PREFIX = "games"
 SPEC_VERSION = 1
 MAX_OBS_DIM = 65_536
@@ -151,7 +153,7 @@ def read_declared(s3: Any, bucket: str, game_id: str) -> GameSpec | None:
     try:
         body = s3.get_object(Bucket=bucket, Key=spec_key(game_id))["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if is_missing(exc):
             return None
         raise
     return GameSpec.from_document(json.loads(body))

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 
 MODEL_PREFIX = "models"
+# S3 error codes for "no such key" (S3 says NoSuchKey; a HEAD or some S3-compatible stores say 404/NotFound).
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 INPUT_NAME = "obs"
 OUTPUT_KINDS = {"discrete": "q_values", "box": "action"}  # the kind of output each action space is acted on with
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -273,3 +275,13 @@ def _is_number(value: Any) -> bool:
     if value is None:
         return True
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def error_code(exc: Any) -> str:
+    """The S3 error code of a botocore ``ClientError``."""
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_missing(exc: Any) -> bool:
+    """A botocore ``ClientError`` that means the object does not exist."""
+    return error_code(exc) in MISSING_CODES

@@ -25,13 +25,22 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import ClientError
 
-from .models import INPUT_NAME, ManifestError, ModelError, ModelManifest, greedy_action, latest_key, sha256_hex
+from .models import (
+    INPUT_NAME,
+    ManifestError,
+    ModelError,
+    ModelManifest,
+    error_code,
+    greedy_action,
+    is_missing,
+    latest_key,
+    sha256_hex,
+)
 from .retry import Backoff
 
 log = logging.getLogger(__name__)
 
 _NOT_MODIFIED_CODES = frozenset({"304", "NotModified", "Not Modified"})
-_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 MISSING_MODEL_BACKOFF = Backoff(base_s=5.0, cap_s=300.0, jitter=True)
 
 
@@ -163,10 +172,9 @@ class ModelSubscriber:
         try:
             response = self._s3.get_object(**kwargs)
         except ClientError as exc:
-            code = _error_code(exc)
-            if code in _NOT_MODIFIED_CODES:
+            if error_code(exc) in _NOT_MODIFIED_CODES:
                 return None
-            if code in _MISSING_CODES:
+            if is_missing(exc):
                 return None  # No model published yet: not an error.
             raise
         return response["Body"].read(), response["ETag"]
@@ -181,7 +189,7 @@ class ModelSubscriber:
         try:
             data = self._s3.get_object(Bucket=self.bucket, Key=manifest.onnx_key)["Body"].read()
         except ClientError as exc:
-            if _error_code(exc) not in _MISSING_CODES:
+            if not is_missing(exc):
                 raise
             raise ModelMissingError(
                 manifest.onnx_key,
@@ -264,7 +272,3 @@ class ModelSubscriber:
     def has_model(self) -> bool:
         with self._lock:
             return self._loaded is not None
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
