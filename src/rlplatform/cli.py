@@ -52,11 +52,25 @@ def _until_stopped() -> Iterator[None]:
 
 @app.command()
 def up(
-    game: GameOpt = "CartPole-v1",
-    clients: Annotated[int, typer.Option("--clients", min=1, max=64, help="Simulated bot client processes.")] = 4,
-    target_return: Annotated[
-        float, typer.Option("--target-return", help="Stop once the latest model's greedy mean return reaches this.")
-    ] = 475.0,
+    games: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--game",
+            help="A game to train (repeat for several; default CartPole-v1). A gymnasium id is played by simulated "
+            "clients; any other id by your own clients (run dir's client.env), which declare it.",
+        ),
+    ] = None,
+    clients: Annotated[
+        int, typer.Option("--clients", min=0, max=64, help="Simulated bot client processes per gymnasium game.")
+    ] = 4,
+    target_returns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target-return",
+            help="VALUE for every game, or GAME=VALUE (repeatable). Default: gymnasium's reward_threshold. Judged "
+            "by greedy evaluation where the game has a simulator, else by the newest version's live return.",
+        ),
+    ] = None,
     max_minutes: Annotated[float, typer.Option("--max-minutes", min=0.1, help="Stop after this many minutes.")] = 15.0,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Default: runs/<timestamp>.")] = None,
     client_steps_per_second: Annotated[
@@ -67,17 +81,22 @@ def up(
     config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
-    """Start the embedded stack (moto, Spark ingest, RLlib trainer, N clients) and train until solved."""
+    """Start the embedded stack (moto, Spark ingest, an RLlib trainer and N clients per game) and train until
+    every game reaches its target return."""
     from rlplatform.launcher import LaunchConfig, run_stack
 
-    if algorithm or config:
-        _check_algorithm(game, algorithm, config)
+    games = games or ["CartPole-v1"]
+    if len(set(games)) < len(games):
+        raise typer.BadParameter(f"a game is given twice: {games}", param_hint="--game")
+    targets = _targets(games, target_returns or [])
+    for game in games:
+        if algorithm or config:
+            _check_algorithm(game, algorithm, config)
 
     summary = run_stack(
         LaunchConfig(
-            game=game,
+            targets=targets,
             clients=clients,
-            target_return=target_return,
             max_minutes=max_minutes,
             run_dir=run_dir,
             client_steps_per_second=client_steps_per_second,
@@ -90,17 +109,55 @@ def up(
     raise typer.Exit(0 if summary.get("error") is None else 1)
 
 
+def _targets(games: list[str], given: list[str]) -> dict[str, float]:
+    """Each game's target return from ``--target-return`` values (VALUE or GAME=VALUE), else gymnasium's."""
+    from rlplatform.games import reward_threshold
+
+    for_all: list[float] = []
+    per_game: dict[str, float] = {}
+    for item in given:
+        game, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{item!r} is not a number or GAME=number", param_hint="--target-return") from None
+        if game and game not in games:
+            raise typer.BadParameter(f"{game!r} is not one of the games: {games}", param_hint="--target-return")
+        if game:
+            per_game[game] = number
+        else:
+            for_all.append(number)
+    if len(for_all) > 1:
+        raise typer.BadParameter(f"one bare VALUE at most, got {for_all}; use GAME=VALUE", param_hint="--target-return")
+    targets = {}
+    for game in games:
+        target = per_game.get(game, for_all[0] if for_all else reward_threshold(game))
+        if target is None:
+            raise typer.BadParameter(
+                f"{game} has no default (gymnasium sets no reward_threshold for it); pass {game}=VALUE",
+                param_hint="--target-return",
+            )
+        targets[game] = target
+    return targets
+
+
 def _check_algorithm(game: str, algorithm: str | None, config: Path | None) -> None:
-    """Refuse a bad --algorithm or --config before any process starts, not in the trainer's log."""
+    """Refuse a bad --algorithm or --config before any process starts, not in the trainer's log. A game that
+    its clients will declare is only checked for a known algorithm name: its spec is not known yet."""
     from rlplatform.games import UnknownGameError, game_spec
-    from rlplatform.train.algorithms import AlgorithmConfigError, algorithm_class
+    from rlplatform.train.algorithms import AlgorithmConfigError, algorithm_class, known_algorithm
     from rlplatform.train.trainer import trainer_config
 
     try:
         cfg = trainer_config(game, config_file=config, algorithm=algorithm)
-        spec = game_spec(game)
+        try:
+            spec = game_spec(game)
+        except UnknownGameError:
+            if cfg.algorithm is not None:
+                known_algorithm(cfg.algorithm)
+            return
         algorithm_class(spec, cfg.algorithm)(spec, cfg.hyperparameters)
-    except (AlgorithmConfigError, UnknownGameError) as exc:
+    except AlgorithmConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -1,33 +1,44 @@
-"""The embedded stack: moto, the Spark ingest job, the RLlib trainer and N bot clients, one process each.
+"""The embedded stack: moto, one Spark ingest job for every game, and per game an RLlib trainer and N bot
+clients, one process each.
 
-``run_stack`` starts everything, shows live progress, evaluates every newly published model (the
-ONNX bytes a client would load, sha256-checked) and stops at the target return or the time budget.
+``run_stack`` starts everything, shows live progress and judges each game's newest model until every
+game reaches its target return or the time budget ends. A game with a simulator is judged by greedy
+evaluation of the ONNX bytes a client would load (sha256-checked); a game without one by the live return
+its clients played with the newest version (``LaunchConfig.live_min_episodes`` finished episodes at
+least). A solved game's clients and trainer stop, so the cores go to the games still learning.
+
+A game that is not a gymnasium id gets no simulated clients: its own clients play it, pointed at the
+stack by ``client.env`` in the run dir, and declare it (its trainer waits for the declaration).
+
 A crashed ingest or trainer is restarted (after a backoff delay, at most ``max_restarts`` times per
 stage; both resume from their checkpoints). Shutdown is ordered so nothing is lost, on every exit path
 (success, time budget, Ctrl-C, error, a stage out of restarts): clients stop and flush, ingest drains
-(restarted if it dies) until the store holds every acknowledged transition or the drain timeout
-passes, then ingest, trainer and moto stop.
+(restarted if it dies) until the store holds every transition acknowledged to the simulated clients or
+the drain timeout passes, then ingest, trainers and moto stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from rlplatform import aws
-from rlplatform.report import live_cell
+from rlplatform.games import GameCatalog, GameSpec, UnknownGameError, game_spec
+from rlplatform.progress_view import progress_table, summary, write_outputs
 from rlplatform.settings import Settings
-from rlplatform.store import open_store
+from rlplatform.store import ExperienceStore, open_store
 from rlplatform.store.base import LiveReturns
 from rlplatform.supervisor import Supervisor
 from rlplatform.train.evaluate import evaluate
@@ -41,13 +52,15 @@ console = Console(stderr=True)
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    game: str = "CartPole-v1"
-    clients: int = 4
-    target_return: float = 475.0
+    # Game id -> target return, in launch order: each game gets its own trainer (and simulated clients).
+    targets: Mapping[str, float] = field(default_factory=lambda: {"CartPole-v1": 475.0})
+    clients: int = 4  # simulated clients per gymnasium game
     max_minutes: float = 15.0
     run_dir: Path | None = None
     client_steps_per_second: float = 100.0
     eval_episodes: int = 20
+    # A game judged by live play is solved once its newest version finished this many episodes on target.
+    live_min_episodes: int = 20
     seed: int = 0
     # None: the trainer's own default (TrainerConfig, the algorithm's hyperparameters, its config file).
     algorithm: str | None = None
@@ -56,30 +69,76 @@ class LaunchConfig:
     learning_starts: int | None = None
     drain_timeout_s: float = 120.0
     live_every_s: float = 10.0
-    max_restarts: int = 3  # per restartable stage (ingest, trainer); one more crash fails the run
+    max_restarts: int = 3  # per restartable stage (ingest, each trainer); one more crash fails the run
     restart_backoff: Backoff = Backoff(base_s=1.0, cap_s=30.0)
+
+    @property
+    def games(self) -> tuple[str, ...]:
+        return tuple(self.targets)
 
 
 @dataclass
-class Progress:
-    """What the launcher observed; becomes the summary and the learning curve."""
+class GameProgress:
+    """What the launcher observed of one game; becomes its part of the summary and its learning curve."""
 
-    started: float = field(default_factory=time.monotonic)
+    game: str
+    target: float
+    spec: GameSpec | None = None  # None until the game resolves (a gymnasium id, or declared by its clients)
     stored_rows: int = 0
     ingest_rate: float = 0.0
     algorithm: str | None = None
     updates: int = 0
     model_version: int = 0
     clients_mean_return: float | None = None
-    transitions_sent: int = 0
+    transitions_sent: int = 0  # acknowledged to the simulated clients
     evals: list[dict] = field(default_factory=list)  # {"seconds", "version", "eval_return"}
     client_curve: list[tuple[float, float]] = field(default_factory=list)
-    restarts: dict[str, int] = field(default_factory=dict)
     # Per model version, how the (exploring) clients played it, from the store; refreshed every few seconds.
     live: dict[int, LiveReturns] = field(default_factory=dict)
+    solved_at: float | None = None
+    sent_at_solve: int | None = None
+
+    @property
+    def judged_by(self) -> str | None:
+        if self.spec is None:
+            return None
+        return "simulator" if self.spec.simulator is not None else "live play"
+
+
+@dataclass
+class Progress:
+    games: dict[str, GameProgress] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: LaunchConfig) -> Progress:
+        return cls({game: GameProgress(game, target) for game, target in cfg.targets.items()})
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def unsolved(self) -> list[GameProgress]:
+        return [g for g in self.games.values() if g.solved_at is None]
+
+
+def slug(game: str) -> str:
+    """A game id as a file and stage name (gymnasium ids may hold '/')."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", game)
+
+
+def stage(kind: str, game: str) -> str:
+    """The supervisor's name of a game's stage, e.g. ``trainer-CartPole-v1`` (also its log file's name)."""
+    return f"{kind}-{slug(game)}"
+
+
+def simulated(game: str) -> bool:
+    """Whether the stack can play the game itself: only gymnasium ids come with an environment."""
+    try:
+        game_spec(game)
+    except UnknownGameError:
+        return False
+    return True
 
 
 class Stack:
@@ -126,15 +185,31 @@ class Stack:
         self.moto = aws.MotoServer.start()
         self.moto.apply_env()  # the launcher itself reads the store count and the registry
         aws.bootstrap(self.settings)
+        self._write_client_env()
         python = sys.executable
         spawn = self.supervisor.spawn
         spawn("ingest", [python, "-m", "rlplatform", "ingest", "--checkpoint", str(self.run_dir / "ingest-ckpt")], True)
-        spawn("trainer", self._trainer_argv(), restartable=True)
-        spawn("clients", self._clients_argv())
+        for game in self.cfg.games:
+            self.game_dir(game).mkdir(parents=True, exist_ok=True)
+            spawn(stage("trainer", game), self._trainer_argv(game), restartable=True)
+            if self.cfg.clients and simulated(game):
+                spawn(stage("clients", game), self._clients_argv(game))
+            else:
+                console.print(
+                    f"{game}: no simulated clients; play it with your own, configured by {self.client_env_file} "
+                    "(its trainer waits until they declare the game)"
+                )
 
-    def _trainer_argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "rlplatform", "train", "--game", self.cfg.game]
-        argv += ["--status-file", str(self.trainer_status), "--seed", str(self.cfg.seed)]
+    def _write_client_env(self) -> None:
+        """What a game's own clients need to reach this stack, as shell assignments."""
+        assert self.moto is not None
+        wanted = {**aws.EMULATOR_ENV, "AWS_ENDPOINT_URL": self.moto.endpoint}
+        wanted |= {"RLP_STREAM_NAME": self.settings.stream_name, "RLP_BUCKET": self.settings.bucket}
+        self.client_env_file.write_text("".join(f"{key}={value}\n" for key, value in wanted.items()))
+
+    def _trainer_argv(self, game: str) -> list[str]:
+        argv = [sys.executable, "-m", "rlplatform", "train", "--game", game]
+        argv += ["--status-file", str(self.trainer_status(game)), "--seed", str(self.cfg.seed)]
         optional = {
             "--algorithm": self.cfg.algorithm,
             "--config": self.cfg.trainer_config,
@@ -143,14 +218,14 @@ class Stack:
         }
         return argv + [str(x) for flag, value in optional.items() if value is not None for x in (flag, value)]
 
-    def _clients_argv(self) -> list[str]:
+    def _clients_argv(self, game: str) -> list[str]:
         return [
             sys.executable,
             "-m",
             "rlplatform_client",
             "simulate",
             "--game",
-            self.cfg.game,
+            game,
             "--clients",
             str(self.cfg.clients),
             "--stream",
@@ -158,7 +233,7 @@ class Stack:
             "--bucket",
             self.settings.bucket,
             "--stats-dir",
-            str(self.client_stats_dir),
+            str(self.client_stats_dir(game)),
             "--poll-seconds",
             "1",
             "--seed",
@@ -168,12 +243,17 @@ class Stack:
         ]
 
     @property
-    def trainer_status(self) -> Path:
-        return self.run_dir / "trainer-status.json"
+    def client_env_file(self) -> Path:
+        return self.run_dir / "client.env"
 
-    @property
-    def client_stats_dir(self) -> Path:
-        return self.run_dir / "clients"
+    def game_dir(self, game: str) -> Path:
+        return self.run_dir / "games" / slug(game)
+
+    def trainer_status(self, game: str) -> Path:
+        return self.game_dir(game) / "trainer-status.json"
+
+    def client_stats_dir(self, game: str) -> Path:
+        return self.game_dir(game) / "clients"
 
     def check_alive(self) -> None:
         """Restart crashed stages that may be restarted; raise ``StageFailed`` otherwise."""
@@ -182,9 +262,20 @@ class Stack:
     def terminate(self, name: str, timeout_s: float = 90.0) -> int | None:
         return self.supervisor.terminate(name, timeout_s)
 
+    def stop_clients(self) -> None:
+        for game in self.cfg.games:
+            self.terminate(stage("clients", game))
+
+    def retire(self, game: str) -> None:
+        """A solved game: its clients (they flush) and its trainer stop; ingest goes on storing its data."""
+        self.terminate(stage("clients", game))
+        self.terminate(stage("trainer", game))
+
     def stop(self) -> None:
-        for name in ("clients", "ingest", "trainer"):
-            self.terminate(name)
+        self.stop_clients()
+        self.terminate("ingest")
+        for game in self.cfg.games:
+            self.terminate(stage("trainer", game))
         if self.moto is not None:
             self.moto.stop()
 
@@ -195,15 +286,15 @@ def run_stack(cfg: LaunchConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     previous = set_on_signals(stop)
-    progress = Progress()
+    progress = Progress.of(cfg)
     stack = Stack(cfg, run_dir)
-    solved_at: float | None = None
     errors: list[str] = []
     drained = False
     try:
-        console.print(f"[bold]rlplatform[/] embedded stack for {cfg.game}, {cfg.clients} clients, run dir {run_dir}")
+        games = ", ".join(cfg.games)
+        console.print(f"[bold]rlplatform[/] embedded stack for {games}, {cfg.clients} clients each, run dir {run_dir}")
         stack.start()
-        solved_at = _watch(stack, cfg, progress, stop)
+        _watch(stack, cfg, progress, stop)
     except Exception as exc:  # noqa: BLE001 - reported in the summary; acknowledged data is still drained
         errors.append(_report(exc))
     try:
@@ -217,10 +308,10 @@ def run_stack(cfg: LaunchConfig) -> dict:
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = _summary(cfg, progress, run_dir, solved_at, "; ".join(errors) or None, drained)
-    _write_outputs(run_dir, summary, progress)
-    print(json.dumps(summary), flush=True)
-    return summary
+    result = summary(cfg, progress, run_dir, "; ".join(errors) or None, drained)
+    write_outputs(run_dir, result, progress)
+    print(json.dumps(result), flush=True)
+    return result
 
 
 def _report(exc: Exception) -> str:
@@ -229,38 +320,72 @@ def _report(exc: Exception) -> str:
     return error
 
 
-def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.Event) -> float | None:
-    """Refresh progress every second; evaluate each new model; return seconds-to-solve or None."""
-    subscriber = ModelSubscriber(stack.settings.bucket, cfg.game)
+def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.Event) -> None:
+    """Refresh progress every second and judge each game's new models, until every game is solved."""
+    catalog = GameCatalog(stack.settings.bucket)
+    subscribers = {game: ModelSubscriber(stack.settings.bucket, game) for game in cfg.games}
     deadline = progress.started + cfg.max_minutes * 60
-    with (
-        open_store(stack.settings) as store,
-        Live(_table(progress, cfg), console=console, refresh_per_second=2) as live,
-    ):
-        last_rows, last_t, live_at = 0, time.monotonic(), 0.0
-        while not stop.is_set() and time.monotonic() < deadline:
+    with open_store(stack.settings) as store, Live(progress_table(progress, cfg), console=console) as live:
+        last_t, live_at = time.monotonic(), 0.0
+        while progress.unsolved() and not stop.is_set() and time.monotonic() < deadline:
             stack.check_alive()
             progress.restarts = stack.restarts
             now = time.monotonic()
-            progress.stored_rows = store.count(cfg.game)
-            progress.ingest_rate = (progress.stored_rows - last_rows) / max(now - last_t, 1e-6)
-            last_rows, last_t = progress.stored_rows, now
-            _read_trainer(stack, progress)
-            _read_clients(stack, progress)
-            if now - live_at >= cfg.live_every_s:  # reads every stored step: not every second
-                progress.live, live_at = store.live_returns(cfg.game), now
-            if _poll(subscriber):
-                progress.model_version = subscriber.version
-                score = evaluate(subscriber.act, cfg.game, cfg.eval_episodes, seed=10_000 + subscriber.version)
-                progress.evals.append(
-                    {"seconds": round(progress.elapsed(), 1), "version": subscriber.version, "eval_return": score}
-                )
-                if score >= cfg.target_return:
-                    live.update(_table(progress, cfg))
-                    return progress.elapsed()
-            live.update(_table(progress, cfg))
+            refresh_live = now - live_at >= cfg.live_every_s  # reads every stored step: not every second
+            for g in progress.unsolved():
+                _observe(stack, store, catalog, g, max(now - last_t, 1e-6), refresh_live, progress.elapsed())
+                if _judge(g, subscribers[g.game], cfg, progress.elapsed()):
+                    console.print(f"[green]{g.game} reached {g.target:g} at {g.solved_at:.0f} s[/]")
+                    if progress.unsolved():
+                        stack.retire(g.game)
+            last_t, live_at = now, now if refresh_live else live_at
+            live.update(progress_table(progress, cfg))
             stop.wait(1.0)
-    return None
+
+
+def _observe(
+    stack: Stack,
+    store: ExperienceStore,
+    catalog: GameCatalog,
+    g: GameProgress,
+    dt: float,
+    refresh_live: bool,
+    elapsed: float,
+) -> None:
+    if g.spec is None:
+        with contextlib.suppress(UnknownGameError):  # a declared game re-reads the bucket every few seconds
+            g.spec = catalog.resolve(g.game)
+    stored = store.count(g.game)
+    g.ingest_rate, g.stored_rows = (stored - g.stored_rows) / dt, stored
+    _read_trainer(stack, g)
+    _read_clients(stack, g, elapsed)
+    if refresh_live:
+        g.live = store.live_returns(g.game)
+
+
+def _judge(g: GameProgress, subscriber: ModelSubscriber, cfg: LaunchConfig, elapsed: float) -> bool:
+    """Whether the game reached its target now: greedy evaluation of each new model on the simulator, or
+    the newest version's live return over at least ``cfg.live_min_episodes`` finished episodes."""
+    if g.spec is None:
+        return False
+    if g.spec.simulator is not None:
+        if not _poll(subscriber):
+            return False
+        g.model_version = subscriber.version
+        score = evaluate(subscriber.act, g.spec.simulator, cfg.eval_episodes, seed=10_000 + subscriber.version)
+        g.evals.append({"seconds": round(elapsed, 1), "version": subscriber.version, "eval_return": score})
+        reached = score >= g.target
+    else:
+        reached = live_target_reached(g.live, g.target, cfg.live_min_episodes)
+    if reached:
+        g.solved_at, g.sent_at_solve = elapsed, g.transitions_sent
+    return reached
+
+
+def live_target_reached(live: Mapping[int, LiveReturns], target: float, min_episodes: int) -> bool:
+    """The newest trained version (not 0, random play) finished ``min_episodes`` episodes averaging ``target``."""
+    newest = max(live, default=0)
+    return newest >= 1 and live[newest].episodes >= min_episodes and live[newest].mean_return >= target
 
 
 def _poll(subscriber: ModelSubscriber) -> bool:
@@ -276,21 +401,22 @@ def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
     """Stop the clients (they flush), then wait until the store holds every transition Kinesis acknowledged
     to them, restarting ingest whenever it dies (its restart limit does not apply: draining is the last
     chance to store acknowledged data); ``TimeoutError`` after ``cfg.drain_timeout_s``."""
-    stack.terminate("clients")
-    _read_clients(stack, progress)
+    stack.stop_clients()
     deadline = time.monotonic() + cfg.drain_timeout_s
     with open_store(stack.settings) as store:
-        while (stored := store.count(cfg.game)) < progress.transitions_sent:
-            progress.stored_rows = stored
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"drain incomplete: store holds {stored} of {progress.transitions_sent} acknowledged "
-                    f"transitions after {cfg.drain_timeout_s:g} s"
-                )
-            stack.supervisor.check(stages=("ingest",), unlimited=True)
-            time.sleep(0.2)
-        progress.stored_rows = stored
-        progress.live = store.live_returns(cfg.game)  # every acknowledged step counted
+        for g in progress.games.values():
+            _read_clients(stack, g, progress.elapsed())
+            while (stored := store.count(g.game)) < g.transitions_sent:
+                g.stored_rows = stored
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"drain incomplete: store holds {stored} of {g.transitions_sent} acknowledged "
+                        f"{g.game} transitions after {cfg.drain_timeout_s:g} s"
+                    )
+                stack.supervisor.check(stages=("ingest",), unlimited=True)
+                time.sleep(0.2)
+            g.stored_rows = stored
+            g.live = store.live_returns(g.game)  # every acknowledged step counted
 
 
 def _read_json(path: Path) -> dict | None:
@@ -300,117 +426,19 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _read_trainer(stack: Stack, progress: Progress) -> None:
-    status = _read_json(stack.trainer_status)
+def _read_trainer(stack: Stack, g: GameProgress) -> None:
+    status = _read_json(stack.trainer_status(g.game))
     if status:
-        progress.updates = status["updates"]
-        progress.algorithm = status.get("algorithm")
+        g.updates = status["updates"]
+        g.algorithm = status.get("algorithm")
+        if g.judged_by == "live play":  # the simulator judge tracks the version it evaluated instead
+            g.model_version = status.get("version", 0)
 
 
-def _read_clients(stack: Stack, progress: Progress) -> None:
-    stats = [s for p in sorted(stack.client_stats_dir.glob("*.json")) if (s := _read_json(p))]
-    progress.transitions_sent = sum(s["steps_acked"] for s in stats)
+def _read_clients(stack: Stack, g: GameProgress, elapsed: float) -> None:
+    stats = [s for p in sorted(stack.client_stats_dir(g.game).glob("*.json")) if (s := _read_json(p))]
+    g.transitions_sent = sum(s["steps_acked"] for s in stats)
     returns = [s["mean_return_last_20"] for s in stats if s.get("mean_return_last_20") is not None]
     if returns:
-        progress.clients_mean_return = sum(returns) / len(returns)
-        progress.client_curve.append((round(progress.elapsed(), 1), progress.clients_mean_return))
-
-
-def _table(progress: Progress, cfg: LaunchConfig) -> Table:
-    table = Table(title=f"rlplatform up: {cfg.game}", show_header=False)
-    last_eval = progress.evals[-1]["eval_return"] if progress.evals else None
-    rows = [
-        ("elapsed", f"{progress.elapsed():.0f} s of {cfg.max_minutes * 60:.0f} s"),
-        ("ingested transitions/s", f"{progress.ingest_rate:,.0f}"),
-        ("stored rows", f"{progress.stored_rows:,}"),
-        ("transitions sent (acked)", f"{progress.transitions_sent:,}"),
-        ("learner updates", f"{progress.updates:,} ({progress.algorithm or '-'})"),
-        ("model version", str(progress.model_version)),
-        ("stage restarts", _fmt_restarts(progress.restarts, cfg.max_restarts)),
-        ("clients' mean return", _fmt(progress.clients_mean_return)),
-        ("live return, newest version", _fmt_live(progress.live)),
-        (f"greedy eval ({cfg.eval_episodes} ep)", f"{_fmt(last_eval)} (target {cfg.target_return:g})"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
-
-
-def _newest_live(live: dict[int, LiveReturns]) -> dict | None:
-    """The newest version's live return, for the summary."""
-    if not live:
-        return None
-    newest = live[max(live)]
-    return {"version": newest.model_version, "episodes": newest.episodes, "mean_return": round(newest.mean_return, 1)}
-
-
-def _fmt_live(live: dict[int, LiveReturns]) -> str:
-    if not live:
-        return "-"
-    newest = max(live)
-    return f"v{newest}: {live_cell(live[newest])}"
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _fmt_restarts(restarts: dict[str, int], limit: int) -> str:
-    return ", ".join(f"{name} {n}/{limit}" for name, n in restarts.items()) or "-"
-
-
-def _summary(
-    cfg: LaunchConfig, progress: Progress, run_dir: Path, solved_at: float | None, error: str | None, drained: bool
-) -> dict:
-    return {
-        "solved": solved_at is not None and error is None,
-        "seconds_to_solve": None if solved_at is None else round(solved_at, 1),
-        "final_eval_return": progress.evals[-1]["eval_return"] if progress.evals else None,
-        "transitions_sent": progress.transitions_sent,
-        "transitions_stored": progress.stored_rows,
-        "model_versions": progress.model_version,
-        "learner_updates": progress.updates,
-        "live_return": _newest_live(progress.live),
-        "algorithm": progress.algorithm,
-        "restarts": progress.restarts,
-        "drained": drained,
-        "game": cfg.game,
-        "clients": cfg.clients,
-        "target_return": cfg.target_return,
-        "seconds_total": round(progress.elapsed(), 1),
-        "run_dir": str(run_dir),
-        "error": error,
-    }
-
-
-def _write_outputs(run_dir: Path, summary: dict, progress: Progress) -> None:
-    (run_dir / "summary.json").write_text(json.dumps({**summary, "evals": progress.evals}, indent=2))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    if progress.evals:
-        ax.plot(
-            [e["seconds"] for e in progress.evals],
-            [e["eval_return"] for e in progress.evals],
-            "o-",
-            label="greedy eval of published model",
-        )
-    if progress.client_curve:
-        ax.plot(*zip(*progress.client_curve, strict=True), label="clients' mean return (exploring)", alpha=0.7)
-    # Each version's live return from the store, at the time the launcher first saw that version.
-    seen = [
-        (e["seconds"], progress.live[e["version"]].mean_return) for e in progress.evals if e["version"] in progress.live
-    ]
-    if seen:
-        ax.plot(*zip(*seen, strict=True), "s", label="live return per version (store, exploring)")
-    ax.axhline(summary["target_return"], color="grey", linestyle="--", label="target")
-    ax.set_xlabel("seconds since start")
-    ax.set_ylabel("episode return")
-    ax.set_title(f"{summary['game']}: learning curve")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(run_dir / "learning_curve.png", dpi=100)
-    plt.close(fig)
+        g.clients_mean_return = sum(returns) / len(returns)
+        g.client_curve.append((round(elapsed, 1), g.clients_mean_return))

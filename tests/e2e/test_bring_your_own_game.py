@@ -22,6 +22,7 @@ import pytest
 
 from rlplatform import aws, processes, registry
 from rlplatform.bench import IngestJob
+from rlplatform.launcher import live_target_reached
 from rlplatform.report import version_reports
 from rlplatform.settings import Settings
 from rlplatform.store.sqlite import SqliteStore
@@ -129,6 +130,9 @@ def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path
         print(f"live return: random play {random_play}, v{newest} {learned}")
         assert random_play.episodes >= 100 and learned.episodes >= 50
         assert learned.mean_return >= random_play.mean_return + MARGIN, (random_play, learned)
+        # `rlplatform up`'s judge for a game without a simulator (live play) calls it solved at 8 of 10 once
+        # version `newest` has played its episodes.
+        assert live_target_reached({v: r.live for v, r in reports.items() if r.live and v <= newest}, 8.0, 20)
         # No environment: nothing evaluated a published model on a simulator.
         manifests = [reports[v].manifest for v in registry.published_versions(settings.bucket, GAME)]
         assert manifests and all(m is not None and m.eval_return is None for m in manifests)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from rlplatform import processes
-from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients
+from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients, stage
 from rlplatform_client.contract import decode_chunk
 from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
 
@@ -43,7 +43,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, stack: 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     cfg = LaunchConfig(
-        game=GAME, clients=2, client_steps_per_second=200, publish_every_updates=100, learning_starts=300
+        targets={GAME: 475.0}, clients=2, client_steps_per_second=200, publish_every_updates=100, learning_starts=300
     )
     s = Stack(cfg, tmp_path / "run")
     try:
@@ -58,7 +58,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 def client_stats(stack: Stack) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(stack.client_stats_dir.glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(stack.client_stats_dir(GAME).glob("*.json"))]
 
 
 def stream_transitions(stream: str) -> dict[tuple[str, int], tuple]:
@@ -104,8 +104,8 @@ def test_data_crosses_every_stage(stack: Stack) -> None:
         what="every client to load a published model",
         stack=stack,
     )
-    stack.terminate("clients")
-    progress = Progress()
+    stack.terminate(stage("clients", GAME))
+    progress = Progress.of(stack.cfg)
     _drain(stack, stack.cfg, progress)
 
     stats = client_stats(stack)
@@ -129,52 +129,32 @@ def test_data_crosses_every_stage(stack: Stack) -> None:
     assert manifest.version >= 1 and manifest.sha256 == sha256_hex(model)
     assert manifest.algorithm == "DQN" and manifest.action_space == {"type": "discrete", "n": 2}
     assert all(1 <= s["model_version"] <= manifest.version for s in stats)
-    _read_clients(stack, progress)
-    assert progress.transitions_sent == sent
+    cartpole = progress.games[GAME]
+    _read_clients(stack, cartpole, progress.elapsed())
+    assert cartpole.transitions_sent == cartpole.stored_rows == sent
 
 
-def test_up_command_prints_reconciled_summary(tmp_path: Path) -> None:
-    """`rlplatform up` as a user runs it, on a tiny budget: ends cleanly and reconciles."""
+def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None:
+    """`rlplatform up` as a user runs it, with two games on a tiny budget: one ingest job serves both, each
+    game gets its own trainer and clients, and each game's summary reconciles on its own."""
     run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rlplatform",
-            "up",
-            "--game",
-            GAME,
-            "--clients",
-            "2",
-            "--target-return",
-            "500",
-            "--max-minutes",
-            "1.5",
-            "--run-dir",
-            str(run_dir),
-            "--client-steps-per-second",
-            "200",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = [sys.executable, "-m", "rlplatform", "up", "--game", GAME, "--game", "Pendulum-v1", "--clients", "1"]
+    argv += ["--target-return", "1000", "--target-return", "Pendulum-v1=0", "--max-minutes", "1.5"]
+    argv += ["--run-dir", str(run_dir), "--client-steps-per-second", "200"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in (
-        "solved",
-        "seconds_to_solve",
-        "final_eval_return",
-        "transitions_sent",
-        "transitions_stored",
-        "model_versions",
-        "run_dir",
-    ):
-        assert key in summary
-    assert summary["error"] is None
-    assert summary["transitions_sent"] == summary["transitions_stored"] > 0
+    assert summary["error"] is None and summary["drained"] is True and summary["solved"] is False
     assert summary["run_dir"] == str(run_dir)
-    assert json.loads((run_dir / "summary.json").read_text())["transitions_sent"] == summary["transitions_sent"]
+    assert set(summary["games"]) == {GAME, "Pendulum-v1"}
+    for game, target, algorithm in ((GAME, 1000, "DQN"), ("Pendulum-v1", 0, "SAC")):
+        result = summary["games"][game]
+        assert result["transitions_sent"] == result["transitions_stored"] > 0, game
+        assert (result["target_return"], result["judged_by"], result["solved"]) == (target, "simulator", False)
+        assert result["algorithm"] == algorithm and result["seconds_to_solve"] is None
+    assert summary["transitions_sent"] == sum(g["transitions_sent"] for g in summary["games"].values())
+    assert summary["restarts"] == {"ingest": 0, f"trainer-{GAME}": 0, "trainer-Pendulum-v1": 0}
+    assert json.loads((run_dir / "summary.json").read_text())["games"] == summary["games"]
     assert (run_dir / "learning_curve.png").stat().st_size > 0
 
 
@@ -201,7 +181,8 @@ def test_ctrl_c_stops_the_stack_cleanly_and_reconciles(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: (run_dir / "trainer-status.json").exists() and any((run_dir / "clients").glob("*.json")),
+        game_dir = run_dir / "games" / GAME
+        wait_for(lambda: (game_dir / "trainer-status.json").exists() and any((game_dir / "clients").glob("*.json")),
                  timeout_s=300, what="the stack to run")  # fmt: skip
         os.killpg(proc.pid, signal.SIGINT)
         stdout, _ = proc.communicate(timeout=300)

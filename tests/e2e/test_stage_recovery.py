@@ -27,7 +27,7 @@ def launcher_code(run_dir: Path) -> str:
     return (
         "from pathlib import Path\n"
         "from rlplatform.launcher import LaunchConfig, run_stack\n"
-        f"run_stack(LaunchConfig(game={GAME!r}, clients=2, target_return=1e9, max_minutes=6,"
+        f"run_stack(LaunchConfig(targets={{{GAME!r}: 1e9}}, clients=2, max_minutes=6,"
         f" run_dir=Path({str(run_dir)!r}), client_steps_per_second=200, publish_every_updates=100,"
         " learning_starts=300))\n"
     )
@@ -50,7 +50,7 @@ def live_pids(wanted: Callable[[list[str]], bool]) -> list[int]:
 
 def trainer_pids(run_dir: Path) -> list[int]:
     """This run's trainer (the status file on its command line names the run)."""
-    status_arg = str(run_dir / "trainer-status.json")
+    status_arg = str(status_file(run_dir))
     return live_pids(lambda argv: "train" in argv and status_arg in argv)
 
 
@@ -64,9 +64,13 @@ def stop_leftovers(run_dir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def status_file(run_dir: Path) -> Path:
+    return run_dir / "games" / GAME / "trainer-status.json"
+
+
 def trainer_status(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "trainer-status.json").read_text())
+        return json.loads(status_file(run_dir).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
 
@@ -126,10 +130,10 @@ def test_sigkilled_trainer_is_restarted_and_resumes(tmp_path: Path) -> None:
     for attribute in ("created_at", "learner_step"):
         values = [getattr(m, attribute) for m in manifests]
         assert values == sorted(set(values)), f"{attribute} went back after the restart: {values}"
-    assert "resumed from" in (run_dir / "logs" / "trainer.log").read_text()
+    assert "resumed from" in (run_dir / "logs" / f"trainer-{GAME}.log").read_text()
 
     assert proc.returncode == 0
     summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["restarts"] == {"ingest": 0, "trainer": 1}
+    assert summary["restarts"] == {"ingest": 0, f"trainer-{GAME}": 1}
     assert summary["error"] is None and summary["drained"] is True
     assert summary["transitions_sent"] == summary["transitions_stored"] > 0

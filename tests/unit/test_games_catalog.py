@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import uuid
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from rlplatform.ingest.job import _catalog, process_records
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client import declare_game
 from rlplatform_client.contract import Chunk, Step, encode_chunk
+from rlplatform_client.retry import RetryStopped
 
 BUCKET = "rlp-models"
 RACER = {
@@ -93,6 +96,39 @@ def test_an_undeclared_id_is_re_read_after_the_interval_not_per_lookup(s3) -> No
     assert catalog.declared("Racer-v1") is None  # remembered as undeclared for recheck_s
     clock.now = 2.5
     assert catalog.resolve("Racer-v1").obs_dim == 3
+
+
+class DeclaresOnSecondWait(threading.Event):
+    """A stop event whose second wait is when "another process" declares the game; never set by itself."""
+
+    def __init__(self, s3) -> None:
+        super().__init__()
+        self.s3, self.waits = s3, 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        if self.waits == 2:
+            declare_game(BUCKET, GameSpec.from_document(RACER), s3=self.s3)
+        return self.is_set()
+
+
+def test_a_trainer_waits_for_its_game_to_be_declared_and_says_so(s3, caplog) -> None:
+    stop = DeclaresOnSecondWait(s3)
+    catalog = GameCatalog(BUCKET, s3, recheck_s=0.0)
+    with caplog.at_level(logging.WARNING):
+        spec = catalog.wait_for("Racer-v1", stop, logging.getLogger("test"), log_every_s=3600)
+    assert spec.obs_dim == 3 and stop.waits == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "game_id: 'Racer-v1' is neither declared in s3://rlp-models/games/ nor a usable gymnasium id;"
+        " waiting for its declaration (rlplatform games register, or declare_game)"
+    ]
+
+
+def test_waiting_for_a_declaration_ends_when_stopped(s3) -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RetryStopped, match="'Racer-v1' to be declared"):
+        GameCatalog(BUCKET, s3, recheck_s=0.0).wait_for("Racer-v1", stop, logging.getLogger("test"))
 
 
 def test_gymnasium_ids_need_no_declaration(s3) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain, _fmt_restarts
+from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain
+from rlplatform.progress_view import _fmt_restarts
 from rlplatform.supervisor import StageFailed, Supervisor
 from rlplatform_client.retry import Backoff
 
@@ -138,8 +139,8 @@ def acked_stack(tmp_path: Path) -> Iterator[Stack]:
     cfg = LaunchConfig(restart_backoff=Backoff(0.0, 0.0), drain_timeout_s=60)
     stack = Stack(cfg, tmp_path / "run")
     stack.supervisor.env = lambda: dict(os.environ)
-    stack.client_stats_dir.mkdir()
-    (stack.client_stats_dir / "client-0.json").write_text(json.dumps({"steps_acked": 22}))
+    stack.client_stats_dir("CartPole-v1").mkdir(parents=True)
+    (stack.client_stats_dir("CartPole-v1") / "client-0.json").write_text(json.dumps({"steps_acked": 22}))
     try:
         yield stack
     finally:
@@ -150,14 +151,15 @@ def test_drain_restarts_ingest_until_every_acknowledged_step_is_stored(acked_sta
     argv = [sys.executable, "-c", FLAKY_INGEST, str(acked_stack.settings.sqlite_path), str(tmp_path / "crashed")]
     acked_stack.supervisor.spawn("ingest", argv, restartable=True)
     acked_stack.supervisor.restarts["ingest"] = 3  # Out of restarts: the drain restarts it all the same.
-    progress = Progress()
+    progress = Progress.of(acked_stack.cfg)
     _drain(acked_stack, acked_stack.cfg, progress)
-    assert progress.transitions_sent == progress.stored_rows == 22
+    cartpole = progress.games["CartPole-v1"]
+    assert cartpole.transitions_sent == cartpole.stored_rows == 22
     assert acked_stack.restarts == {"ingest": 4}
 
 
 def test_drain_gives_up_after_its_timeout_and_says_how_far_it_got(acked_stack: Stack) -> None:
     cfg = dataclasses.replace(acked_stack.cfg, drain_timeout_s=0.5)
     acked_stack.supervisor.spawn("ingest", RUN, restartable=True)  # Alive, but stores nothing.
-    with pytest.raises(TimeoutError, match="drain incomplete: store holds 0 of 22 acknowledged transitions"):
-        _drain(acked_stack, cfg, Progress())
+    with pytest.raises(TimeoutError, match="store holds 0 of 22 acknowledged CartPole-v1 transitions after 0.5 s"):
+        _drain(acked_stack, cfg, Progress.of(cfg))

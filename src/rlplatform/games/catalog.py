@@ -7,6 +7,7 @@ a client repeating an unknown id costs one S3 GET per interval, not one per reco
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from rlplatform import aws
 from rlplatform.games.gym_catalog import game_spec as gym_game_spec
 from rlplatform.games.spec import GameSpec, GameSpecError, UnknownGameError
 from rlplatform_client.games import GAMES_PREFIX, declare_game, read_declared
-from rlplatform_client.retry import aws_unreachable, retry
+from rlplatform_client.retry import RetryStopped, aws_unreachable, retry
 
 # Unknown ids remembered at most this many at a time: a client inventing ids cannot grow the cache forever.
 _MAX_UNKNOWN = 10_000
@@ -56,6 +57,22 @@ class GameCatalog:
                 f"game_id: {game_id!r} is neither declared in s3://{self.bucket}/{GAMES_PREFIX}/"
                 " nor a usable gymnasium id"
             ) from None
+
+    def wait_for(
+        self, game_id: str, stop: threading.Event, logger: logging.Logger, log_every_s: float = 30.0
+    ) -> GameSpec:
+        """The game's spec, waiting until it is declared: a trainer may start before any client declared its
+        game. Says so in ``logger`` every ``log_every_s``; ``RetryStopped`` once ``stop`` is set."""
+        logged_at: float | None = None
+        while True:
+            try:
+                return self.resolve(game_id)
+            except UnknownGameError as exc:
+                if logged_at is None or self._clock() - logged_at >= log_every_s:
+                    logger.warning("%s; waiting for its declaration (rlplatform games register, or declare_game)", exc)
+                    logged_at = self._clock()
+            if stop.wait(self.recheck_s):
+                raise RetryStopped(f"stopped while waiting for {game_id!r} to be declared")
 
     def declared(self, game_id: str) -> GameSpec | None:
         """The declared spec, re-reading the bucket for an undeclared id at most every ``recheck_s``."""

@@ -44,3 +44,9 @@ def _resolve(game_id: str) -> GameSpec | str:
         low, high = tuple(act_space.low.tolist()), tuple(act_space.high.tolist())
         return GameSpec(game_id, obs_space.shape[0], None, low, high, simulator=game_id)
     return f"{game_id!r} has an unsupported action space {act_space}"
+
+
+def reward_threshold(game_id: str) -> float | None:
+    """gymnasium's own "solved" return for a registered id (CartPole-v1: 475); None where it sets none."""
+    spec = gym.registry.get(game_id)
+    return None if spec is None or spec.reward_threshold is None else float(spec.reward_threshold)

@@ -127,7 +127,7 @@ class Trainer:
         if cfg.algorithm is not None:
             known_algorithm(cfg.algorithm)  # a typo fails before any S3 or store call
         # Declared in the bucket's catalog, else a gymnasium id: a game needs no environment here.
-        self.spec = GameCatalog(settings.bucket).resolve(cfg.game_id)
+        self.spec = GameCatalog(settings.bucket).wait_for(cfg.game_id, self.stop, log)
         self.algorithm: Algorithm = algorithm_class(self.spec, cfg.algorithm)(self.spec, cfg.hyperparameters)
         self.hp = self.algorithm.hp
         log.info("%s learns %s with %s", self.algorithm.name, cfg.game_id, self.hp)

@@ -1,0 +1,49 @@
+"""`rlplatform up`'s games and targets, and how a game without a simulator is judged."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from rlplatform.cli import _targets, app
+from rlplatform.launcher import live_target_reached
+from rlplatform.store.base import LiveReturns
+
+
+def test_targets_default_to_gymnasium_and_take_one_bare_value_or_per_game_values() -> None:
+    assert _targets(["CartPole-v1"], []) == {"CartPole-v1": 475.0}
+    assert _targets(["CartPole-v1", "Acrobot-v1"], ["-90"]) == {"CartPole-v1": -90.0, "Acrobot-v1": -90.0}
+    both = _targets(["CartPole-v1", "Pendulum-v1"], ["Pendulum-v1=-250"])
+    assert both == {"CartPole-v1": 475.0, "Pendulum-v1": -250.0}
+    assert _targets(["Cue-v0", "CartPole-v1"], ["8", "CartPole-v1=400"]) == {"Cue-v0": 8.0, "CartPole-v1": 400.0}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--game", "Pendulum-v1"], "Pendulum-v1 has no default"),
+        (["--game", "Cue-v0"], "Cue-v0 has no default"),
+        (["--target-return", "Pendulum-v1=-250"], "'Pendulum-v1' is not one of the games"),
+        (["--target-return", "fast"], "'fast' is not a number or GAME=number"),
+        (["--target-return", "1", "--target-return", "2"], "one bare VALUE at most"),
+        (["--game", "CartPole-v1", "--game", "CartPole-v1"], "a game is given twice"),
+        (["--game", "CartPole-v1", "--algorithm", "SAC"], "SAC"),
+    ],
+)
+def test_bad_games_or_targets_are_refused_before_anything_starts(argv: list[str], message: str, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["up", *argv, "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+
+
+def live(version: int, episodes: int, mean_return: float) -> LiveReturns:
+    return LiveReturns(version, episodes, mean_return, std_return=1.0, mean_length=10.0)
+
+
+def test_live_play_judges_the_newest_trained_version_over_enough_episodes() -> None:
+    assert not live_target_reached({}, 8.0, 20)
+    assert not live_target_reached({0: live(0, 500, 9.0)}, 8.0, 20)  # random play is not a model
+    assert not live_target_reached({0: live(0, 100, 5.0), 3: live(3, 19, 9.5)}, 8.0, 20)  # too few episodes
+    assert not live_target_reached({2: live(2, 50, 9.0), 3: live(3, 30, 7.9)}, 8.0, 20)  # newest, not best
+    assert live_target_reached({2: live(2, 50, 6.0), 3: live(3, 20, 8.0)}, 8.0, 20)
