@@ -405,7 +405,7 @@ def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
     deadline = time.monotonic() + cfg.drain_timeout_s
     with open_store(stack.settings) as store:
         for g in progress.games.values():
-            _read_clients(stack, g, progress.elapsed())
+            _read_clients(stack, g, None)  # a retired game's curve ends where it stopped
             while (stored := store.count(g.game)) < g.transitions_sent:
                 g.stored_rows = stored
                 if time.monotonic() >= deadline:
@@ -435,10 +435,11 @@ def _read_trainer(stack: Stack, g: GameProgress) -> None:
             g.model_version = status.get("version", 0)
 
 
-def _read_clients(stack: Stack, g: GameProgress, elapsed: float) -> None:
+def _read_clients(stack: Stack, g: GameProgress, elapsed: float | None) -> None:
+    """Transitions acknowledged to the game's clients and, at ``elapsed`` (None: no point), their mean return."""
     stats = [s for p in sorted(stack.client_stats_dir(g.game).glob("*.json")) if (s := _read_json(p))]
     g.transitions_sent = sum(s["steps_acked"] for s in stats)
     returns = [s["mean_return_last_20"] for s in stats if s.get("mean_return_last_20") is not None]
-    if returns:
+    if returns and elapsed is not None:
         g.clients_mean_return = sum(returns) / len(returns)
         g.client_curve.append((round(elapsed, 1), g.clients_mean_return))
