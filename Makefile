@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint
+.PHONY: install up test lint cassandra-jars cassandra
 
 install: $(STAMP)
 
@@ -20,8 +20,21 @@ $(STAMP): pyproject.toml client/pyproject.toml
 up: install
 	$(BIN)/rlplatform up --game CartPole-v1 --clients 4 --target-return 475 --max-minutes 15
 
-test: install
+test: install cassandra-jars
 	$(BIN)/python -m pytest
+
+# A real Cassandra for the tests, without Docker: its jars from Maven Central (tests/cassandra_node.py).
+CASSANDRA_JARS := .cache/cassandra/lib
+cassandra-jars: $(CASSANDRA_JARS)/.fetched
+
+$(CASSANDRA_JARS)/.fetched: compose/cassandra/pom.xml
+	mvn -q -B -f compose/cassandra/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+		-DoutputDirectory=$(abspath $(CASSANDRA_JARS))
+	touch $@
+
+# A single-node Cassandra on 127.0.0.1:9042 until Ctrl-C, for RLP_STORE=cassandra on a laptop.
+cassandra: install cassandra-jars
+	$(BIN)/python -m tests.cassandra_node --port 9042
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

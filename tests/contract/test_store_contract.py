@@ -2,10 +2,9 @@
 
 Adapters are listed in ``ADAPTERS``; one that is unreachable here is skipped with its reason.
 
-Cassandra runs against ``RLP_TEST_CASSANDRA_CONTACT_POINTS`` when set (other ``RLP_CASSANDRA_*`` settings,
-e.g. the port, auth or TLS, come from the environment as usual) in a throwaway keyspace ``rlp_test_<hex>``
-dropped at the end; else against a ``CASSANDRA_IMAGE`` container when a Docker engine answers; else its cases
-are skipped saying what is missing. Tables are truncated between tests (Cassandra / ScyllaDB; Amazon
+Cassandra is the ``cassandra_settings`` fixture's (``tests/conftest.py``): a cluster named by
+``RLP_TEST_CASSANDRA_CONTACT_POINTS``, else a real node started on this machine from Maven's jars (CI), else a
+container. Tables are truncated between tests (Cassandra / ScyllaDB; Amazon
 Keyspaces has no TRUNCATE, so point this suite at one of those).
 
 Retention: both adapters implement ``retain()`` (SQLite deletes by seq; Cassandra deletes whole partitions
@@ -15,7 +14,6 @@ retention is the TTL, checked by ``test_rows_expire_after_ttl`` (SQLite has no T
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,11 +25,8 @@ import pytest
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
-from tests.docker_engine import docker_unreachable
 
 GAME = "CartPole-v1"
-CASSANDRA_IMAGE = "cassandra:5.0.2"
-CASSANDRA_ENV = "RLP_TEST_CASSANDRA_CONTACT_POINTS"
 
 
 def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> ExperienceStore:
@@ -52,44 +47,6 @@ ADAPTERS: dict[str, Callable[[pytest.FixtureRequest, Path], ExperienceStore]] = 
     "sqlite": _sqlite,
     "cassandra": _cassandra,
 }
-
-
-@pytest.fixture(scope="session")
-def cassandra_settings() -> Iterator[Settings]:
-    """Settings for a reachable Cassandra with a fresh keyspace, or a skip naming what is missing."""
-    keyspace = f"rlp_test_{uuid.uuid4().hex[:12]}"
-    contact_points = os.environ.get(CASSANDRA_ENV)
-    if contact_points:
-        settings = Settings(store="cassandra", cassandra_contact_points=contact_points, cassandra_keyspace=keyspace)
-        try:
-            yield settings
-        finally:
-            from rlplatform.store.cassandra import CassandraStore
-
-            store = CassandraStore(settings)
-            try:
-                store._session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-            finally:
-                store.close()
-        return
-    why = docker_unreachable()
-    if why is not None:
-        pytest.skip(f"cassandra: {CASSANDRA_ENV} is not set and no Docker engine is reachable ({why})")
-    from testcontainers.community.cassandra import CassandraContainer
-
-    container = CassandraContainer(CASSANDRA_IMAGE)
-    try:
-        container.start()
-        host, port = container.get_contact_points()[0]
-        yield Settings(
-            store="cassandra",
-            cassandra_contact_points=host,
-            cassandra_port=port,
-            cassandra_local_dc=container.get_local_datacenter(),
-            cassandra_keyspace=keyspace,
-        )
-    finally:
-        container.stop()
 
 
 @pytest.fixture(params=sorted(ADAPTERS))

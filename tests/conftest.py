@@ -1,0 +1,75 @@
+"""Servers shared by the whole test session: started once, stopped at its end, even on failure."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rlplatform.settings import Settings
+from tests import cassandra_node
+from tests.docker_engine import docker_unreachable
+
+CASSANDRA_IMAGE = "cassandra:5.0.2"
+CASSANDRA_ENV = "RLP_TEST_CASSANDRA_CONTACT_POINTS"
+
+
+@pytest.fixture(scope="session")
+def cassandra_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings for a real Cassandra with a fresh keyspace ``rlp_test_<hex>``, from the first that exists:
+
+    1. the cluster ``RLP_TEST_CASSANDRA_CONTACT_POINTS`` names (other ``RLP_CASSANDRA_*`` settings, e.g. the
+       port, auth or TLS, from the environment as usual); the keyspace is dropped at the end;
+    2. a node started here from the jars ``make cassandra-jars`` fetched (``tests/cassandra_node.py``): what
+       CI uses, so under ``CI`` a node that cannot start fails the tests instead of skipping them;
+    3. a ``CASSANDRA_IMAGE`` container, where a Docker engine answers;
+    else the tests that need it are skipped, saying what is missing.
+    """
+    keyspace = f"rlp_test_{uuid.uuid4().hex[:12]}"
+    if contact_points := os.environ.get(CASSANDRA_ENV):
+        settings = Settings(store="cassandra", cassandra_contact_points=contact_points, cassandra_keyspace=keyspace)
+        yield from _external(settings)
+        return
+    why_not_here = cassandra_node.missing()
+    if why_not_here is None or os.environ.get("CI"):
+        with cassandra_node.CassandraNode(Path(tmp_path_factory.mktemp("cassandra"))) as node:
+            yield Settings(store="cassandra", cassandra_port=node.port, cassandra_keyspace=keyspace)
+        return
+    why = docker_unreachable()
+    if why is not None:
+        pytest.skip(f"cassandra: {CASSANDRA_ENV} is not set, {why_not_here}, and no Docker engine answers ({why})")
+    yield from _container(keyspace)
+
+
+def _external(settings: Settings) -> Iterator[Settings]:
+    try:
+        yield settings
+    finally:
+        from rlplatform.store.cassandra import CassandraStore
+
+        store = CassandraStore(settings)
+        try:
+            store._session.execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=120)
+        finally:
+            store.close()
+
+
+def _container(keyspace: str) -> Iterator[Settings]:
+    from testcontainers.community.cassandra import CassandraContainer
+
+    container = CassandraContainer(CASSANDRA_IMAGE)
+    try:
+        container.start()
+        host, port = container.get_contact_points()[0]
+        yield Settings(
+            store="cassandra",
+            cassandra_contact_points=host,
+            cassandra_port=port,
+            cassandra_local_dc=container.get_local_datacenter(),
+            cassandra_keyspace=keyspace,
+        )
+    finally:
+        container.stop()
