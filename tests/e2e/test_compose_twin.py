@@ -1,13 +1,15 @@
 """The compose topology without Docker: the same commands the compose services run, as local processes.
 
 A real Spark standalone Master and Worker (pyspark's ``spark-class``), a real ``ray start --head``,
-the ingest job submitted to that master, the trainer's learner on that Ray head, and the simulated
-clients; moto stands where LocalStack would and SQLite where Cassandra would (neither can run here).
-Every command line comes from docker-compose.yml; only hosts, ports and paths are rewritten.
+a real Cassandra 5.0.2 node (``tests/cassandra_node.py``), the ingest job submitted to that master, the
+trainer's learner on that Ray head, and the simulated clients; moto stands where LocalStack would.
+Every command line comes from docker-compose.yml; only hosts, ports and paths are rewritten. Everything
+listens on 127.0.0.1 only, and nothing is left behind (processes, Ray's pointer to its current cluster).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,9 +17,11 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pyspark
@@ -28,10 +32,12 @@ from rlplatform import processes
 from rlplatform.aws import MotoServer, bootstrap, free_port
 from rlplatform.registry import latest_manifest
 from rlplatform.settings import Settings
-from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store import open_store
+from tests.e2e.test_embedded_stack import stream_transitions
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
+RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 GAME = "CartPole-v1"
 
 
@@ -84,15 +90,31 @@ def http_json(url: str) -> dict | None:
         return None
 
 
+def listening_sockets() -> dict[str, str]:
+    """Socket inode -> ``ip:port`` of every listening TCP socket on the machine (``/proc/net/tcp{,6}``)."""
+    found = {}
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            # The kernel prints each 32-bit word of the address in host (little-endian) order.
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found[fields[9]] = f"{socket.inet_ntop(family, raw)}:{int(port, 16)}"
+    return found
+
+
 class Twin:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, store: Settings) -> None:
         self.tmp = tmp
         self.logs = tmp / "logs"
         self.logs.mkdir(parents=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.spark_port, self.spark_ui, self.worker_ui = free_port(), free_port(), free_port()
         self.ray_port, self.dashboard_port = free_port(), free_port()
-        self.settings = Settings(sqlite_path=tmp / "experience.sqlite", checkpoint_dir=tmp / "checkpoints")
+        self.settings = store.model_copy(update={"checkpoint_dir": tmp / "checkpoints"})
         self.ports = {7077: self.spark_port, 8080: self.spark_ui, 6379: self.ray_port, 8265: self.dashboard_port}
         self.paths = {"/checkpoints/": f"{tmp}/checkpoints/"}
         self.moto: MotoServer | None = None
@@ -107,8 +129,10 @@ class Twin:
             "SPARK_HOME": str(spark_home),
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
-            "RLP_STORE": "sqlite",
-            "RLP_SQLITE_PATH": str(self.settings.sqlite_path),
+            "RLP_STORE": "cassandra",
+            "RLP_CASSANDRA_CONTACT_POINTS": self.settings.cassandra_contact_points,
+            "RLP_CASSANDRA_PORT": str(self.settings.cassandra_port),
+            "RLP_CASSANDRA_KEYSPACE": self.settings.cassandra_keyspace,
             "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
         }
 
@@ -119,17 +143,44 @@ class Twin:
         log.close()
         return argv
 
+    def listeners(self, names: Collection[str]) -> list[str]:
+        """Listening sockets of the named processes (with their children), as ``pid ip:port comm``."""
+        pids = {pid for name in names for pid in processes.session_members(self.procs[name].pid)}
+        sockets = listening_sockets()
+        found = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        target = os.readlink(fd)
+                        if target.startswith("socket:[") and target[8:-1] in sockets:
+                            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                            found.append(f"{pid} {sockets[target[8:-1]]} {comm}")
+        return found
+
     def stop(self) -> None:
         for name in ("clients", "ingest", "trainer", "spark-worker", "spark-master", "ray-head"):
             if name in self.procs:
                 processes.stop(self.procs[name], timeout_s=60)
         if self.moto is not None:
             self.moto.stop()
+        # `ray start` names its head in a file that a later ray.init() without an address would wait on.
+        if RAY_CURRENT_CLUSTER.exists() and RAY_CURRENT_CLUSTER.read_text().strip().endswith(f":{self.ray_port}"):
+            RAY_CURRENT_CLUSTER.unlink()
+
+
+def client_stats(twin: Twin) -> list[dict]:
+    stats = []
+    for path in (twin.tmp / "clients").glob("*.json"):
+        with contextlib.suppress(OSError, json.JSONDecodeError):  # a client may be rewriting its file
+            stats.append(json.loads(path.read_text()))
+    return stats
 
 
 @pytest.fixture
-def twin(tmp_path: Path) -> Iterator[Twin]:
-    t = Twin(tmp_path)
+def twin(tmp_path: Path, cassandra_settings: Settings) -> Iterator[Twin]:
+    keyspace = f"twin_{uuid.uuid4().hex[:12]}"  # the contract tests truncate the session keyspace's tables
+    t = Twin(tmp_path, cassandra_settings.model_copy(update={"cassandra_keyspace": keyspace}))
     try:
         t.moto = MotoServer.start()
         t.moto.apply_env()
@@ -140,11 +191,13 @@ def twin(tmp_path: Path) -> Iterator[Twin]:
     for name, proc in t.procs.items():
         assert proc.poll() is not None, f"{name} still running"
         assert not processes.session_members(proc.pid), f"{name} left processes behind"
+    named = RAY_CURRENT_CLUSTER.read_text().strip() if RAY_CURRENT_CLUSTER.exists() else ""
+    assert not named.endswith(f":{t.ray_port}"), f"{RAY_CURRENT_CLUSTER} still names the stopped head {named}"
 
 
 def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
     twin.start("spark-master", "spark-master")
-    twin.start("ray-head", "ray-head")
+    twin.start("ray-head", "ray-head", ["--node-ip-address=127.0.0.1"])  # compose: the container's address
     wait_for(lambda: port_open(twin.spark_port), 120, "the Spark master", twin.procs)
     twin.start("spark-worker", "spark-worker", ["--webui-port", str(twin.worker_ui)])
     master_ui = f"http://127.0.0.1:{twin.spark_ui}/json/"
@@ -164,15 +217,32 @@ def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
         twin.procs,
     )
     wait_for(lambda: latest_manifest(twin.settings.bucket, GAME) is not None, 420, "a published model", twin.procs)
+    wait_for(lambda: any(s.get("verified_loads", 0) >= 1 for s in client_stats(twin)), 120, "a client to load it")
 
+    # Spark (SPARK_LOCAL_IP), ingest and the clients listen on loopback only. Ray's gRPC servers (GCS, raylet,
+    # workers, and the trainer's own core worker) bind every interface whatever --node-ip-address says.
+    loopback = ("127.", "::1:", "::ffff:127.")
+    ours = [name for name in twin.procs if name not in ("ray-head", "trainer")]
+    exposed = [entry for entry in twin.listeners(ours) if not entry.split()[1].startswith(loopback)]
+    assert not exposed, f"listening beyond loopback: {exposed}"
     processes.stop(twin.procs["clients"], timeout_s=90)
-    stats = [json.loads(p.read_text()) for p in (twin.tmp / "clients").glob("*.json")]
+    stats = client_stats(twin)
     sent = sum(s["steps_acked"] for s in stats)
     assert sent > 0 and all(s["flushed"] for s in stats), stats
-    with SqliteStore(twin.settings.sqlite_path) as store:
+    with open_store(twin.settings) as store:
         running = {k: v for k, v in twin.procs.items() if k != "clients"}
-        wait_for(lambda: store.count(GAME) >= sent, 120, f"{sent} transitions stored", running)
+
+        def stored_keys() -> list[tuple[str, int]]:
+            # Not count(): Cassandra's counts a batch's seqs once reserved, a moment before its rows are written.
+            steps = store._episode_steps(GAME)
+            return list(zip(steps.episode_id.tolist(), steps.t.tolist(), strict=True))
+
+        wait_for(lambda: len(stored_keys()) >= sent, 120, f"{sent} transitions stored", running)
+        keys = stored_keys()
         assert store.count(GAME) == sent
+    # Key by key: every step in the stream is stored once, and nothing else is.
+    assert len(keys) == len(set(keys)) == sent
+    assert set(keys) == set(stream_transitions(twin.settings.stream_name))
     manifest = latest_manifest(twin.settings.bucket, GAME)
     assert manifest is not None and manifest.version >= 1
     assert f"joined Ray cluster at 127.0.0.1:{twin.ray_port}" in (twin.logs / "trainer.log").read_text()

@@ -253,9 +253,11 @@ def run(
         unreachable=lambda exc: isinstance(exc, store_errors),
         stop=stop,
     )
+    builder = SparkSession.builder.master(master)
+    if master.startswith("local"):  # nothing outside this machine needs the driver: stay on loopback
+        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     spark = (
-        SparkSession.builder.master(master)
-        .appName("rlplatform-ingest")
+        builder.appName("rlplatform-ingest")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "1")
         # Micro-batches here are small, frequent, single-stage jobs: skip adaptive re-planning.
