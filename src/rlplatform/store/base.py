@@ -49,6 +49,57 @@ class TransitionBatch:
 
 
 @dataclass(frozen=True)
+class GameShapes:
+    """What a game's first write fixes, in every adapter: ``float32[obs_dim]`` observations and
+    ``action_dtype[action_dim]`` actions (int64 for discrete games, float32 for box games)."""
+
+    obs_dim: int
+    action_dtype: np.dtype
+    action_dim: int
+
+    @classmethod
+    def of(cls, batch: TransitionBatch) -> GameShapes:
+        """The shapes a game's first batch declares."""
+        action_dtype = np.dtype(np.int64 if np.issubdtype(batch.action.dtype, np.integer) else np.float32)
+        return cls(int(batch.obs.shape[1]), action_dtype, int(np.prod(batch.action.shape[1:], dtype=np.int64)))
+
+    def arrays(self, game_id: str, batch: TransitionBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``obs``, ``next_obs`` float32[n, obs_dim] and ``action`` [n, action_dim], contiguous in the stored
+        dtypes, ready for ``tobytes``; ``ValueError`` naming both shapes when the batch does not fit the game."""
+        obs = np.ascontiguousarray(batch.obs, dtype=np.float32)
+        next_obs = np.ascontiguousarray(batch.next_obs, dtype=np.float32)
+        action = np.ascontiguousarray(batch.action, dtype=self.action_dtype).reshape(len(batch), -1)
+        if (
+            obs.shape[1:] != (self.obs_dim,)
+            or next_obs.shape[1:] != (self.obs_dim,)
+            or action.shape[1] != self.action_dim
+        ):
+            raise ValueError(
+                f"{game_id}: obs/next_obs must be [n, {self.obs_dim}] and action [n, {self.action_dim}], got "
+                f"{obs.shape}, {next_obs.shape}, {action.shape}"
+            )
+        return obs, next_obs, action
+
+    def to_batch(self, rows: list[tuple]) -> TransitionBatch:
+        """A batch from stored rows ``(episode_id, t, obs bytes, action bytes, reward, next_obs bytes,
+        terminated, truncated, model_version)``, as every adapter reads them."""
+        n = len(rows)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 9
+        action = np.frombuffer(b"".join(cols[3]), dtype=self.action_dtype).reshape(n, self.action_dim)
+        return TransitionBatch(
+            episode_id=np.array(cols[0], dtype=object),
+            t=np.array(cols[1], dtype=np.int64),
+            obs=np.frombuffer(b"".join(cols[2]), dtype=np.float32).reshape(n, self.obs_dim),
+            action=action[:, 0] if self.action_dtype == np.int64 and self.action_dim == 1 else action,
+            reward=np.array(cols[4], dtype=np.float32),
+            next_obs=np.frombuffer(b"".join(cols[5]), dtype=np.float32).reshape(n, self.obs_dim),
+            terminated=np.array(cols[6], dtype=bool),
+            truncated=np.array(cols[7], dtype=bool),
+            model_version=np.array(cols[8], dtype=np.int64),
+        )
+
+
+@dataclass(frozen=True)
 class EpisodeSteps:
     """A few columns of every stored step of a game, for live evaluation; every array has length ``n``.
 
@@ -176,6 +227,23 @@ class ExperienceStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    # What the factory (``rlplatform.store.open_store``) asks of every adapter.
+
+    @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: Settings) -> ExperienceStore:
+        """The adapter connected as the settings say."""
+
+    @classmethod
+    @abc.abstractmethod
+    def endpoint(cls, settings: Settings) -> str:
+        """Where the store the settings name lives, for log lines."""
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable_errors(cls) -> tuple[type[BaseException], ...]:
+        """Errors that mean "not reachable now" (worth waiting for), not a bug."""
+
     def __enter__(self) -> ExperienceStore:
         return self
 
@@ -211,37 +279,3 @@ def _same_row(a: TransitionBatch, i: int, b: TransitionBatch, j: int) -> bool:
         == np.asarray(getattr(b, name)[j]).tobytes()
         for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "model_version")
     )
-
-
-def store_endpoint(settings: Settings) -> str:
-    """Where the store the settings name lives, for log lines."""
-    if settings.store == "sqlite":
-        return str(settings.sqlite_path)
-    return f"{settings.cassandra_contact_points} port {settings.cassandra_port}"
-
-
-def unavailable_errors(settings: Settings) -> tuple[type[BaseException], ...]:
-    """Errors of the settings' store that mean "not reachable now" (worth waiting for), not a bug."""
-    if settings.store == "sqlite":
-        import sqlite3
-
-        return (sqlite3.OperationalError,)  # locked, or the file cannot be opened
-    from cassandra import OperationTimedOut, Unavailable
-    from cassandra.cluster import NoHostAvailable
-
-    from rlplatform.store.cassandra import CassandraUnavailable
-
-    return (CassandraUnavailable, NoHostAvailable, OperationTimedOut, Unavailable)
-
-
-def open_store(settings: Settings) -> ExperienceStore:
-    """The adapter the settings name."""
-    if settings.store == "sqlite":
-        from rlplatform.store.sqlite import SqliteStore
-
-        return SqliteStore(settings.sqlite_path)
-    if settings.store == "cassandra":
-        from rlplatform.store.cassandra import CassandraStore
-
-        return CassandraStore(settings)
-    raise ValueError(f"store: unknown adapter {settings.store!r}")

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-from cassandra import ConsistencyLevel, DriverException, WriteTimeout
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, Unavailable, WriteTimeout
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.concurrent import execute_concurrent_with_args
@@ -62,7 +62,14 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
 from rlplatform.settings import Settings
-from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, episode_steps_of, t_ranges
+from rlplatform.store.base import (
+    EpisodeSteps,
+    ExperienceStore,
+    GameShapes,
+    TransitionBatch,
+    episode_steps_of,
+    t_ranges,
+)
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +166,7 @@ _LWT = ("insert_game", "init_next", "advance_next")
 
 
 @dataclass(frozen=True)
-class _Game:
-    obs_dim: int
-    action_dtype: np.dtype
-    action_dim: int
+class _Game(GameShapes):
     rows_per_partition: int
 
 
@@ -247,19 +251,7 @@ class CassandraStore(ExperienceStore):
         if len(batch) == 0:
             return 0
         game = self._game(game_id, batch)
-        n = len(batch)
-        obs = np.ascontiguousarray(batch.obs, dtype=np.float32)
-        next_obs = np.ascontiguousarray(batch.next_obs, dtype=np.float32)
-        action = np.ascontiguousarray(batch.action, dtype=game.action_dtype).reshape(n, -1)
-        if (
-            obs.shape[1:] != (game.obs_dim,)
-            or next_obs.shape[1:] != (game.obs_dim,)
-            or action.shape[1] != game.action_dim
-        ):
-            raise ValueError(
-                f"{game_id}: obs/next_obs must be [n, {game.obs_dim}] and action [n, {game.action_dim}], got "
-                f"{obs.shape}, {next_obs.shape}, {action.shape}"
-            )
+        obs, next_obs, action = game.arrays(game_id, batch)
         episodes = [str(e) for e in batch.episode_id.tolist()]
         ts = [int(t) for t in batch.t.tolist()]
 
@@ -327,7 +319,7 @@ class CassandraStore(ExperienceStore):
             # A draw can miss: a hole, a row written a moment from now, or one that just expired. Redraw it.
             rows += [found[s] for s in draws.tolist() if s in found]
             if len(rows) == n:
-                return _to_batch(rows, game)
+                return game.to_batch(rows)
         raise RuntimeError(
             f"{game_id}: drew only {len(rows)} of {n} rows from seq [{lo}, {hi}] in {_SAMPLE_ROUNDS} rounds:"
             " most seqs there are missing (writes in flight, holes, or rows expiring right now)"
@@ -338,7 +330,7 @@ class CassandraStore(ExperienceStore):
         if game is None:
             return batch[:0]
         seqs = sorted(set(self._seqs_of_keys(game_id, batch).values()))
-        return _to_batch(list(self._fetch(game_id, game.rows_per_partition, seqs).values()), game)
+        return game.to_batch(list(self._fetch(game_id, game.rows_per_partition, seqs).values()))
 
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
@@ -396,6 +388,18 @@ class CassandraStore(ExperienceStore):
             self._head_hint[game_id] = max(self._head_hint.get(game_id, 0), cut + 1)
             self._head_seen.pop(game_id, None)
         return cut - lo + 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CassandraStore:
+        return cls(settings)
+
+    @classmethod
+    def endpoint(cls, settings: Settings) -> str:
+        return f"{settings.cassandra_contact_points} port {settings.cassandra_port}"
+
+    @classmethod
+    def unavailable_errors(cls) -> tuple[type[BaseException], ...]:
+        return (CassandraUnavailable, NoHostAvailable, OperationTimedOut, Unavailable)
 
     def close(self) -> None:
         self._cluster.shutdown()
@@ -514,11 +518,10 @@ class CassandraStore(ExperienceStore):
         known = self._known_game(game_id)
         if known is not None:
             return known
-        action_dtype = np.dtype(np.int64 if np.issubdtype(batch.action.dtype, np.integer) else np.float32)
-        action_dim = int(np.prod(batch.action.shape[1:], dtype=np.int64))
+        shapes = GameShapes.of(batch)
         self._session.execute(
             self._stmts["insert_game"],
-            (game_id, int(batch.obs.shape[1]), action_dtype.str, action_dim, self.rows_per_partition),
+            (game_id, shapes.obs_dim, shapes.action_dtype.str, shapes.action_dim, self.rows_per_partition),
         )
         game = self._known_game(game_id)
         if game is None:
@@ -579,20 +582,3 @@ def _connect(settings: Settings, connect_timeout: float, request_timeout: float)
     except BaseException:
         cluster.shutdown()
         raise
-
-
-def _to_batch(rows: list[tuple], game: _Game) -> TransitionBatch:
-    n = len(rows)
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 9
-    action = np.frombuffer(b"".join(cols[3]), dtype=game.action_dtype).reshape(n, game.action_dim)
-    return TransitionBatch(
-        episode_id=np.array(cols[0], dtype=object),
-        t=np.array(cols[1], dtype=np.int64),
-        obs=np.frombuffer(b"".join(cols[2]), dtype=np.float32).reshape(n, game.obs_dim),
-        action=action[:, 0] if game.action_dtype == np.int64 and game.action_dim == 1 else action,
-        reward=np.array(cols[4], dtype=np.float32),
-        next_obs=np.frombuffer(b"".join(cols[5]), dtype=np.float32).reshape(n, game.obs_dim),
-        terminated=np.array(cols[6], dtype=bool),
-        truncated=np.array(cols[7], dtype=bool),
-        model_version=np.array(cols[8], dtype=np.int64),
-    )

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplatform.store.base import EpisodeSteps, ExperienceStore, TransitionBatch, episode_steps_of, t_ranges
+from rlplatform.settings import Settings
+from rlplatform.store.base import (
+    EpisodeSteps,
+    ExperienceStore,
+    GameShapes,
+    TransitionBatch,
+    episode_steps_of,
+    t_ranges,
+)
 
 _COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
 
@@ -32,20 +40,13 @@ class SqliteStore(ExperienceStore):
             "CREATE TABLE IF NOT EXISTS games (game_id TEXT PRIMARY KEY, table_name TEXT NOT NULL,"
             " obs_dim INTEGER NOT NULL, action_dtype TEXT NOT NULL, action_dim INTEGER NOT NULL)"
         )
-        self._games: dict[str, tuple[str, int, np.dtype, int]] = {}
+        self._games: dict[str, tuple[str, GameShapes]] = {}
 
     def write(self, game_id: str, batch: TransitionBatch) -> int:
         if len(batch) == 0:
             return 0
-        table, obs_dim, action_dtype, action_dim = self._game(game_id, batch)
-        obs = np.ascontiguousarray(batch.obs, dtype=np.float32)
-        next_obs = np.ascontiguousarray(batch.next_obs, dtype=np.float32)
-        action = np.ascontiguousarray(batch.action, dtype=action_dtype).reshape(len(batch), -1)
-        if obs.shape[1:] != (obs_dim,) or next_obs.shape[1:] != (obs_dim,) or action.shape[1] != action_dim:
-            raise ValueError(
-                f"{game_id}: obs/next_obs must be [n, {obs_dim}] and action [n, {action_dim}], got "
-                f"{obs.shape}, {next_obs.shape}, {action.shape}"
-            )
+        table, shapes = self._game(game_id, batch)
+        obs, next_obs, action = shapes.arrays(game_id, batch)
         rows = zip(
             batch.episode_id.tolist(),
             batch.t.tolist(),
@@ -73,7 +74,7 @@ class SqliteStore(ExperienceStore):
         game = self._known_game(game_id)
         if game is None:
             raise LookupError(f"no transitions stored for game {game_id!r}")
-        table, obs_dim, action_dtype, action_dim = game
+        table, shapes = game
         with self._lock:
             lo, hi = self._seq_range(table)
             if lo is None:
@@ -91,21 +92,21 @@ class SqliteStore(ExperienceStore):
         rows = [by_rowid[r] for r in rowids.tolist() if r in by_rowid]
         if len(rows) < n:
             rest = self.sample(game_id, n - len(rows), rng, window)
-            return TransitionBatch.concat([_to_batch(rows, obs_dim, action_dtype, action_dim), rest])
-        return _to_batch(rows, obs_dim, action_dtype, action_dim)
+            return TransitionBatch.concat([shapes.to_batch(rows), rest])
+        return shapes.to_batch(rows)
 
     def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
         game = self._known_game(game_id)
         if game is None:
             return batch[:0]
-        table, obs_dim, action_dtype, action_dim = game
+        table, shapes = game
         rows: list[tuple] = []
         with self._lock:
             for episode_id, (lo, hi) in t_ranges(batch).items():
                 rows += self._conn.execute(
                     f"SELECT {_COLUMNS} FROM {table} WHERE episode_id = ? AND t BETWEEN ? AND ?", (episode_id, lo, hi)
                 ).fetchall()
-        return _to_batch(rows, obs_dim, action_dtype, action_dim)
+        return shapes.to_batch(rows)
 
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
@@ -136,6 +137,18 @@ class SqliteStore(ExperienceStore):
             cur = self._conn.execute(f"DELETE FROM {game[0]} WHERE seq <= ?", (hi - max_rows,))
             return cur.rowcount
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqliteStore:
+        return cls(settings.sqlite_path)
+
+    @classmethod
+    def endpoint(cls, settings: Settings) -> str:
+        return str(settings.sqlite_path)
+
+    @classmethod
+    def unavailable_errors(cls) -> tuple[type[BaseException], ...]:
+        return (sqlite3.OperationalError,)  # locked, or the file cannot be opened
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -145,7 +158,7 @@ class SqliteStore(ExperienceStore):
         min() or max() from the primary key, but scans the whole table for both in one SELECT."""
         return self._conn.execute(f"SELECT (SELECT min(seq) FROM {table}), (SELECT max(seq) FROM {table})").fetchone()
 
-    def _known_game(self, game_id: str) -> tuple[str, int, np.dtype, int] | None:
+    def _known_game(self, game_id: str) -> tuple[str, GameShapes] | None:
         if game_id not in self._games:
             with self._lock:
                 row = self._conn.execute(
@@ -153,17 +166,16 @@ class SqliteStore(ExperienceStore):
                 ).fetchone()
             if row is None:
                 return None
-            self._games[game_id] = (row[0], row[1], np.dtype(row[2]), row[3])
+            self._games[game_id] = (row[0], GameShapes(row[1], np.dtype(row[2]), row[3]))
         return self._games[game_id]
 
-    def _game(self, game_id: str, batch: TransitionBatch) -> tuple[str, int, np.dtype, int]:
+    def _game(self, game_id: str, batch: TransitionBatch) -> tuple[str, GameShapes]:
         """The game's table, created on its first write with the shapes of that batch."""
         known = self._known_game(game_id)
         if known is not None:
             return known
         table = "exp_" + re.sub(r"[^A-Za-z0-9]", "_", game_id)
-        action_dtype = np.dtype(np.int64 if np.issubdtype(batch.action.dtype, np.integer) else np.float32)
-        action_dim = int(np.prod(batch.action.shape[1:], dtype=np.int64))
+        shapes = GameShapes.of(batch)
         with self._lock:
             self._conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {table} (seq INTEGER PRIMARY KEY, episode_id TEXT NOT NULL,"
@@ -173,26 +185,9 @@ class SqliteStore(ExperienceStore):
             )
             self._conn.execute(
                 "INSERT OR IGNORE INTO games VALUES (?, ?, ?, ?, ?)",
-                (game_id, table, batch.obs.shape[1], action_dtype.str, action_dim),
+                (game_id, table, shapes.obs_dim, shapes.action_dtype.str, shapes.action_dim),
             )
         self._games.pop(game_id, None)
         game = self._known_game(game_id)
         assert game is not None
         return game
-
-
-def _to_batch(rows: list[tuple], obs_dim: int, action_dtype: np.dtype, action_dim: int) -> TransitionBatch:
-    n = len(rows)
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 9
-    action = np.frombuffer(b"".join(cols[3]), dtype=action_dtype).reshape(n, action_dim)
-    return TransitionBatch(
-        episode_id=np.array(cols[0], dtype=object),
-        t=np.array(cols[1], dtype=np.int64),
-        obs=np.frombuffer(b"".join(cols[2]), dtype=np.float32).reshape(n, obs_dim),
-        action=action[:, 0] if action_dtype == np.int64 and action_dim == 1 else action,
-        reward=np.array(cols[4], dtype=np.float32),
-        next_obs=np.frombuffer(b"".join(cols[5]), dtype=np.float32).reshape(n, obs_dim),
-        terminated=np.array(cols[6], dtype=bool),
-        truncated=np.array(cols[7], dtype=bool),
-        model_version=np.array(cols[8], dtype=np.int64),
-    )
