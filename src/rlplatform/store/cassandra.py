@@ -36,7 +36,8 @@ whole partitions below the cut and a clustering range in the boundary partition.
 
 Known approximations (documented, not hidden):
   * Holes: seqs reserved but never written (a writer died after reserving; two writers raced on the
-    same new key and both reserved a seq). Sampling skips them; ``count`` includes them.
+    same new key and both reserved a seq), and seqs of a write in flight (reserved, rows not yet written).
+    Sampling redraws them, then fills up among the rows it found; ``count`` includes them.
   * Two writers that write the same new key at the same moment both count and store it (the key
     read and the key write are not one transaction; an LWT per row would fix it at ~4x the cost).
   * A key whose row was removed by ``retain`` stays until its TTL: a redelivery of it is ignored.
@@ -81,7 +82,7 @@ IN_LIMIT = 100
 TABLES = ("games", "seq_alloc", "transitions", "transition_keys")
 TTL_TABLES = ("transitions", "transition_keys")
 _ROW_COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
-# Redraw rounds for draws that hit missing seqs before sample() gives up.
+# Redraw rounds for draws that hit missing seqs; then the draws still missing are made among the rows found.
 _SAMPLE_ROUNDS = 16
 # A head observation is trusted as a search hint once a second one, this much later, confirms it
 # (by then every write that was in flight at the first observation has landed or failed).
@@ -320,10 +321,14 @@ class CassandraStore(ExperienceStore):
             rows += [found[s] for s in draws.tolist() if s in found]
             if len(rows) == n:
                 return game.to_batch(rows)
-        raise RuntimeError(
-            f"{game_id}: drew only {len(rows)} of {n} rows from seq [{lo}, {hi}] in {_SAMPLE_ROUNDS} rounds:"
-            " most seqs there are missing (writes in flight, holes, or rows expiring right now)"
-        )
+        if not rows:
+            raise LookupError(f"{game_id}: no row readable in seq [{lo}, {hi}] (writes in flight, holes or expiry)")
+        # Most of [lo, hi] is missing right now: typically one large batch whose seqs are reserved and whose
+        # rows are being written (a backlog drained at start). Fill up among the rows found rather than fail.
+        log.info("%s: %d of %d draws missed in seq [%d, %d]; drawn among the %d rows found", game_id,
+                 n - len(rows), n, lo, hi, len(rows))  # fmt: skip
+        rows += [rows[i] for i in rng.integers(0, len(rows), size=n - len(rows)).tolist()]
+        return game.to_batch(rows)
 
     def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
         game = self._known_game(game_id)
