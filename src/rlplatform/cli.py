@@ -266,7 +266,10 @@ def train(
         cfg = trainer_config(game, config_file=config, algorithm=algorithm, hyperparameters=overrides, **loop)
         with _until_stopped():
             trainer = Trainer(load_settings(ray_address=ray_address), cfg, status_path=status_file, stop=stop)
-            trainer.run(stop, max_updates=max_updates)
+            try:
+                trainer.run(stop, max_updates=max_updates)
+            finally:
+                trainer.close()
     except AlgorithmConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

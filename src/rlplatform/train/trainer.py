@@ -200,6 +200,12 @@ class Trainer:
             log.info("%s", exc)
         self._write_status()
 
+    def close(self) -> None:
+        """Stop the learner (its Ray actor, on a cluster) while Ray is still connected: left to RLlib's
+        ``__del__`` at interpreter exit, it re-initialises Ray and the process hangs instead of exiting
+        (seen after a crash under a Ray head), so no supervisor could restart it."""
+        self.learner_group.shutdown()
+
     def _train(self, store: ExperienceStore, max_updates: int | None) -> None:
         last_count_at = 0.0
         while not self.stop.is_set() and (max_updates is None or self.status.updates < max_updates):
