@@ -206,6 +206,9 @@ def test_train_command_algorithm_flag_wins_over_the_config_file(
         def run(self, *_: object, **__: object) -> None:
             pass
 
+        def close(self) -> None:
+            pass
+
     monkeypatch.setattr(trainer_module, "Trainer", Recorder)
     path = tmp_path / "cartpole.yaml"
     path.write_text("algorithm: SAC\nhyperparameters: {batch_size: 64}\n")
