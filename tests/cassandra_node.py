@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from rlplatform import processes
+from rlplatform.aws import free_port
+from tests.support import port_open
 
 ROOT = Path(__file__).resolve().parents[1]
 POM = ROOT / "compose" / "cassandra" / "pom.xml"
@@ -69,12 +70,6 @@ def missing() -> str | None:
     if not any(JARS.glob("cassandra-all-*.jar")):
         return f"no Cassandra jars in {JARS} (make cassandra-jars)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CassandraNode:
@@ -207,7 +202,7 @@ class CassandraNode:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Cassandra exited with code {self.process.returncode}; see {self.log}")
-            if _port_open(self.port):
+            if port_open(self.port):
                 cluster = Cluster(["127.0.0.1"], port=self.port, connect_timeout=5)
                 try:
                     cluster.connect().execute("SELECT release_version FROM system.local")
@@ -220,12 +215,6 @@ class CassandraNode:
                 self.stop()
                 raise TimeoutError(f"Cassandra did not accept CQL within {timeout_s:g} s; see {self.log}")
             time.sleep(0.5)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main() -> None:

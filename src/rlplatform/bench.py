@@ -136,8 +136,7 @@ class IngestJob:
     def kill9(self) -> None:
         """SIGKILL the driver, its JVM and its Python workers at once: no shutdown hook runs."""
         assert self.proc is not None
-        for pid in processes.session_members(self.proc.pid):
-            os.kill(pid, signal.SIGKILL)
+        processes.kill_session(self.proc.pid)
         self.proc.wait()
 
     def check_alive(self) -> None:

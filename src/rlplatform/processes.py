@@ -40,10 +40,15 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for pid in session_members(proc.pid):
+    kill_session(proc.pid)
+    return proc.returncode
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process in session ``sid``; one that exits between the listing and the kill is fine."""
+    for pid in session_members(sid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    return proc.returncode
 
 
 def session_members(sid: int) -> list[int]:

@@ -19,10 +19,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import pyspark
@@ -34,7 +33,7 @@ from rlplatform.aws import MotoServer, bootstrap, free_port
 from rlplatform.registry import latest_manifest
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
-from tests.e2e.test_embedded_stack import stream_transitions
+from tests.support import client_stats, port_open, running, stored_keys, stream_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,23 +63,6 @@ def rewrite(argv: list[str], ports: dict[int, int], paths: dict[str, str]) -> li
             arg = arg.replace(old, new)
         out.append(arg)
     return out
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, procs: dict | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        for name, proc in (procs or {}).items():
-            assert proc.poll() is None, f"{name} exited with {proc.returncode} while waiting for {what}"
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def http_json(url: str) -> dict | None:
@@ -170,14 +152,6 @@ class Twin:
             RAY_CURRENT_CLUSTER.unlink()
 
 
-def client_stats(twin: Twin) -> list[dict]:
-    stats = []
-    for path in (twin.tmp / "clients").glob("*.json"):
-        with contextlib.suppress(OSError, json.JSONDecodeError):  # a client may be rewriting its file
-            stats.append(json.loads(path.read_text()))
-    return stats
-
-
 @pytest.fixture
 def twin(tmp_path: Path, cassandra_settings: Settings) -> Iterator[Twin]:
     keyspace = f"twin_{uuid.uuid4().hex[:12]}"  # the contract tests truncate the session keyspace's tables
@@ -197,30 +171,31 @@ def twin(tmp_path: Path, cassandra_settings: Settings) -> Iterator[Twin]:
 
 
 def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
+    alive, stats_dir = running(twin.procs, twin.logs), twin.tmp / "clients"  # procs: every stage started so far
     twin.start("spark-master", "spark-master")
     # Not --node-ip-address=127.0.0.1: a driver joining 127.0.0.1:port is sent to the machine's address by Ray
     # (it canonicalizes loopback), and the trainer then hung before its first update (seen in CI).
     twin.start("ray-head", "ray-head")
-    wait_for(lambda: port_open(twin.spark_port), 120, "the Spark master", twin.procs)
+    wait_for(lambda: port_open(twin.spark_port), 120, "the Spark master", alive)
     twin.start("spark-worker", "spark-worker", ["--webui-port", str(twin.worker_ui)])
     master_ui = f"http://127.0.0.1:{twin.spark_ui}/json/"
-    wait_for(lambda: (m := http_json(master_ui)) and m.get("aliveworkers", 0) >= 1, 120, "a Spark worker", twin.procs)
-    wait_for(lambda: port_open(twin.ray_port), 120, "the Ray head", twin.procs)
+    wait_for(lambda: (m := http_json(master_ui)) and m.get("aliveworkers", 0) >= 1, 120, "a Spark worker", alive)
+    wait_for(lambda: port_open(twin.ray_port), 120, "the Ray head", alive)
 
     ingest_argv = twin.start("ingest", "ingest")
     assert f"spark://127.0.0.1:{twin.spark_port}" in ingest_argv
     trainer_argv = twin.start("trainer", "trainer", ["--publish-every", "100", "--learning-starts", "300"])
     assert f"127.0.0.1:{twin.ray_port}" in trainer_argv
-    twin.start("clients", "clients", ["--stats-dir", str(twin.tmp / "clients")])
+    twin.start("clients", "clients", ["--stats-dir", str(stats_dir)])
 
     wait_for(
         lambda: any(a.get("name") == "rlplatform-ingest" for a in (http_json(master_ui) or {}).get("activeapps", [])),
         180,
         "the ingest job registered with the standalone master",
-        twin.procs,
+        alive,
     )
-    wait_for(lambda: latest_manifest(twin.settings.bucket, GAME) is not None, 420, "a published model", twin.procs)
-    wait_for(lambda: any(s.get("verified_loads", 0) >= 1 for s in client_stats(twin)), 120, "a client to load it")
+    wait_for(lambda: latest_manifest(twin.settings.bucket, GAME) is not None, 420, "a published model", alive)
+    wait_for(lambda: any(s.get("verified_loads", 0) >= 1 for s in client_stats(stats_dir)), 120, "a client to load it")
 
     # Spark (SPARK_LOCAL_IP), ingest and the clients listen on loopback only. Ray's gRPC servers (GCS, raylet,
     # workers, and the trainer's own core worker) bind every interface.
@@ -229,19 +204,13 @@ def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
     exposed = [entry for entry in twin.listeners(ours) if not entry.split()[1].startswith(loopback)]
     assert not exposed, f"listening beyond loopback: {exposed}"
     processes.stop(twin.procs["clients"], timeout_s=90)
-    stats = client_stats(twin)
+    stats = client_stats(stats_dir)
     sent = sum(s["steps_acked"] for s in stats)
     assert sent > 0 and all(s["flushed"] for s in stats), stats
     with open_store(twin.settings) as store:
-        running = {k: v for k, v in twin.procs.items() if k != "clients"}
-
-        def stored_keys() -> list[tuple[str, int]]:
-            # Not count(): Cassandra's counts a batch's seqs once reserved, a moment before its rows are written.
-            steps = store._episode_steps(GAME)
-            return list(zip(steps.episode_id.tolist(), steps.t.tolist(), strict=True))
-
-        wait_for(lambda: len(stored_keys()) >= sent, 120, f"{sent} transitions stored", running)
-        keys = stored_keys()
+        servers = running({k: v for k, v in twin.procs.items() if k != "clients"}, twin.logs)
+        wait_for(lambda: len(stored_keys(store, GAME)) >= sent, 120, f"{sent} transitions stored", servers)
+        keys = stored_keys(store, GAME)
         assert store.count(GAME) == sent
     # Key by key: every step in the stream is stored once, and nothing else is.
     assert len(keys) == len(set(keys)) == sent

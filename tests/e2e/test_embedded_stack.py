@@ -12,8 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -22,22 +21,11 @@ import pytest
 
 from rlplatform import processes
 from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients, stage
-from rlplatform_client.contract import decode_chunk
 from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
+from tests.support import client_stats, processes_mentioning, stream_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
 GAME = "CartPole-v1"
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, stack: Stack | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if stack is not None:
-            stack.check_alive()
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture
@@ -55,27 +43,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         assert proc.poll() is not None, f"{name} still running after stop"
         assert not processes.session_members(proc.pid), f"{name} left processes behind"
     assert s.moto is not None and s.moto.process.poll() is not None
-
-
-def client_stats(stack: Stack) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(stack.client_stats_dir(GAME).glob("*.json"))]
-
-
-def stream_transitions(stream: str) -> dict[tuple[str, int], tuple]:
-    """Every step in the Kinesis stream, keyed by (episode_id, t), read from the start of each shard."""
-    kinesis = boto3.client("kinesis")
-    steps: dict[tuple[str, int], tuple] = {}
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        it = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
-        iterator = it["ShardIterator"]
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
-            for rec in page["Records"]:
-                chunk = decode_chunk(rec["Data"])
-                for s in chunk.steps:
-                    steps[(chunk.episode_id, s.t)] = (s.obs, s.action, s.reward, s.next_obs, s.terminated, s.truncated)
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    return steps
 
 
 def stored_transitions(path: Path) -> dict[tuple[str, int], tuple]:
@@ -99,16 +66,16 @@ def stored_transitions(path: Path) -> dict[tuple[str, int], tuple]:
 def test_data_crosses_every_stage(stack: Stack) -> None:
     # Train until a model is published and every client has loaded one after checking its sha256.
     wait_for(
-        lambda: (stats := client_stats(stack)) and all(s["verified_loads"] >= 1 for s in stats),
-        timeout_s=300,
-        what="every client to load a published model",
-        stack=stack,
+        lambda: (stats := client_stats(stack.client_stats_dir(GAME))) and all(s["verified_loads"] >= 1 for s in stats),
+        300,
+        "every client to load a published model",
+        stack.check_alive,
     )
     stack.terminate(stage("clients", GAME))
     progress = Progress.of(stack.cfg)
     _drain(stack, stack.cfg, progress)
 
-    stats = client_stats(stack)
+    stats = client_stats(stack.client_stats_dir(GAME))
     assert all(s["done"] and s["flushed"] for s in stats), stats
     sent = sum(s["steps_acked"] for s in stats)
     in_stream = stream_transitions(stack.settings.stream_name)
@@ -158,21 +125,6 @@ def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None
     assert (run_dir / "learning_curve.png").stat().st_size > 0
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (e.g. a run directory)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if text in cmdline and state != "Z":
-                found.append(cmdline)
-    return found
-
-
 def test_ctrl_c_stops_the_stack_cleanly_and_reconciles(tmp_path: Path) -> None:
     """SIGINT to the foreground process group, as a terminal's Ctrl-C sends it."""
     run_dir = tmp_path / "run"
@@ -183,7 +135,7 @@ def test_ctrl_c_stops_the_stack_cleanly_and_reconciles(tmp_path: Path) -> None:
     try:
         game_dir = run_dir / "games" / GAME
         wait_for(lambda: (game_dir / "trainer-status.json").exists() and any((game_dir / "clients").glob("*.json")),
-                 timeout_s=300, what="the stack to run")  # fmt: skip
+                 300, "the stack to run")  # fmt: skip
         os.killpg(proc.pid, signal.SIGINT)
         stdout, _ = proc.communicate(timeout=300)
     finally:

@@ -8,7 +8,6 @@ records in one PutRecords call.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from rlplatform.dead_letters import read_dead_letters
 from rlplatform.settings import Settings
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client.contract import Chunk, Step, encode_chunk
+from tests.support import wait_for
 from tests.unit.test_ingest_records import BAD
 
 pytestmark = pytest.mark.e2e
@@ -36,14 +36,6 @@ def put(stream: str, records: list[bytes]) -> None:
     )
 
 
-def wait_for(condition, timeout_s: float, job: IngestJob) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        job.check_alive()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path) -> None:
     settings = Settings(sqlite_path=tmp_path / "s.sqlite")
     moto = aws.MotoServer.start()
@@ -58,21 +50,22 @@ def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path
         cases = [(data, kind) for data, kind, _ in BAD.values() if len(data) <= 1024 * 1024]
         bad = [data for data, _ in cases]
         put(settings.stream_name, [good_record(10), *bad, good_record(5)])
+        dead_letters = lambda: sum(read_dead_letters(settings.bucket).counts.values())  # noqa: E731
         with SqliteStore(settings.sqlite_path) as store:
-            wait_for(lambda: store.count("CartPole-v1") == 15, 180, job)
-            wait_for(lambda: sum(read_dead_letters(settings.bucket).counts.values()) == len(bad), 60, job)
+            wait_for(lambda: store.count("CartPole-v1") == 15, 180, "15 stored steps", job.check_alive)
+            wait_for(lambda: dead_letters() == len(bad), 60, "every bad record dead-lettered", job.check_alive)
             report = read_dead_letters(settings.bucket)
             kinds = [kind for _, kind in cases]
             assert dict(report.counts) == {kind: kinds.count(kind) for kind in kinds}
             # Still running: later good records are stored too.
             put(settings.stream_name, [good_record(7)])
-            wait_for(lambda: store.count("CartPole-v1") == 22, 60, job)
+            wait_for(lambda: store.count("CartPole-v1") == 22, 60, "22 stored steps", job.check_alive)
             # And it survives a restart from its checkpoint: poison again between good records.
             job.stop()
             job.start()
             put(settings.stream_name, [good_record(3), bad[0], good_record(4)])
-            wait_for(lambda: store.count("CartPole-v1") == 29, 180, job)
-            wait_for(lambda: sum(read_dead_letters(settings.bucket).counts.values()) == len(bad) + 1, 60, job)
+            wait_for(lambda: store.count("CartPole-v1") == 29, 180, "29 stored steps", job.check_alive)
+            wait_for(lambda: dead_letters() == len(bad) + 1, 60, "one more dead letter", job.check_alive)
     finally:
         if job is not None:
             job.stop()

@@ -12,7 +12,8 @@ from rlplatform import aws
 from rlplatform.bench import IngestJob
 from rlplatform.settings import Settings
 from rlplatform.store.sqlite import SqliteStore
-from tests.e2e.test_ingest_dead_letters import good_record, put, wait_for
+from tests.e2e.test_ingest_dead_letters import good_record, put
+from tests.support import wait_for
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -39,13 +40,13 @@ def test_ingest_waits_out_an_unreachable_endpoint_and_loses_nothing(tmp_path: Pa
         job.start()
         with SqliteStore(settings.sqlite_path) as store:
             put(settings.stream_name, [good_record(5)])
-            wait_for(lambda: store.count("CartPole-v1") == 5, 180, job)
+            wait_for(lambda: store.count("CartPole-v1") == 5, 180, "5 stored steps", job.check_alive)
             proxy.cut()
             put(settings.stream_name, [good_record(6), good_record(7)])
             threading.Event().wait(OUTAGE_S)  # the outage itself, not a synchronisation
             job.check_alive()
             proxy.restore()
-            wait_for(lambda: store.count("CartPole-v1") == 18, 180, job)
+            wait_for(lambda: store.count("CartPole-v1") == 18, 180, "18 stored steps", job.check_alive)
         assert f"Kinesis unreachable at {proxy.endpoint}" in log.read_text()
         assert f"Kinesis reachable again at {proxy.endpoint}" in log.read_text()
     finally:

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from rlplatform_client.models import ModelManifest
-from tests.e2e.test_embedded_stack import processes_mentioning, wait_for
+from tests.support import processes_mentioning, wait_for
 
 pytestmark = pytest.mark.e2e
 GAME = "CartPole-v1"

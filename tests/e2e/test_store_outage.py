@@ -23,19 +23,11 @@ from rlplatform.bench import IngestJob
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from tests import cassandra_node
-from tests.e2e.test_embedded_stack import stream_transitions, wait_for
+from tests.support import client_stats, running, stored_keys, stream_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
 GAME = "CartPole-v1"
 OUTAGE_S = 30.0
-
-
-def client_stats(stats_dir: Path) -> list[dict]:
-    stats = []
-    for path in stats_dir.glob("*.json"):
-        with contextlib.suppress(OSError, json.JSONDecodeError):  # a client may be rewriting its file
-            stats.append(json.loads(path.read_text()))
-    return stats
 
 
 def trainer_status(path: Path) -> dict:
@@ -85,17 +77,17 @@ def test_ingest_and_trainer_wait_out_a_store_outage(tmp_path: Path, node: cassan
             with (tmp_path / f"{name}.log").open("ab") as log:
                 children[name] = processes.spawn(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-        def alive() -> bool:
-            job.check_alive()
-            for name, proc in children.items():
-                assert proc.poll() is None, f"{name} exited with {proc.returncode}; see {tmp_path / f'{name}.log'}"
-            return True
+        children_alive = running(children, tmp_path)
 
-        wait_for(lambda: alive() and trainer_status(status).get("version", 0) >= 1, 300, "a first published model")
+        def alive() -> None:
+            job.check_alive()
+            children_alive()
+
+        wait_for(lambda: trainer_status(status).get("version", 0) >= 1, 300, "a first published model", alive)
         node.stop()
         outage_started = time.monotonic()
         while time.monotonic() - outage_started < OUTAGE_S:  # the outage itself; every stage must stay up
-            assert alive()
+            alive()
             time.sleep(1.0)
         for name in ("ingest", "trainer"):
             log = (tmp_path / f"{name}.log").read_text()
@@ -104,22 +96,18 @@ def test_ingest_and_trainer_wait_out_a_store_outage(tmp_path: Path, node: cassan
         node.start()
 
         wait_for(
-            lambda: alive() and trainer_status(status).get("version", 0) > version_at_restart,
+            lambda: trainer_status(status).get("version", 0) > version_at_restart,
             300,
             "a publish after the store came back",
+            alive,
         )
         processes.stop(children.pop("clients"), timeout_s=90)
         stats = client_stats(stats_dir)
         sent = sum(s["steps_acked"] for s in stats)
         assert sent > 0 and all(s["flushed"] for s in stats), stats
         with open_store(settings) as store:
-
-            def stored_keys() -> list[tuple[str, int]]:
-                steps = store._episode_steps(GAME)
-                return list(zip(steps.episode_id.tolist(), steps.t.tolist(), strict=True))
-
-            wait_for(lambda: alive() and len(stored_keys()) >= sent, 180, f"{sent} transitions stored")
-            keys = stored_keys()
+            wait_for(lambda: len(stored_keys(store, GAME)) >= sent, 180, f"{sent} transitions stored", alive)
+            keys = stored_keys(store, GAME)
         # Nothing lost, nothing twice: every step of the stream is stored once, and nothing else.
         assert len(keys) == len(set(keys)) == sent
         assert set(keys) == set(stream_transitions(settings.stream_name))

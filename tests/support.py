@@ -1,0 +1,97 @@
+"""What several tests need when they drive real processes: waiting on a condition with a deadline, probing
+ports, and reading back what clients acknowledged, what the stream holds and what the store keeps."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import boto3
+
+from rlplatform.store.base import ExperienceStore
+from rlplatform_client.contract import decode_chunk
+
+
+def wait_for(
+    condition: Callable[[], object], timeout_s: float, what: str, check: Callable[[], object] | None = None
+) -> None:
+    """Poll ``condition`` until it is truthy; ``check`` (e.g. a stage's ``check_alive``) raises if a process
+    the wait depends on died, so a crash fails the test at once instead of at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if check is not None:
+            check()
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def running(procs: Mapping[str, subprocess.Popen], logs: Path | None = None) -> Callable[[], None]:
+    """A ``check`` for :func:`wait_for`: fails naming the first of ``procs`` that exited (and its log)."""
+
+    def check() -> None:
+        for name, proc in procs.items():
+            see = f"; see {logs / f'{name}.log'}" if logs is not None else ""
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}{see}"
+
+    return check
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def client_stats(stats_dir: Path) -> list[dict]:
+    """Each simulated client's stats file; one being rewritten at this moment is read next time."""
+    stats = []
+    for path in sorted(stats_dir.glob("*.json")):
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            stats.append(json.loads(path.read_text()))
+    return stats
+
+
+def stream_transitions(stream: str) -> dict[tuple[str, int], tuple]:
+    """Every step in the Kinesis stream, keyed by (episode_id, t), read from the start of each shard."""
+    kinesis = boto3.client("kinesis")
+    steps: dict[tuple[str, int], tuple] = {}
+    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
+        it = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
+        iterator = it["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
+            for rec in page["Records"]:
+                chunk = decode_chunk(rec["Data"])
+                for s in chunk.steps:
+                    steps[(chunk.episode_id, s.t)] = (s.obs, s.action, s.reward, s.next_obs, s.terminated, s.truncated)
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    return steps
+
+
+def stored_keys(store: ExperienceStore, game: str) -> list[tuple[str, int]]:
+    """The (episode_id, t) of every stored step, duplicates kept. Not ``count()``: Cassandra counts a
+    batch's seqs once reserved, a moment before its rows are readable."""
+    steps = store._episode_steps(game)
+    return list(zip(steps.episode_id.tolist(), steps.t.tolist(), strict=True))
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (e.g. a run directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                found.append(cmdline)
+    return found
