@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlplatform.settings import Settings
+from rlplatform.store.cassandra_settings import CassandraSettings
 from tests import cassandra_node
 from tests.docker_engine import docker_unreachable
 
@@ -30,13 +31,15 @@ def cassandra_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Set
     """
     keyspace = f"rlp_test_{uuid.uuid4().hex[:12]}"
     if contact_points := os.environ.get(CASSANDRA_ENV):
-        settings = Settings(store="cassandra", cassandra_contact_points=contact_points, cassandra_keyspace=keyspace)
+        settings = Settings(
+            store="cassandra", cassandra=CassandraSettings(contact_points=contact_points, keyspace=keyspace)
+        )
         yield from _external(settings)
         return
     why_not_here = cassandra_node.missing()
     if why_not_here is None or os.environ.get("CI"):
         with cassandra_node.CassandraNode(Path(tmp_path_factory.mktemp("cassandra"))) as node:
-            yield Settings(store="cassandra", cassandra_port=node.port, cassandra_keyspace=keyspace)
+            yield Settings(store="cassandra", cassandra=CassandraSettings(port=node.port, keyspace=keyspace))
         return
     why = docker_unreachable()
     if why is not None:
@@ -50,9 +53,9 @@ def _external(settings: Settings) -> Iterator[Settings]:
     finally:
         from rlplatform.store.cassandra import CassandraStore
 
-        store = CassandraStore(settings)
+        store = CassandraStore(settings.cassandra)
         try:
-            store._session.execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=120)
+            store._session.execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra.keyspace}", timeout=120)
         finally:
             store.close()
 
@@ -66,10 +69,9 @@ def _container(keyspace: str) -> Iterator[Settings]:
         host, port = container.get_contact_points()[0]
         yield Settings(
             store="cassandra",
-            cassandra_contact_points=host,
-            cassandra_port=port,
-            cassandra_local_dc=container.get_local_datacenter(),
-            cassandra_keyspace=keyspace,
+            cassandra=CassandraSettings(
+                contact_points=host, port=port, local_dc=container.get_local_datacenter(), keyspace=keyspace
+            ),
         )
     finally:
         container.stop()

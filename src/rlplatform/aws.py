@@ -59,21 +59,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@dataclass
-class MotoServer:
-    """A moto server in its own process on 127.0.0.1, so clients in other processes can reach it."""
+class Emulator:
+    """An AWS emulator on 127.0.0.1 (moto here, LocalStack in the tests): the environment that points the
+    SDK at it, for child processes (``env``) or for this process until ``restore_env`` (``apply_env``)."""
 
-    port: int
-    process: subprocess.Popen
-    # This process's environment before ``apply_env``; ``stop`` puts it back.
-    _saved_env: dict[str, str] | None = field(default=None, repr=False)
+    # This process's environment before ``apply_env``; ``restore_env`` puts it back.
+    _saved_env: dict[str, str] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        raise NotImplementedError
 
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """``base`` (default: this process's environment) pointed at this server and nothing else.
+        """``base`` (default: this process's environment) pointed at this emulator and nothing else.
 
         The user's own AWS settings go: a per-service endpoint (``AWS_ENDPOINT_URL_S3``, ...) or a profile
         (whose config file may name an endpoint) would otherwise send the embedded stack's calls elsewhere.
@@ -90,6 +88,34 @@ class MotoServer:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         }
+
+    def apply_env(self) -> None:
+        """Point this process's AWS SDK at the emulator (see ``env``) until ``restore_env``."""
+        env = self.env()
+        if self._saved_env is None:
+            self._saved_env = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+
+    def restore_env(self) -> None:
+        """Undo ``apply_env``, so nothing in this process keeps pointing at a stopped emulator."""
+        if self._saved_env is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            self._saved_env = None
+
+
+@dataclass
+class MotoServer(Emulator):
+    """A moto server in its own process on 127.0.0.1, so clients in other processes can reach it."""
+
+    port: int
+    process: subprocess.Popen
+    _saved_env: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @classmethod
     def start(cls, timeout_s: float = 30.0) -> MotoServer:
@@ -113,17 +139,6 @@ class MotoServer:
         raise TimeoutError(f"moto server on port {port} not ready after {timeout_s} s")
 
     def stop(self) -> None:
-        """Stop the server and undo ``apply_env``, so nothing in this process keeps pointing at it."""
+        """Stop the server and undo ``apply_env``."""
         processes.stop(self.process, timeout_s=10)
-        if self._saved_env is not None:
-            os.environ.clear()
-            os.environ.update(self._saved_env)
-            self._saved_env = None
-
-    def apply_env(self) -> None:
-        """Point this process's AWS SDK at the server (see ``env``) until ``stop``."""
-        env = self.env()
-        if self._saved_env is None:
-            self._saved_env = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(env)
+        self.restore_env()

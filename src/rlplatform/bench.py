@@ -29,6 +29,7 @@ from rlplatform import aws, processes
 from rlplatform.settings import Settings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 
 GAME = "CartPole-v1"
 OBS_DIM = 4
@@ -153,7 +154,9 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"store_ceiling_per_s": round(store_ceiling(work / "ceiling.sqlite"))}
     settings = Settings(
-        sqlite_path=work / "experience.sqlite", shard_count=cfg.shards, ingest_trigger_seconds=cfg.trigger_seconds
+        sqlite=SqliteSettings(path=work / "experience.sqlite"),
+        shard_count=cfg.shards,
+        ingest_trigger_seconds=cfg.trigger_seconds,
     )
     moto = aws.MotoServer.start()
     job: IngestJob | None = None
@@ -163,13 +166,13 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
         aws.bootstrap(settings)
         env = {
             **os.environ,
-            "RLP_SQLITE_PATH": str(settings.sqlite_path),
+            "RLP_SQLITE_PATH": str(settings.sqlite.path),
             "RLP_SHARD_COUNT": str(cfg.shards),
             "RLP_INGEST_TRIGGER_SECONDS": str(cfg.trigger_seconds),
         }
         job = IngestJob(work / "ingest-ckpt", work / "metrics.jsonl", env, work / "ingest.log")
         job.start()
-        with SqliteStore(settings.sqlite_path) as store:
+        with SqliteStore(settings.sqlite.path) as store:
             _warm_up(settings, store, job)
             ctx = mp.get_context("spawn")
             outs = [work / f"producer-{i}.json" for i in range(cfg.producers)]
@@ -201,7 +204,7 @@ def run_ingest_bench(cfg: IngestBenchConfig) -> dict:
             total = sum(s["stats"]["steps_acked"] for s in sent)
             _wait_until(lambda: store.count(GAME) >= total + 1, cfg.drain_timeout_s, job)
             visible = time.time()
-        result.update(_reconcile(settings.sqlite_path, sent))
+        result.update(_reconcile(settings.sqlite.path, sent))
         result.update(_latencies(work / "metrics.jsonl", after=started))
         result["transitions"] = total
         result["seconds"] = round(visible - started, 1)

@@ -183,8 +183,8 @@ def bootstrap(
     if settings.store == "cassandra":
         from rlplatform.store.cassandra import bootstrap_keyspace
 
-        bootstrap_keyspace(settings)
-        typer.echo(f"keyspace {settings.cassandra_keyspace} is ready")
+        bootstrap_keyspace(settings.cassandra)
+        typer.echo(f"keyspace {settings.cassandra.keyspace} is ready")
 
 
 @app.command()

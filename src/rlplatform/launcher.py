@@ -40,6 +40,7 @@ from rlplatform.progress_view import progress_table, summary, write_outputs
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, open_store
 from rlplatform.store.base import LiveReturns
+from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform.supervisor import Supervisor
 from rlplatform.train.evaluate import evaluate
 from rlplatform_client.models import ModelError
@@ -153,7 +154,7 @@ class Stack:
         self.settings = Settings(
             profile="embedded",
             store="sqlite",
-            sqlite_path=run_dir / "experience.sqlite",
+            sqlite=SqliteSettings(path=run_dir / "experience.sqlite"),
             checkpoint_dir=run_dir / "checkpoints",
             ray_address=None,
         )
@@ -175,7 +176,7 @@ class Stack:
             "RLP_PROFILE": "embedded",
             "RLP_STORE": "sqlite",
             "RLP_RAY_ADDRESS": "",
-            "RLP_SQLITE_PATH": str(self.settings.sqlite_path),
+            "RLP_SQLITE_PATH": str(self.settings.sqlite.path),
             "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
             "RLP_STREAM_NAME": self.settings.stream_name,
             "RLP_BUCKET": self.settings.bucket,

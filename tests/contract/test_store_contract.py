@@ -37,9 +37,9 @@ def _cassandra(request: pytest.FixtureRequest, tmp_path: Path, **kwargs: object)
     settings: Settings = request.getfixturevalue("cassandra_settings")
     from rlplatform.store.cassandra import TABLES, CassandraStore
 
-    store = CassandraStore(settings, **kwargs)
+    store = CassandraStore(settings.cassandra, **kwargs)
     for table in TABLES:  # every test starts from empty tables
-        store._session.execute(f"TRUNCATE {settings.cassandra_keyspace}.{table}", timeout=120)
+        store._session.execute(f"TRUNCATE {settings.cassandra.keyspace}.{table}", timeout=120)
     return store
 
 

@@ -26,6 +26,7 @@ from rlplatform.launcher import live_target_reached
 from rlplatform.report import version_reports
 from rlplatform.settings import Settings
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform_client import ExperienceProducer, ModelError, ModelSubscriber
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +81,7 @@ def play(producer: ExperienceProducer, models: ModelSubscriber, rng: np.random.G
 
 def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path) -> None:
     assert GAME not in gym.registry
-    settings = Settings(sqlite_path=tmp_path / "s.sqlite", checkpoint_dir=tmp_path / "checkpoints")
+    settings = Settings(sqlite=SqliteSettings(path=tmp_path / "s.sqlite"), checkpoint_dir=tmp_path / "checkpoints")
     moto = aws.MotoServer.start()
     job, trainer = None, None
     try:
@@ -88,7 +89,7 @@ def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path
         aws.bootstrap(settings)
         env = {
             **os.environ,
-            "RLP_SQLITE_PATH": str(settings.sqlite_path),
+            "RLP_SQLITE_PATH": str(settings.sqlite.path),
             "RLP_CHECKPOINT_DIR": str(settings.checkpoint_dir),
             "RLP_INGEST_TRIGGER_SECONDS": "0.2",
         }
@@ -120,7 +121,7 @@ def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path
         play(producer, models, rng, 60)
         producer.close()
         sent = producer.stats["steps_acked"]
-        with SqliteStore(settings.sqlite_path) as store:
+        with SqliteStore(settings.sqlite.path) as store:
             while store.count(GAME) < sent:
                 job.check_alive()
                 assert time.monotonic() < deadline + 120, f"stored {store.count(GAME)} of {sent}"

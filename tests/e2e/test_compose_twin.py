@@ -112,10 +112,14 @@ class Twin:
             "SPARK_HOME": str(spark_home),
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
+            # Ray's token auth as docker-compose.yml sets it, with this test's own secret: neither the head nor
+            # the trainer depends on ~/.ray/auth_token (Ray's default mode and token follow that file).
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.ray_token,
             "RLP_STORE": "cassandra",
-            "RLP_CASSANDRA_CONTACT_POINTS": self.settings.cassandra_contact_points,
-            "RLP_CASSANDRA_PORT": str(self.settings.cassandra_port),
-            "RLP_CASSANDRA_KEYSPACE": self.settings.cassandra_keyspace,
+            "RLP_CASSANDRA_CONTACT_POINTS": self.settings.cassandra.contact_points,
+            "RLP_CASSANDRA_PORT": str(self.settings.cassandra.port),
+            "RLP_CASSANDRA_KEYSPACE": self.settings.cassandra.keyspace,
             "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
         }
 
@@ -155,7 +159,11 @@ class Twin:
 @pytest.fixture
 def twin(tmp_path: Path, cassandra_settings: Settings) -> Iterator[Twin]:
     keyspace = f"twin_{uuid.uuid4().hex[:12]}"  # the contract tests truncate the session keyspace's tables
-    t = Twin(tmp_path, cassandra_settings.model_copy(update={"cassandra_keyspace": keyspace}))
+    cassandra = cassandra_settings.cassandra.model_copy(update={"keyspace": keyspace})
+    t = Twin(tmp_path, cassandra_settings.model_copy(update={"cassandra": cassandra}))
+    # A fresh Ray secret per test, as .env holds one for compose (Twin.env hands it to every process). The head
+    # binds every interface, so it is a real secret, from the same source as secrets.token_hex(32).
+    t.ray_token = os.urandom(32).hex()
     try:
         t.moto = MotoServer.start()
         t.moto.apply_env()

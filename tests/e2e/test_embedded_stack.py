@@ -79,7 +79,7 @@ def test_data_crosses_every_stage(stack: Stack) -> None:
     assert all(s["done"] and s["flushed"] for s in stats), stats
     sent = sum(s["steps_acked"] for s in stats)
     in_stream = stream_transitions(stack.settings.stream_name)
-    stored = stored_transitions(stack.settings.sqlite_path)
+    stored = stored_transitions(stack.settings.sqlite.path)
     assert sent == len(in_stream) == len(stored) > 0
     assert stored.keys() == in_stream.keys()
     for key, (obs, action, reward, next_obs, term, trunc) in in_stream.items():

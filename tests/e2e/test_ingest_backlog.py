@@ -19,6 +19,7 @@ from rlplatform import aws, processes
 from rlplatform.bench import IngestJob
 from rlplatform.settings import DEFAULT_INGEST_MAX_BATCH_BYTES, Settings
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform_client.contract import MAX_RECORD_BYTES, Chunk, Step, encode_chunk
 
 pytestmark = pytest.mark.e2e
@@ -69,7 +70,7 @@ class PeakRss(threading.Thread):
 
 
 def test_a_backlog_of_max_size_records_drains_with_bounded_memory(tmp_path: Path) -> None:
-    settings = Settings(sqlite_path=tmp_path / "s.sqlite", shard_count=1)
+    settings = Settings(sqlite=SqliteSettings(path=tmp_path / "s.sqlite"), shard_count=1)
     moto = aws.MotoServer.start()
     job, sampler = None, None
     try:
@@ -85,7 +86,7 @@ def test_a_backlog_of_max_size_records_drains_with_bounded_memory(tmp_path: Path
             assert response["FailedRecordCount"] == 0
         env = {
             **os.environ,
-            "RLP_SQLITE_PATH": str(settings.sqlite_path),
+            "RLP_SQLITE_PATH": str(settings.sqlite.path),
             "RLP_SHARD_COUNT": "1",
             "RLP_INGEST_MAX_BATCH_BYTES": str(BATCH_BYTES),
             "RLP_INGEST_TRIGGER_SECONDS": "0.2",
@@ -96,7 +97,7 @@ def test_a_backlog_of_max_size_records_drains_with_bounded_memory(tmp_path: Path
         sampler.start()
         expected = RECORDS * STEPS_PER_RECORD
         deadline = time.monotonic() + 600
-        with SqliteStore(settings.sqlite_path) as store:
+        with SqliteStore(settings.sqlite.path) as store:
             while store.count("CartPole-v1") < expected:
                 job.check_alive()
                 assert time.monotonic() < deadline, f"stored {store.count('CartPole-v1')} of {expected}"

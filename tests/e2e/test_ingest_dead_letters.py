@@ -18,6 +18,7 @@ from rlplatform.bench import IngestJob
 from rlplatform.dead_letters import read_dead_letters
 from rlplatform.settings import Settings
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform_client.contract import Chunk, Step, encode_chunk
 from tests.support import wait_for
 from tests.unit.test_ingest_records import BAD
@@ -37,13 +38,13 @@ def put(stream: str, records: list[bytes]) -> None:
 
 
 def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path) -> None:
-    settings = Settings(sqlite_path=tmp_path / "s.sqlite")
+    settings = Settings(sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
     moto = aws.MotoServer.start()
     job = None
     try:
         moto.apply_env()
         aws.bootstrap(settings)
-        env = {**os.environ, "RLP_SQLITE_PATH": str(settings.sqlite_path), "RLP_INGEST_TRIGGER_SECONDS": "0.2"}
+        env = {**os.environ, "RLP_SQLITE_PATH": str(settings.sqlite.path), "RLP_INGEST_TRIGGER_SECONDS": "0.2"}
         job = IngestJob(tmp_path / "ckpt", tmp_path / "metrics.jsonl", env, tmp_path / "ingest.log")
         job.start()
         # Kinesis itself refuses records over 1 MiB, so those never reach the job.
@@ -51,7 +52,7 @@ def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path
         bad = [data for data, _ in cases]
         put(settings.stream_name, [good_record(10), *bad, good_record(5)])
         dead_letters = lambda: sum(read_dead_letters(settings.bucket).counts.values())  # noqa: E731
-        with SqliteStore(settings.sqlite_path) as store:
+        with SqliteStore(settings.sqlite.path) as store:
             wait_for(lambda: store.count("CartPole-v1") == 15, 180, "15 stored steps", job.check_alive)
             wait_for(lambda: dead_letters() == len(bad), 60, "every bad record dead-lettered", job.check_alive)
             report = read_dead_letters(settings.bucket)

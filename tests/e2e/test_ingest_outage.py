@@ -12,6 +12,7 @@ from rlplatform import aws
 from rlplatform.bench import IngestJob
 from rlplatform.settings import Settings
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 from tests.e2e.test_ingest_dead_letters import good_record, put
 from tests.support import wait_for
 from tests.tcp_proxy import TcpProxy
@@ -21,7 +22,7 @@ OUTAGE_S = 30.0
 
 
 def test_ingest_waits_out_an_unreachable_endpoint_and_loses_nothing(tmp_path: Path) -> None:
-    settings = Settings(sqlite_path=tmp_path / "s.sqlite")
+    settings = Settings(sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
     moto = aws.MotoServer.start()
     job, proxy = None, None
     try:
@@ -32,13 +33,13 @@ def test_ingest_waits_out_an_unreachable_endpoint_and_loses_nothing(tmp_path: Pa
         env = {
             **os.environ,
             "AWS_ENDPOINT_URL": proxy.endpoint,
-            "RLP_SQLITE_PATH": str(settings.sqlite_path),
+            "RLP_SQLITE_PATH": str(settings.sqlite.path),
             "RLP_INGEST_TRIGGER_SECONDS": "0.2",
         }
         log = tmp_path / "ingest.log"
         job = IngestJob(tmp_path / "ckpt", tmp_path / "metrics.jsonl", env, log)
         job.start()
-        with SqliteStore(settings.sqlite_path) as store:
+        with SqliteStore(settings.sqlite.path) as store:
             put(settings.stream_name, [good_record(5)])
             wait_for(lambda: store.count("CartPole-v1") == 5, 180, "5 stored steps", job.check_alive)
             proxy.cut()

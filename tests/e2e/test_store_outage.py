@@ -22,6 +22,7 @@ from rlplatform import aws, processes
 from rlplatform.bench import IngestJob
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
+from rlplatform.store.cassandra_settings import CassandraSettings
 from tests import cassandra_node
 from tests.support import client_stats, running, stored_keys, stream_transitions, wait_for
 
@@ -49,7 +50,9 @@ def node(tmp_path: Path) -> Iterator[cassandra_node.CassandraNode]:
 
 
 def test_ingest_and_trainer_wait_out_a_store_outage(tmp_path: Path, node: cassandra_node.CassandraNode) -> None:
-    settings = Settings(store="cassandra", cassandra_port=node.port, checkpoint_dir=tmp_path / "checkpoints")
+    settings = Settings(
+        store="cassandra", cassandra=CassandraSettings(port=node.port), checkpoint_dir=tmp_path / "checkpoints"
+    )
     moto = aws.MotoServer.start()
     job: IngestJob | None = None
     children: dict[str, subprocess.Popen] = {}

@@ -4,7 +4,8 @@
   the Compose specification's JSON schema (check-jsonschema's vendored ``vendor.compose-spec``);
 - the Dockerfiles under docker/ pass hadolint;
 - every service command names an existing entry point with options it declares;
-- every RLP_* variable is a field of rlplatform.settings.Settings;
+- every RLP_* variable is read by rlplatform.settings.Settings (its fields, its store adapters' sections');
+- every Ray node and driver runs with token auth and one secret from .env, which is required and not shipped;
 - images are pinned, host ports are bound to 127.0.0.1, dependencies are consistent;
 - the LocalStack ready hook and rlplatform's bootstrap agree (run under moto).
 
@@ -32,7 +33,8 @@ import pytest
 import typer
 import yaml
 
-from rlplatform.settings import Settings
+from rlplatform.settings import Settings, env_var_names
+from rlplatform.store.cassandra_settings import CassandraSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "docker-compose.yml"
@@ -564,11 +566,11 @@ def test_trainer_joins_the_ray_cluster_it_drives(base: dict, env_example: dict) 
 
 def test_every_rlp_variable_is_a_settings_field() -> None:
     prefix = Settings.model_config["env_prefix"]
-    fields = {prefix + name.upper() for name in Settings.model_fields}
+    fields = env_var_names()
     for path in (BASE, AWS, ENV_EXAMPLE, HOOK):
         used = set(re.findall(rf"\b{prefix}[A-Z0-9_]+", path.read_text()))
         unknown = used - fields
-        assert not unknown, f"{path.name} uses {sorted(unknown)}, which rlplatform.settings.Settings does not define"
+        assert not unknown, f"{path.name} uses {sorted(unknown)}, which rlplatform.settings.Settings does not read"
 
 
 def test_env_example_covers_every_interpolated_variable(env_example: dict) -> None:
@@ -589,25 +591,78 @@ def test_env_example_defaults_match_compose_and_settings(env_example: dict) -> N
     for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", text):
         assert env_example[name] == default, f"{name}: .env.example has {env_example[name]!r}, compose {default!r}"
     fields = Settings.model_fields
-    for name in ("stream_name", "shard_count", "bucket", "cassandra_keyspace", "cassandra_ttl_seconds"):
+    for name in ("stream_name", "shard_count", "bucket"):
         assert env_example["RLP_" + name.upper()] == str(fields[name].default), name
+    for name in ("keyspace", "ttl_seconds"):
+        assert env_example["RLP_CASSANDRA_" + name.upper()] == str(CassandraSettings.model_fields[name].default), name
     assert float(env_example["RLP_INGEST_TRIGGER_SECONDS"]) == fields["ingest_trigger_seconds"].default
 
 
-def test_compose_settings_parse(base: dict, merged_aws: dict, env_example: dict) -> None:
-    """The RLP_* values each service gets are accepted by Settings (types, patterns, ranges)."""
+def test_compose_settings_parse(
+    base: dict, merged_aws: dict, env_example: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The RLP_* values each service gets are accepted by Settings and its store sections (types, patterns,
+    ranges), read from the environment as the service reads them."""
     env = {**env_example, "HOME": "/home/user"}
     prefix = Settings.model_config["env_prefix"]
+    for var in env_var_names():
+        monkeypatch.delenv(var, raising=False)
     for label, config in both_configs(base, merged_aws):
         for name, svc in config["services"].items():
             values = {
-                k[len(prefix) :].lower(): interpolate(str(v), env)
+                k: interpolate(str(v), env)
                 for k, v in _env_dict(svc.get("environment", {})).items()
                 if k.startswith(prefix)
             }
             if values:
-                Settings.model_validate(values)
-                assert values.get("store", "cassandra") == "cassandra", f"{label}: {name}"
+                with monkeypatch.context() as service_env:
+                    for var, value in values.items():
+                        service_env.setenv(var, value)
+                    Settings()
+                assert values.get(prefix + "STORE", "cassandra") == "cassandra", f"{label}: {name}"
+
+
+# -- Ray authentication ------------------------------------------------------------------------------
+
+RAY_AUTH_TOKEN_REF = re.compile(r"\$\{RAY_AUTH_TOKEN:\?[^}]+\}")  # required: Compose stops, with a message
+
+
+def runs_ray(svc: dict, env: dict[str, str]) -> bool:
+    """The service runs a Ray node (``ray start``) or a Ray driver (``rlplatform train --ray-address``)."""
+    return any(argv[0] == "ray" or "--ray-address" in argv for argv in service_commands(svc, env))
+
+
+def test_every_ray_process_uses_token_auth_with_the_secret_from_env(
+    base: dict, merged_aws: dict, env_example: dict
+) -> None:
+    """Explicit RAY_AUTH_MODE=token wherever Ray runs: a node joining an address and a driver's
+    ray.init(address=...) never turn token auth on by themselves, and a head's default depends on
+    whether ~/.ray/auth_token exists."""
+    env = {**env_example, "HOME": "/home/user"}
+    for label, config in both_configs(base, merged_aws):
+        ray_services = set()
+        for name, svc in config["services"].items():
+            values = _env_dict(svc.get("environment", {}))
+            if runs_ray(svc, env):
+                ray_services.add(name)
+                assert values.get("RAY_AUTH_MODE") == "token", f"{label}: {name} runs Ray without RAY_AUTH_MODE=token"
+                token = str(values.get("RAY_AUTH_TOKEN"))
+                assert RAY_AUTH_TOKEN_REF.fullmatch(token), f"{label}: {name}: RAY_AUTH_TOKEN is {token!r}"
+                assert "RAY_AUTH_TOKEN_PATH" not in values, f"{label}: {name}"
+            else:
+                ray_vars = sorted(k for k in values if k.startswith("RAY_AUTH"))
+                assert not ray_vars, f"{label}: {name} runs no Ray but gets {ray_vars}"
+        assert ray_services == {"ray-head", "ray-worker", "trainer"}, f"{label}: {sorted(ray_services)}"
+
+
+def test_ray_auth_token_is_required_and_not_shipped(base: dict, env_example: dict) -> None:
+    assert env_example["RAY_AUTH_TOKEN"] == "", ".env.example must not ship a Ray token: everyone would share it"
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    assert "secrets.token_hex(32)" in lines[lines.index("RAY_AUTH_TOKEN=") - 1], "say how to generate the token"
+    reference = base["services"]["ray-head"]["environment"]["RAY_AUTH_TOKEN"]
+    with pytest.raises(AssertionError, match="RAY_AUTH_TOKEN is required"):
+        interpolate(reference, env_example)  # .env copied from .env.example and left as is: Compose stops
+    assert interpolate(reference, {**env_example, "RAY_AUTH_TOKEN": "0f" * 32}) == "0f" * 32
 
 
 # -- LocalStack ready hook ---------------------------------------------------------------------------
@@ -677,4 +732,4 @@ def test_localstack_hook_creates_stream_and_bucket(names: dict, tmp_path: Path, 
             assert s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] == region
     finally:
         sys.modules.pop("bootstrap", None)
-    assert endpoints and set(endpoints) == {"http://localhost:4566"}
+    assert endpoints and set(endpoints) == {"http://127.0.0.1:4566"}

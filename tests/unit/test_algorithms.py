@@ -22,6 +22,7 @@ from rlplatform.games import game_spec
 from rlplatform.settings import Settings, load_settings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform.train import trainer as trainer_module
 from rlplatform.train.algorithms import (
     ALGORITHMS,
@@ -134,9 +135,11 @@ def test_sac_learner_updates_from_a_store_batch() -> None:
 @pytest.fixture
 def pendulum_settings(tmp_path: Path):
     with mock_aws():
-        s = Settings(sqlite_path=tmp_path / "store.sqlite", checkpoint_dir=tmp_path / "ckpt", bucket="models")
+        s = Settings(
+            sqlite=SqliteSettings(path=tmp_path / "store.sqlite"), checkpoint_dir=tmp_path / "ckpt", bucket="models"
+        )
         boto3.client("s3").create_bucket(Bucket=s.bucket)
-        with SqliteStore(s.sqlite_path) as store:
+        with SqliteStore(s.sqlite.path) as store:
             store.write(PENDULUM, pendulum_batch(400))
         yield s
 

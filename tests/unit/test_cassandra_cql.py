@@ -19,6 +19,7 @@ from rlplatform.store.cassandra import (
     schema_cql,
     statements,
 )
+from rlplatform.store.cassandra_settings import CassandraSettings
 
 KS = "rlp"
 DDL = {**schema_cql(KS), **{f"{t} (keyspaces)": c for t, c in schema_cql(KS, keyspaces_service=True).items()}}
@@ -45,7 +46,7 @@ def _partition_keys() -> dict[str, list[str]]:
     return keys | SYSTEM_PARTITION_KEYS
 
 
-ALL = {**DDL, **DML, **PROBES, "keyspace": keyspace_cql(Settings())}
+ALL = {**DDL, **DML, **PROBES, "keyspace": keyspace_cql(CassandraSettings())}
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -87,9 +88,9 @@ def test_keyspaces_tables_enable_ttl_and_plain_cassandra_tables_do_not() -> None
 
 
 def test_keyspace_replication_per_target() -> None:
-    assert "SimpleStrategy" in keyspace_cql(Settings(cassandra_replication_factor=3))
-    assert "'dc1': 3" in keyspace_cql(Settings(cassandra_local_dc="dc1", cassandra_replication_factor=3))
-    keyspaces = Settings(cassandra_contact_points="cassandra.eu-west-1.amazonaws.com", cassandra_port=9142)
+    assert "SimpleStrategy" in keyspace_cql(CassandraSettings(replication_factor=3))
+    assert "'dc1': 3" in keyspace_cql(CassandraSettings(local_dc="dc1", replication_factor=3))
+    keyspaces = CassandraSettings(contact_points="cassandra.eu-west-1.amazonaws.com", port=9142)
     assert "SingleRegionStrategy" in keyspace_cql(keyspaces)
 
 
@@ -100,8 +101,8 @@ def _closed_port() -> int:
 
 
 def test_open_store_fails_fast_naming_the_contact_points() -> None:
-    settings = Settings(store="cassandra", cassandra_contact_points="127.0.0.1", cassandra_port=_closed_port())
+    settings = Settings(store="cassandra", cassandra=CassandraSettings(contact_points="127.0.0.1", port=_closed_port()))
     started = time.monotonic()
-    with pytest.raises(CassandraUnavailable, match=rf"127\.0\.0\.1 port {settings.cassandra_port}"):
+    with pytest.raises(CassandraUnavailable, match=rf"127\.0\.0\.1 port {settings.cassandra.port}"):
         open_store(settings)
     assert time.monotonic() - started < 5

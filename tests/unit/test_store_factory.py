@@ -12,10 +12,11 @@ import pytest
 from rlplatform.settings import Settings
 from rlplatform.store import STORES, adapter, open_store, store_endpoint, unavailable_errors
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 
 
 def test_settings_name_the_adapter_and_it_says_where_it_is_and_what_unreachable_means(tmp_path: Path) -> None:
-    settings = Settings(store="sqlite", sqlite_path=tmp_path / "s.sqlite")
+    settings = Settings(store="sqlite", sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
     with open_store(settings) as store:
         assert isinstance(store, SqliteStore)
     assert store_endpoint(settings) == str(tmp_path / "s.sqlite")
@@ -31,7 +32,8 @@ def test_an_unknown_adapter_is_refused_naming_the_known_ones() -> None:
 def test_the_embedded_profile_never_imports_the_cassandra_driver(tmp_path: Path) -> None:
     code = (
         "import sys\nfrom rlplatform.settings import Settings\nfrom rlplatform.store import open_store\n"
-        f"open_store(Settings(sqlite_path={str(tmp_path / 's.sqlite')!r})).close()\n"
+        "from rlplatform.store.sqlite_settings import SqliteSettings\n"
+        f"open_store(Settings(sqlite=SqliteSettings(path={str(tmp_path / 's.sqlite')!r}))).close()\n"
         "assert 'cassandra' not in sys.modules, sorted(m for m in sys.modules if 'cassandra' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -148,7 +148,7 @@ def acked_stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 def test_drain_restarts_ingest_until_every_acknowledged_step_is_stored(acked_stack: Stack, tmp_path: Path) -> None:
-    argv = [sys.executable, "-c", FLAKY_INGEST, str(acked_stack.settings.sqlite_path), str(tmp_path / "crashed")]
+    argv = [sys.executable, "-c", FLAKY_INGEST, str(acked_stack.settings.sqlite.path), str(tmp_path / "crashed")]
     acked_stack.supervisor.spawn("ingest", argv, restartable=True)
     acked_stack.supervisor.restarts["ingest"] = 3  # Out of restarts: the drain restarts it all the same.
     progress = Progress.of(acked_stack.cfg)

@@ -21,6 +21,7 @@ from rlplatform.games import game_spec
 from rlplatform.settings import Settings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform.train.algorithms import AlgorithmConfigError
 from rlplatform.train.algorithms.dqn import DQN
 from rlplatform.train.trainer import Trainer, TrainerConfig
@@ -59,9 +60,11 @@ def cartpole_batch(n: int, seed: int = 0) -> TransitionBatch:
 @pytest.fixture
 def settings(tmp_path: Path):
     with mock_aws():
-        s = Settings(sqlite_path=tmp_path / "store.sqlite", checkpoint_dir=tmp_path / "ckpt", bucket="models")
+        s = Settings(
+            sqlite=SqliteSettings(path=tmp_path / "store.sqlite"), checkpoint_dir=tmp_path / "ckpt", bucket="models"
+        )
         boto3.client("s3").create_bucket(Bucket=s.bucket)
-        with SqliteStore(s.sqlite_path) as store:
+        with SqliteStore(s.sqlite.path) as store:
             store.write("CartPole-v1", cartpole_batch(500))
         yield s
 
@@ -176,5 +179,5 @@ def test_trainer_stops_while_waiting_for_an_unreachable_store(
     trainer = Trainer(settings, FAST, stop=stop)
     with caplog.at_level(logging.INFO):
         trainer.run(stop)
-    assert f"store (sqlite) unreachable at {settings.sqlite_path}, retrying in 1 s" in caplog.text
+    assert f"store (sqlite) unreachable at {settings.sqlite.path}, retrying in 1 s" in caplog.text
     assert "stopped while store (sqlite) was unreachable" in caplog.text and trainer.status.updates == 0

@@ -15,8 +15,10 @@ import sys
 import boto3
 
 BOOTSTRAP_DIR = "/opt/rlplatform"
-# LocalStack answers on its gateway port inside its own container.
-ENDPOINT = "http://localhost:4566"
+# LocalStack's gateway: 4566 in its container; GATEWAY_LISTEN ("host:port[,...]") where the tests run it on a
+# host (tests/localstack_node.py), with the port they chose.
+_port = os.environ.get("GATEWAY_LISTEN", ":4566").split(",")[0].rsplit(":", 1)[-1]
+ENDPOINT = f"http://127.0.0.1:{_port}"
 
 if BOOTSTRAP_DIR not in sys.path:
     sys.path.insert(0, BOOTSTRAP_DIR)

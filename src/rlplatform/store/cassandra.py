@@ -24,7 +24,7 @@ needs ALLOW FILTERING, a secondary index or a materialized view):
     obs_dim, action dtype/dim and rows_per_partition, fixed by the game's first write (LWT insert).
 
 Retention is TTL: every ``transitions`` and ``transition_keys`` row is written ``USING TTL``
-``cassandra_ttl_seconds``, so the cluster drops it that long after it was written, with no delete
+``RLP_CASSANDRA_TTL_SECONDS``, so the cluster drops it that long after it was written, with no delete
 traffic from us (TimeWindowCompactionStrategy is the natural compaction for these tables; it is not
 set here because Keyspaces rejects compaction options). Because seqs are handed out in write order,
 expiry eats the sequence from its head: the oldest live row ``lo`` is found with a binary search over
@@ -71,6 +71,7 @@ from rlplatform.store.base import (
     episode_steps_of,
     t_ranges,
 )
+from rlplatform.store.cassandra_settings import CassandraSettings
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +95,19 @@ class CassandraUnavailable(ConnectionError):
     """No contact point answered."""
 
 
-def is_keyspaces(settings: Settings) -> bool:
+def is_keyspaces(settings: CassandraSettings) -> bool:
     """Amazon Keyspaces (needs its own keyspace replication class and table TTL property)."""
-    return settings.cassandra_sigv4 or any(h.endswith(".amazonaws.com") for h in _contact_points(settings))
+    return settings.sigv4 or any(h.endswith(".amazonaws.com") for h in _contact_points(settings))
 
 
-def keyspace_cql(settings: Settings) -> str:
-    ks = settings.cassandra_keyspace
+def keyspace_cql(settings: CassandraSettings) -> str:
+    ks = settings.keyspace
     if is_keyspaces(settings):
         replication = "{'class': 'SingleRegionStrategy'}"
-    elif settings.cassandra_local_dc:
-        replication = (
-            f"{{'class': 'NetworkTopologyStrategy', '{settings.cassandra_local_dc}': "
-            f"{settings.cassandra_replication_factor}}}"
-        )
+    elif settings.local_dc:
+        replication = f"{{'class': 'NetworkTopologyStrategy', '{settings.local_dc}': {settings.replication_factor}}}"
     else:
-        replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {settings.cassandra_replication_factor}}}"
+        replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {settings.replication_factor}}}"
     return f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"
 
 
@@ -171,7 +169,7 @@ class _Game(GameShapes):
     rows_per_partition: int
 
 
-def bootstrap_keyspace(settings: Settings) -> None:
+def bootstrap_keyspace(settings: CassandraSettings) -> None:
     """Create the keyspace and tables the settings name, if missing (idempotent; ``rlplatform bootstrap``)."""
     CassandraStore(settings).close()
 
@@ -179,17 +177,17 @@ def bootstrap_keyspace(settings: Settings) -> None:
 class CassandraStore(ExperienceStore):
     def __init__(
         self,
-        settings: Settings,
+        settings: CassandraSettings,
         *,
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         ttl_seconds: int | None = None,
         rows_per_partition: int = ROWS_PER_PARTITION,
     ) -> None:
-        """``ttl_seconds`` overrides ``settings.cassandra_ttl_seconds`` (tests use a few seconds)."""
+        """``ttl_seconds`` overrides ``settings.ttl_seconds`` (tests use a few seconds)."""
         self.settings = settings
-        self.keyspace = settings.cassandra_keyspace
-        self.ttl_seconds = int(ttl_seconds if ttl_seconds is not None else settings.cassandra_ttl_seconds)
+        self.keyspace = settings.keyspace
+        self.ttl_seconds = int(ttl_seconds if ttl_seconds is not None else settings.ttl_seconds)
         if self.ttl_seconds < 1:
             raise ValueError(f"ttl_seconds must be >= 1, got {self.ttl_seconds}")
         self.rows_per_partition = rows_per_partition
@@ -396,11 +394,11 @@ class CassandraStore(ExperienceStore):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CassandraStore:
-        return cls(settings)
+        return cls(settings.cassandra)
 
     @classmethod
     def endpoint(cls, settings: Settings) -> str:
-        return f"{settings.cassandra_contact_points} port {settings.cassandra_port}"
+        return f"{settings.cassandra.contact_points} port {settings.cassandra.port}"
 
     @classmethod
     def unavailable_errors(cls) -> tuple[type[BaseException], ...]:
@@ -534,42 +532,40 @@ class CassandraStore(ExperienceStore):
         return game
 
 
-def _contact_points(settings: Settings) -> list[str]:
-    return [h.strip() for h in settings.cassandra_contact_points.split(",") if h.strip()]
+def _contact_points(settings: CassandraSettings) -> list[str]:
+    return [h.strip() for h in settings.contact_points.split(",") if h.strip()]
 
 
-def _connect(settings: Settings, connect_timeout: float, request_timeout: float) -> tuple[Cluster, Session]:
+def _connect(settings: CassandraSettings, connect_timeout: float, request_timeout: float) -> tuple[Cluster, Session]:
     hosts = _contact_points(settings)
     if not hosts:
-        raise ValueError("cassandra_contact_points: no host given")
+        raise ValueError("RLP_CASSANDRA_CONTACT_POINTS: no host given")
     profile = ExecutionProfile(
         # LOCAL_QUORUM reads and writes: read-your-writes, and what Keyspaces requires for writes.
         consistency_level=ConsistencyLevel.LOCAL_QUORUM,
         serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
         request_timeout=request_timeout,
     )
-    if settings.cassandra_local_dc:
-        profile.load_balancing_policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.cassandra_local_dc))
+    if settings.local_dc:
+        profile.load_balancing_policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc))
     auth_provider = None
-    if settings.cassandra_sigv4:
+    if settings.sigv4:
         import boto3
         from cassandra_sigv4.auth import SigV4AuthProvider
 
         auth_provider = SigV4AuthProvider(boto3.Session())
-    elif settings.cassandra_username:
-        auth_provider = PlainTextAuthProvider(settings.cassandra_username, settings.cassandra_password or "")
+    elif settings.username:
+        auth_provider = PlainTextAuthProvider(settings.username, settings.password or "")
     ssl_context = None
-    if settings.cassandra_ssl:
-        ssl_context = ssl.create_default_context(
-            cafile=str(settings.cassandra_ssl_ca) if settings.cassandra_ssl_ca else None
-        )
+    if settings.ssl:
+        ssl_context = ssl.create_default_context(cafile=str(settings.ssl_ca) if settings.ssl_ca else None)
         # The chain is verified, the host name is not: the driver connects to peers by IP address
         # (as Amazon's Keyspaces examples do).
         ssl_context.check_hostname = False
         ssl_context.verify_mode = ssl.CERT_REQUIRED
     cluster = Cluster(
         contact_points=hosts,
-        port=settings.cassandra_port,
+        port=settings.port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         auth_provider=auth_provider,
         ssl_context=ssl_context,
@@ -581,7 +577,7 @@ def _connect(settings: Settings, connect_timeout: float, request_timeout: float)
     except NoHostAvailable as exc:
         cluster.shutdown()
         raise CassandraUnavailable(
-            f"cassandra: no host answered at {', '.join(hosts)} port {settings.cassandra_port}"
+            f"cassandra: no host answered at {', '.join(hosts)} port {settings.port}"
             f" (within {connect_timeout:g}s): {exc}"
         ) from exc
     except BaseException:

@@ -139,11 +139,11 @@ class SqliteStore(ExperienceStore):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteStore:
-        return cls(settings.sqlite_path)
+        return cls(settings.sqlite.path)
 
     @classmethod
     def endpoint(cls, settings: Settings) -> str:
-        return str(settings.sqlite_path)
+        return str(settings.sqlite.path)
 
     @classmethod
     def unavailable_errors(cls) -> tuple[type[BaseException], ...]:
