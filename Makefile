@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint cassandra-jars cassandra
+.PHONY: install up test lint cassandra-jars cassandra localstack-install localstack
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 up: install
 	$(BIN)/rlplatform up --game CartPole-v1 --clients 4 --target-return 475 --max-minutes 15
 
-test: install cassandra-jars
+test: install cassandra-jars localstack-install
 	$(BIN)/python -m pytest
 
 # A real Cassandra for the tests, without Docker: its jars from Maven Central (tests/cassandra_node.py).
@@ -35,6 +35,24 @@ $(CASSANDRA_JARS)/.fetched: compose/cassandra/pom.xml
 # A single-node Cassandra on 127.0.0.1:9042 until Ctrl-C, for RLP_STORE=cassandra on a laptop.
 cassandra: install cassandra-jars
 	$(BIN)/python -m tests.cassandra_node --port 9042
+
+# LocalStack for the tests, without Docker: the compose file's version from PyPI in a virtualenv of its own
+# (pinned by compose/localstack/constraints.txt), and kinesis-mock installed by LocalStack's own package
+# manager (npm), both under .cache/localstack (tests/localstack_node.py).
+LOCALSTACK := $(abspath .cache/localstack)
+localstack-install: $(LOCALSTACK)/.installed
+
+$(LOCALSTACK)/.installed: compose/localstack/constraints.txt
+	$(PYTHON) -m venv $(LOCALSTACK)/venv
+	$(LOCALSTACK)/venv/bin/pip install --quiet --upgrade pip
+	$(LOCALSTACK)/venv/bin/pip install --quiet 'localstack-core[runtime]' -c compose/localstack/constraints.txt
+	OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT=$(LOCALSTACK)/root XDG_CACHE_HOME=$(LOCALSTACK)/cache \
+		npm_config_cache=$(LOCALSTACK)/npm $(LOCALSTACK)/venv/bin/python -m localstack.cli.lpm install kinesis-mock
+	touch $@
+
+# LocalStack (Kinesis, S3) on 127.0.0.1:4566 until Ctrl-C, with the stream and bucket the settings name.
+localstack: install localstack-install
+	$(BIN)/python -m tests.localstack_node --port 4566
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

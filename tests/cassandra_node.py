@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import yaml
 
 from rlplatform import processes
 from rlplatform.aws import free_port
-from tests.support import port_open
+from tests.support import port_open, serve_until_ctrl_c
 
 ROOT = Path(__file__).resolve().parents[1]
 POM = ROOT / "compose" / "cassandra" / "pom.xml"
@@ -223,14 +221,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="data and logs (default: a temporary directory)")
     args = parser.parse_args()
     directory = args.dir or Path(tempfile.mkdtemp(prefix="rlp-cassandra-"))
-    started = time.monotonic()
-    with CassandraNode(directory, args.port) as node:
-        print(f"Cassandra on 127.0.0.1:{node.port} after {time.monotonic() - started:.1f} s (data in {directory});"
-              " Ctrl-C stops it", flush=True)  # fmt: skip
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
+    node = CassandraNode(directory, args.port)
+    serve_until_ctrl_c(node, lambda n: f"Cassandra on 127.0.0.1:{n.port} (data in {directory})")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 
 from rlplatform.settings import Settings
 from rlplatform.store.cassandra_settings import CassandraSettings
-from tests import cassandra_node
+from tests import cassandra_node, localstack_node
 from tests.docker_engine import docker_unreachable
 
 CASSANDRA_IMAGE = "cassandra:5.0.2"
@@ -75,3 +75,15 @@ def _container(keyspace: str) -> Iterator[Settings]:
         )
     finally:
         container.stop()
+
+
+@pytest.fixture(scope="session")
+def localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localstack_node.LocalStackNode]:
+    """LocalStack on this machine (``tests/localstack_node.py``), with the stream and bucket its READY hook
+    makes from the default settings, shared by the tests that need it. Under ``CI`` a LocalStack that cannot
+    start fails them; elsewhere they are skipped, saying what is missing (``make localstack-install``)."""
+    why = localstack_node.missing()
+    if why is not None and not os.environ.get("CI"):
+        pytest.skip(f"localstack: {why}")
+    with localstack_node.LocalStackNode(Path(tmp_path_factory.mktemp("localstack"))) as node:
+        yield node

@@ -7,8 +7,11 @@ import contextlib
 import json
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import boto3
@@ -95,3 +98,14 @@ def processes_mentioning(text: str) -> list[str]:
             if text in cmdline and state != "Z":
                 found.append(cmdline)
     return found
+
+
+def serve_until_ctrl_c(server: AbstractContextManager, describe: Callable[[object], str]) -> None:
+    """Start ``server``, print ``describe(server)`` and how long it took, and stop it on Ctrl-C (``make`` targets)."""
+    started = time.monotonic()
+    with server as running_server:
+        print(f"{describe(running_server)} after {time.monotonic() - started:.1f} s; Ctrl-C stops it", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)

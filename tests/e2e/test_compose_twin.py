@@ -1,10 +1,11 @@
 """The compose topology without Docker: the same commands the compose services run, as local processes.
 
 A real Spark standalone Master and Worker (pyspark's ``spark-class``), a real ``ray start --head``,
-a real Cassandra 5.0.2 node (``tests/cassandra_node.py``), the ingest job submitted to that master, the
-trainer's learner on that Ray head, and the simulated clients; moto stands where LocalStack would.
-Every command line comes from docker-compose.yml; only hosts, ports and paths are rewritten. Spark, ingest
-and the clients listen on 127.0.0.1 only (Ray's servers cannot be confined to it), and nothing is left behind
+a real Cassandra 5.0.2 node (``tests/cassandra_node.py``), LocalStack 4.4.0 with its kinesis-mock and the
+project's READY hook (``tests/localstack_node.py``), the ingest job submitted to that master, the trainer's
+learner on that Ray head, and the simulated clients.
+Every command line comes from docker-compose.yml; only hosts, ports and paths are rewritten. LocalStack, Spark,
+ingest and the clients listen on 127.0.0.1 only (Ray's servers cannot be confined to it), and nothing is left behind
 (processes, Ray's pointer to its current cluster).
 """
 
@@ -29,10 +30,11 @@ import pytest
 import yaml
 
 from rlplatform import processes
-from rlplatform.aws import MotoServer, bootstrap, free_port
+from rlplatform.aws import free_port
 from rlplatform.registry import latest_manifest
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
+from tests.localstack_node import LocalStackNode
 from tests.support import client_stats, port_open, running, stored_keys, stream_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -90,7 +92,7 @@ def listening_sockets() -> dict[str, str]:
 
 
 class Twin:
-    def __init__(self, tmp: Path, store: Settings) -> None:
+    def __init__(self, tmp: Path, store: Settings, aws: LocalStackNode) -> None:
         self.tmp = tmp
         self.logs = tmp / "logs"
         self.logs.mkdir(parents=True)
@@ -100,14 +102,13 @@ class Twin:
         self.settings = store.model_copy(update={"checkpoint_dir": tmp / "checkpoints"})
         self.ports = {7077: self.spark_port, 8080: self.spark_ui, 6379: self.ray_port, 8265: self.dashboard_port}
         self.paths = {"/checkpoints/": f"{tmp}/checkpoints/"}
-        self.moto: MotoServer | None = None
+        self.aws = aws
 
     def env(self) -> dict[str, str]:
-        assert self.moto is not None
         spark_home = Path(pyspark.__file__).parent
         bin_dirs = [str(Path(sys.executable).parent), str(spark_home / "bin")]
         return {
-            **self.moto.env(),
+            **self.aws.env(),
             "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]),
             "SPARK_HOME": str(spark_home),
             "SPARK_LOCAL_IP": "127.0.0.1",
@@ -130,9 +131,9 @@ class Twin:
         log.close()
         return argv
 
-    def listeners(self, names: Collection[str]) -> list[str]:
-        """Listening sockets of the named processes (with their children), as ``pid ip:port comm``."""
-        pids = {pid for name in names for pid in processes.session_members(self.procs[name].pid)}
+    def listeners(self, procs: Collection[subprocess.Popen]) -> list[str]:
+        """Listening sockets of these processes (with their children), as ``pid ip:port comm``."""
+        pids = {pid for proc in procs for pid in processes.session_members(proc.pid)}
         sockets = listening_sockets()
         found = []
         for pid in pids:
@@ -149,25 +150,24 @@ class Twin:
         for name in ("clients", "ingest", "trainer", "spark-worker", "spark-master", "ray-head"):
             if name in self.procs:
                 processes.stop(self.procs[name], timeout_s=60)
-        if self.moto is not None:
-            self.moto.stop()
+        self.aws.restore_env()
         # `ray start` names its head in a file that a later ray.init() without an address would wait on.
         if RAY_CURRENT_CLUSTER.exists() and RAY_CURRENT_CLUSTER.read_text().strip().endswith(f":{self.ray_port}"):
             RAY_CURRENT_CLUSTER.unlink()
 
 
 @pytest.fixture
-def twin(tmp_path: Path, cassandra_settings: Settings) -> Iterator[Twin]:
+def twin(tmp_path: Path, cassandra_settings: Settings, localstack: LocalStackNode) -> Iterator[Twin]:
     keyspace = f"twin_{uuid.uuid4().hex[:12]}"  # the contract tests truncate the session keyspace's tables
     cassandra = cassandra_settings.cassandra.model_copy(update={"keyspace": keyspace})
-    t = Twin(tmp_path, cassandra_settings.model_copy(update={"cassandra": cassandra}))
+    t = Twin(tmp_path, cassandra_settings.model_copy(update={"cassandra": cassandra}), localstack)
     # A fresh Ray secret per test, as .env holds one for compose (Twin.env hands it to every process). The head
     # binds every interface, so it is a real secret, from the same source as secrets.token_hex(32).
     t.ray_token = os.urandom(32).hex()
     try:
-        t.moto = MotoServer.start()
-        t.moto.apply_env()
-        bootstrap(t.settings)
+        # No bootstrap here: LocalStack's READY hook made the stream and bucket, as in compose.
+        assert localstack.has_resources(t.settings.stream_name, t.settings.bucket)
+        t.aws.apply_env()
         yield t
     finally:
         t.stop()
@@ -205,10 +205,11 @@ def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
     wait_for(lambda: latest_manifest(twin.settings.bucket, GAME) is not None, 420, "a published model", alive)
     wait_for(lambda: any(s.get("verified_loads", 0) >= 1 for s in client_stats(stats_dir)), 120, "a client to load it")
 
-    # Spark (SPARK_LOCAL_IP), ingest and the clients listen on loopback only. Ray's gRPC servers (GCS, raylet,
-    # workers, and the trainer's own core worker) bind every interface.
+    # LocalStack (GATEWAY_LISTEN, kinesis-mock's shim), Spark (SPARK_LOCAL_IP), ingest and the clients listen on
+    # loopback only. Ray's gRPC servers (GCS, raylet, workers, and the trainer's own core worker) bind every
+    # interface.
     loopback = ("127.", "::1:", "::ffff:127.")
-    ours = [name for name in twin.procs if name not in ("ray-head", "trainer")]
+    ours = [proc for name, proc in twin.procs.items() if name not in ("ray-head", "trainer")] + [twin.aws.process]
     exposed = [entry for entry in twin.listeners(ours) if not entry.split()[1].startswith(loopback)]
     assert not exposed, f"listening beyond loopback: {exposed}"
     processes.stop(twin.procs["clients"], timeout_s=90)

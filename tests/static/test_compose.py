@@ -668,6 +668,15 @@ def test_ray_auth_token_is_required_and_not_shipped(base: dict, env_example: dic
 # -- LocalStack ready hook ---------------------------------------------------------------------------
 
 
+def test_host_engines_run_the_versions_compose_pins(base: dict) -> None:
+    """The tests run LocalStack and Cassandra on the host (tests/*_node.py): the same versions as the images."""
+    images = {name: svc["image"].split(":")[1] for name, svc in base["services"].items() if "image" in svc}
+    constraints = (ROOT / "compose" / "localstack" / "constraints.txt").read_text()
+    assert f"localstack-core=={images['localstack']}" in constraints.splitlines()
+    pom = (ROOT / "compose" / "cassandra" / "pom.xml").read_text()
+    assert re.search(rf"<artifactId>cassandra-all</artifactId>\s*<version>{re.escape(images['cassandra'])}</", pom)
+
+
 def test_localstack_mounts_match_the_hook(base: dict) -> None:
     volumes = base["services"]["localstack"]["volumes"]
     assert "./compose/localstack/ready.d:/etc/localstack/init/ready.d:ro" in volumes
