@@ -96,6 +96,8 @@ class GameProgress:
     client_curve: list[tuple[float, float]] = field(default_factory=list)
     # Per model version, how the (exploring) clients played it, from the store; refreshed every few seconds.
     live: dict[int, LiveReturns] = field(default_factory=dict)
+    # Per model version, seconds from its publish to the first step any client acted with it.
+    pickup_s: dict[int, float] = field(default_factory=dict)
     solved_at: float | None = None
     sent_at_solve: int | None = None
 
@@ -444,3 +446,15 @@ def _read_clients(stack: Stack, g: GameProgress, elapsed: float | None) -> None:
     if returns and elapsed is not None:
         g.clients_mean_return = sum(returns) / len(returns)
         g.client_curve.append((round(elapsed, 1), g.clients_mean_return))
+    g.pickup_s = pickup_latencies(stats)
+
+
+def pickup_latencies(client_stats: list[dict]) -> dict[int, float]:
+    """Per model version: its publish stamp to the first step any client acted with it, in seconds."""
+    published: dict[int, float] = {}
+    first_step: dict[int, float] = {}
+    for stats in client_stats:
+        for version, (published_at, acted_at) in stats.get("pickups", {}).items():
+            published[int(version)] = published_at
+            first_step[int(version)] = min(acted_at, first_step.get(int(version), acted_at))
+    return {v: first_step[v] - published[v] for v in sorted(first_step)}

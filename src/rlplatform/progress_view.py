@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.table import Table
 
 from rlplatform.report import live_cell
@@ -96,12 +97,22 @@ def _game_summary(g: GameProgress) -> dict:
         "env_steps_to_solve": g.sent_at_solve,
         "final_eval_return": g.evals[-1]["eval_return"] if g.evals else None,
         "live_return": _newest_live(g.live),
+        "model_pickup_s": _pickup(g.pickup_s),
         "transitions_sent": g.transitions_sent,
         "transitions_stored": g.stored_rows,
         "model_versions": g.model_version,
         "learner_updates": g.updates,
         "algorithm": g.algorithm,
     }
+
+
+def _pickup(pickup_s: dict[int, float]) -> dict | None:
+    """p50/p99 over model versions of publish -> first step acted with it (the clients' poll is most of it)."""
+    if not pickup_s:
+        return None
+    seconds = np.fromiter(pickup_s.values(), dtype=np.float64)
+    p50, p99 = np.percentile(seconds, [50, 99])
+    return {"p50": round(float(p50), 2), "p99": round(float(p99), 2), "versions": len(seconds)}
 
 
 def _newest_live(live: dict[int, LiveReturns]) -> dict | None:

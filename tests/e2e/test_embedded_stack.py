@@ -96,9 +96,14 @@ def test_data_crosses_every_stage(stack: Stack) -> None:
     assert manifest.version >= 1 and manifest.sha256 == sha256_hex(model)
     assert manifest.algorithm == "DQN" and manifest.action_space == {"type": "discrete", "n": 2}
     assert all(1 <= s["model_version"] <= manifest.version for s in stats)
+    # Every client acted with the model it loaded, after that model was published.
+    for s in stats:
+        published_at, acted_at = s["pickups"][str(s["model_version"])]
+        assert published_at <= acted_at
     cartpole = progress.games[GAME]
     _read_clients(stack, cartpole, progress.elapsed())
     assert cartpole.transitions_sent == cartpole.stored_rows == sent
+    assert cartpole.pickup_s and all(seconds >= 0 for seconds in cartpole.pickup_s.values())
 
 
 def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None:

@@ -102,6 +102,11 @@ class ModelManifest:
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False).encode()
 
+    @property
+    def created_at_unix(self) -> float:
+        """``created_at`` (the publish stamp) as Unix seconds."""
+        return _timestamp(self.created_at).timestamp()
+
     @classmethod
     def from_json(cls, data: bytes | str) -> ModelManifest:
         """Parse and validate; raises ``ManifestError`` naming the offending field."""
@@ -192,10 +197,14 @@ def _validate(doc: dict) -> None:
     _action_space(doc)
     _output(doc)
     try:
-        # Python 3.10's fromisoformat does not accept the common "Z" suffix.
-        datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", _str(doc, "created_at")))
+        _timestamp(_str(doc, "created_at"))
     except ValueError:
         raise ManifestError("created_at", f"not an ISO 8601 timestamp: {doc['created_at']!r}") from None
+
+
+def _timestamp(iso: str) -> datetime:
+    # Python 3.10's fromisoformat does not accept the common "Z" suffix.
+    return datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", iso))
 
 
 def _get(doc: dict, key: str) -> Any:

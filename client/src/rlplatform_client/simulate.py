@@ -182,6 +182,8 @@ class BotClient:
         self.episodes = 0
         self.returns: deque[float] = deque(maxlen=20)
         self.steps_rejected = 0
+        # Per model version: (its publish stamp, when this client first acted with it), Unix seconds.
+        self.pickups: dict[int, tuple[float, float]] = {}
         self.deadline = None if cfg.seconds is None else time.monotonic() + cfg.seconds
         self.next_step_at = time.monotonic()
         self.producer: ExperienceProducer | None = None
@@ -233,6 +235,8 @@ class BotClient:
                 self._pace()
                 model_version = self.subscriber.version
                 action = self._choose(env, obs)
+                if model_version and model_version not in self.pickups:
+                    self._note_pickup(model_version)
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 self._record(episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version)
                 episode_return += float(reward)
@@ -243,6 +247,12 @@ class BotClient:
                 if self.should_stop():
                     return
                 obs, t = next_obs, t + 1
+
+    def _note_pickup(self, version: int) -> None:
+        """The first step this client acts with ``version``: the end of that model's pickup."""
+        manifest = self.subscriber.manifest
+        if manifest is not None and manifest.version == version:
+            self.pickups[version] = (manifest.created_at_unix, time.time())
 
     def _pace(self) -> None:
         """Optional step-rate cap, so bots on a shared machine leave CPU for the platform."""
@@ -295,6 +305,7 @@ class BotClient:
             "model_version": self.subscriber.version,
             "verified_loads": self.subscriber.verified_loads,
             "rejected_loads": self.subscriber.rejected_loads,
+            "pickups": {str(v): list(times) for v, times in self.pickups.items()},
             "epsilon": self.epsilon,
             "done": done,
             "flushed": flushed,
