@@ -132,6 +132,24 @@ def test_sac_learner_updates_from_a_store_batch() -> None:
     assert any(k.startswith("pi") for k in changed) and any(k.startswith("qf") for k in changed)
 
 
+def test_dqn_onnx_model_gives_rllibs_q_values_from_the_fast_exporter(caplog: pytest.LogCaptureFixture) -> None:
+    """RLlib's dueling head uses ``nanmean``, which the TorchScript exporter lacks: the project's symbolic for it
+    keeps DQN off the slow dynamo fallback, and the exported model computes RLlib's own Q-values."""
+    import onnxruntime as ort
+    import torch
+
+    dqn = DQN(game_spec("CartPole-v1"))
+    module = dqn.build_learner_group(seed=0)._learner.module[DEFAULT_POLICY_ID]
+    with caplog.at_level("DEBUG", logger="rlplatform.train.algorithms.base"):
+        model = dqn.export_onnx(module)
+    assert "dynamo" not in caplog.text
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = module.compute_q_values({"obs": torch.from_numpy(obs)})["qf_preds"].numpy()
+    q_values = ort.InferenceSession(model).run(None, {"obs": obs})[0]
+    np.testing.assert_allclose(q_values, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture
 def pendulum_settings(tmp_path: Path):
     with mock_aws():

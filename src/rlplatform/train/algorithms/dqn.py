@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.core.columns import Columns
+from torch.onnx import symbolic_helper
 
 from rlplatform.train.algorithms.base import DISCRETE, Algorithm, Hyperparameters
 
@@ -23,6 +24,22 @@ class DQNHyperparameters(Hyperparameters):
     hidden: int = 64
     # Counted in learner updates: data arrives independently of updates.
     target_update_every: int = 250
+
+
+def _nanmean(g: object, x: object, dim: object, keepdim: object, dtype: object) -> object:
+    """``aten::nanmean`` for the TorchScript ONNX exporter (which has none): sum of the non-NaN values over
+    their count. RLlib's dueling head uses it; without it every publish fell back to the dynamo exporter,
+    ~1.5 s of the learner's 2 cores instead of ~0.15 s, with a page of log per publish."""
+    is_nan = g.op("IsNaN", x)
+    values = g.op("Where", is_nan, g.op("Constant", value_t=torch.tensor(0.0)), x)
+    counts = g.op("Cast", g.op("Not", is_nan), to_i=1)  # 1: FLOAT
+    axes = g.op("Constant", value_t=torch.tensor(symbolic_helper._get_const(dim, "is", "dim"), dtype=torch.int64))
+    keep = symbolic_helper._get_const(keepdim, "i", "keepdim")
+    total, count = (g.op("ReduceSum", v, axes, keepdims_i=keep) for v in (values, counts))
+    return g.op("Div", total, count)
+
+
+torch.onnx.register_custom_op_symbolic("aten::nanmean", _nanmean, 13)
 
 
 class _QValues(torch.nn.Module):
