@@ -415,6 +415,37 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print number
 app.add_typer(bench_app, name="bench")
 
 
+@bench_app.command("learn")
+def bench_learn(
+    game: Annotated[str, typer.Option("--game", help="CartPole-v1 (DQN, target 475) or Pendulum-v1 (SAC, -250).")],
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per side, run alternating.")] = 3,
+    max_minutes: Annotated[float, typer.Option("--max-minutes", min=0.1, help="Time budget per run.")] = 15.0,
+    clients: Annotated[int, typer.Option("--clients", min=1, max=64, help="Pipeline clients.")] = 4,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-learn-<timestamp>.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Seconds and env steps to the target: RLlib alone (tuned example, pipeline hyperparameters) vs the pipeline."""
+    import time
+
+    from rlplatform.bench_learn import (
+        BenchLearnError,
+        LearnBenchConfig,
+        check_options,
+        interrupt_on_sigterm,
+        run_learn_bench,
+    )
+
+    _logging(log_level)
+    try:
+        check_options(game, seeds)
+    except BenchLearnError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=str(exc).split(":")[0]) from None
+    interrupt_on_sigterm()
+    work = (work_dir or Path("runs") / time.strftime("bench-learn-%Y%m%d-%H%M%S")).resolve()
+    cfg = LearnBenchConfig(game=game, seeds=seeds, max_minutes=max_minutes, work_dir=work, clients=clients)
+    print(json.dumps(run_learn_bench(cfg)), flush=True)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long producers push.")] = 30.0,
@@ -431,27 +462,71 @@ def bench_ingest(
     reshard_to: Annotated[
         int | None, typer.Option("--reshard-to", min=1, help="Raise the shard count to this mid-stream.")
     ] = None,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--against",
+            metavar="KINESIS+STORE",
+            help="Target, repeatable (run one after the other). KINESIS: 'moto' (embedded, started here) or a"
+            " running emulator's endpoint, e.g. http://127.0.0.1:4566 (LocalStack); STORE: 'sqlite' (a fresh file)"
+            " or 'cassandra' (the RLP_CASSANDRA_* cluster, in a fresh keyspace bench_<hex>, dropped at the end)."
+            " Each run uses a fresh stream bench-<hex> with --shards shards, deleted at the end. Several targets"
+            " print a JSON object keyed by target. --reshard-to is refused unless every KINESIS is moto."
+            " Default: moto+sqlite.",
+        ),
+    ] = None,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-<timestamp>.")] = None,
 ) -> None:
-    """End-to-end ingest throughput and latency (producer -> moto Kinesis -> Spark -> SQLite)."""
+    """End-to-end ingest throughput and latency (producer -> Kinesis -> Spark -> store).
+
+    An unreachable endpoint or Cassandra, or a refused option, exits with code 2 and a one-line error."""
+    import signal
     import time
 
-    from rlplatform.bench import IngestBenchConfig, run_ingest_bench
-
-    work = work_dir or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
-    result = run_ingest_bench(
-        IngestBenchConfig(
-            work_dir=work.resolve(),
-            seconds=seconds,
-            producers=producers,
-            shards=shards,
-            chunk_steps=chunk_steps,
-            compress=compress,
-            rate=rate or None,
-            crash_restart=crash_restart,
-            reshard_to=reshard_to,
-        )
+    from rlplatform.bench import (
+        BenchTargetError,
+        IngestBenchConfig,
+        Target,
+        check_options,
+        parse_target,
+        run_ingest_bench,
     )
+
+    try:
+        targets = tuple(parse_target(t) for t in against) if against else (Target(),)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--against "), param_hint="--against") from None
+    try:
+        check_options(targets, reshard_to)
+    except BenchTargetError as exc:
+        typer.echo(f"bench ingest: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so SIGTERM, too, stops whatever the bench started (its finally blocks)
+
+    # A background job inherits SIGINT ignored; the bench wants Ctrl-C either way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupted)
+    work = work_dir or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+    try:
+        result = run_ingest_bench(
+            IngestBenchConfig(
+                work_dir=work.resolve(),
+                seconds=seconds,
+                producers=producers,
+                shards=shards,
+                chunk_steps=chunk_steps,
+                compress=compress,
+                rate=rate or None,
+                crash_restart=crash_restart,
+                reshard_to=reshard_to,
+                targets=targets,
+            )
+        )
+    except BenchTargetError as exc:
+        typer.echo(f"bench ingest: {exc}", err=True)
+        raise typer.Exit(2) from None
     print(json.dumps(result), flush=True)
 
 
