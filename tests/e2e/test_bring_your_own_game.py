@@ -120,6 +120,7 @@ def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path
         newest = models.version
         play(producer, models, rng, 60)
         producer.close()
+        processes.stop(trainer, timeout_s=60)  # no version published after the reports are read
         sent = producer.stats["steps_acked"]
         with SqliteStore(settings.sqlite.path) as store:
             while store.count(GAME) < sent:
