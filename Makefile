@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint cassandra-jars cassandra localstack-install localstack
+.PHONY: install up test lint cassandra-jars cassandra localstack-install localstack spark-cluster
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ $(LOCALSTACK)/.installed: compose/localstack/constraints.txt
 # LocalStack (Kinesis, S3) on 127.0.0.1:4566 until Ctrl-C, with the stream and bucket the settings name.
 localstack: install localstack-install
 	$(BIN)/python -m tests.localstack_node --port 4566
+
+# A Spark standalone master and WORKERS one-core workers on 127.0.0.1 until Ctrl-C (PIN=1: worker i on CPU i),
+# e.g. for `rlplatform bench ingest --master spark://127.0.0.1:PORT` (the master URL is printed).
+WORKERS ?= 2
+spark-cluster: install
+	$(BIN)/python -m tests.spark_cluster --workers $(WORKERS) $(if $(PIN),--pin)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rlplatform import aws, processes
+from rlplatform.cpu_meter import CpuMeter, executor_pids
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
@@ -117,6 +118,9 @@ class IngestBenchConfig:
     drain_timeout_s: float = 300.0
     seed: int = 0
     targets: tuple[Target, ...] = field(default=(Target(),))
+    # The ingest job's Spark master: local[2] (driver and executors in one process tree), or a standalone master
+    # (spark://host:port), whose executors' CPU is counted when they run on this machine.
+    master: str = "local[2]"
 
 
 def random_batch(n: int, rng: np.random.Generator) -> TransitionBatch:
@@ -192,9 +196,11 @@ def producer_main(stream: str, cfg: IngestBenchConfig, index: int, out: str) -> 
 class IngestJob:
     """The ingest job as its own process (session), so it can be killed like a crashed job."""
 
-    def __init__(self, checkpoint: Path, metrics: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, checkpoint: Path, metrics: Path, env: dict[str, str], log: Path, master: str = "local[2]"
+    ) -> None:
         self.argv = [sys.executable, "-m", "rlplatform", "ingest", "--checkpoint", str(checkpoint),
-                     "--metrics", str(metrics)]  # fmt: skip
+                     "--metrics", str(metrics), "--master", master]  # fmt: skip
         self.env = env
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -378,9 +384,13 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
                 "RLP_INGEST_TRIGGER_SECONDS": str(cfg.trigger_seconds),
             }
             (work / "metrics.jsonl").unlink(missing_ok=True)
-            job = IngestJob(work / f"ingest-ckpt-{run_id}", work / "metrics.jsonl", env, work / "ingest.log")
+            job = IngestJob(
+                work / f"ingest-ckpt-{run_id}", work / "metrics.jsonl", env, work / "ingest.log", cfg.master
+            )
             job.start()
             warm_up = _warm_up(stream, store, job)
+            driver = CpuMeter(lambda: processes.session_members(job.proc.pid)).start()
+            executors = None if cfg.master.startswith("local") else CpuMeter(executor_pids).start()
             ctx = mp.get_context("spawn")
             outs = [work / f"producer-{i}.json" for i in range(cfg.producers)]
             started = time.time()
@@ -422,6 +432,7 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
                 reconciled = _reconcile(store, sent, warm_up)
             result.update(reconciled)
             result.update(_latencies(work / "metrics.jsonl", after=started))
+            result.update(_cpu_figures(cfg.master, driver, executors, total))
             result["transitions"] = total
             result["seconds"] = round(visible - started, 1)
             result["transitions_per_s"] = round(total / (visible - started))
@@ -443,6 +454,22 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
                     p.join()
             if job is not None:
                 job.stop()
+
+
+def _cpu_figures(master: str, driver: CpuMeter, executors: CpuMeter | None, transitions: int) -> dict:
+    """CPU per transition: of the whole job under local[N] (the executors are threads and children of the
+    driver's JVM); of the driver and of the executors apart under a standalone master, with what one
+    executor core can take when busy (transitions per executor CPU second)."""
+    driver_s = driver.seconds()
+    if executors is None:
+        return {"master": master, "ingest_cpu_us_per_transition": round(1e6 * driver_s / transitions, 2)}
+    executor_s = executors.seconds()
+    return {
+        "master": master,
+        "driver_cpu_us_per_transition": round(1e6 * driver_s / transitions, 2),
+        "executor_cpu_us_per_transition": round(1e6 * executor_s / transitions, 2),
+        "transitions_per_executor_core_s": round(transitions / executor_s) if executor_s else None,
+    }
 
 
 def _warm_up(stream: str, store: ExperienceStore, job: IngestJob) -> str:

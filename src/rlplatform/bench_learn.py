@@ -285,7 +285,7 @@ def run_pipeline(seed: int, cfg: LearnBenchConfig) -> Run:
 def read_pipeline(run: Run, run_dir: Path, game: str) -> Run:
     """Fill ``run`` from the last JSON line ``rlplatform up`` printed and its ``summary.json`` evaluations.
 
-    Its evaluations record seconds and model version, not env steps: only the solve point has env steps."""
+    Each evaluation records its seconds and the env steps the game's clients had sent by then."""
     lines = [ln for ln in (run_dir / "stdout.log").read_text().splitlines() if ln.startswith("{")]
     if not lines:
         run.error = run.error or f"rlplatform up printed no summary (see {run_dir}/stderr.log)"
@@ -294,9 +294,9 @@ def read_pipeline(run: Run, run_dir: Path, game: str) -> Run:
     run.seconds_to_target, run.env_steps_to_target = g.get("seconds_to_solve"), g.get("env_steps_to_solve")
     summary = run_dir / "summary.json"
     evals = json.loads(summary.read_text()).get("evals", {}).get(game, []) if summary.exists() else []
-    run.curve = [{"seconds": e["seconds"], "env_steps": None, "eval_return": e["eval_return"]} for e in evals]
-    if run.reached and run.curve:
-        run.curve[-1]["env_steps"] = run.env_steps_to_target
+    run.curve = [
+        {"seconds": e["seconds"], "env_steps": e.get("env_steps"), "eval_return": e["eval_return"]} for e in evals
+    ]
     return run
 
 
@@ -384,18 +384,6 @@ def run_learn_bench(cfg: LearnBenchConfig) -> dict:
     plot(runs, target, png)
     head = {"game": cfg.game, "algorithm": algorithm.name, "target_return": target, "seeds": cfg.seeds}
     return {**head, "max_minutes": cfg.max_minutes, **summarize(runs), "png": str(png), "work_dir": str(cfg.work_dir)}
-
-
-def interrupt_on_sigterm() -> None:
-    """SIGTERM (and Ctrl-C, even in a background job) raise KeyboardInterrupt, so the ``finally`` blocks stop
-    the pipeline's processes and Ray."""
-    import signal
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupted)
 
 
 def _guarded(fn: Callable[[], Run], side: str, seed: int) -> Run:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from rlplatform import processes
 from rlplatform.settings import load_settings
 
 if TYPE_CHECKING:
@@ -431,7 +432,6 @@ def bench_learn(
         BenchLearnError,
         LearnBenchConfig,
         check_options,
-        interrupt_on_sigterm,
         run_learn_bench,
     )
 
@@ -440,7 +440,7 @@ def bench_learn(
         check_options(game, seeds)
     except BenchLearnError as exc:
         raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=str(exc).split(":")[0]) from None
-    interrupt_on_sigterm()
+    processes.interrupt_on_sigterm()
     work = (work_dir or Path("runs") / time.strftime("bench-learn-%Y%m%d-%H%M%S")).resolve()
     cfg = LearnBenchConfig(game=game, seeds=seeds, max_minutes=max_minutes, work_dir=work, clients=clients)
     print(json.dumps(run_learn_bench(cfg)), flush=True)
@@ -475,12 +475,19 @@ def bench_ingest(
             " Default: moto+sqlite.",
         ),
     ] = None,
+    master: Annotated[
+        str,
+        typer.Option(
+            "--master",
+            help="The ingest job's Spark master: local[2], or a standalone master spark://HOST:PORT (its executors"
+            " then get this machine's AWS endpoint from the job; their CPU is counted when they run here).",
+        ),
+    ] = "local[2]",
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-<timestamp>.")] = None,
 ) -> None:
     """End-to-end ingest throughput and latency (producer -> Kinesis -> Spark -> store).
 
     An unreachable endpoint or Cassandra, or a refused option, exits with code 2 and a one-line error."""
-    import signal
     import time
 
     from rlplatform.bench import (
@@ -502,12 +509,7 @@ def bench_ingest(
         typer.echo(f"bench ingest: {exc}", err=True)
         raise typer.Exit(2) from None
 
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # so SIGTERM, too, stops whatever the bench started (its finally blocks)
-
-    # A background job inherits SIGINT ignored; the bench wants Ctrl-C either way.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, interrupted)
+    processes.interrupt_on_sigterm()
     work = work_dir or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
     try:
         result = run_ingest_bench(
@@ -522,6 +524,7 @@ def bench_ingest(
                 crash_restart=crash_restart,
                 reshard_to=reshard_to,
                 targets=targets,
+                master=master,
             )
         )
     except BenchTargetError as exc:

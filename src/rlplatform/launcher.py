@@ -376,7 +376,14 @@ def _judge(g: GameProgress, subscriber: ModelSubscriber, cfg: LaunchConfig, elap
             return False
         g.model_version = subscriber.version
         score = evaluate(subscriber.act, g.spec.simulator, cfg.eval_episodes, seed=10_000 + subscriber.version)
-        g.evals.append({"seconds": round(elapsed, 1), "version": subscriber.version, "eval_return": score})
+        g.evals.append(
+            {
+                "seconds": round(elapsed, 1),
+                "env_steps": g.transitions_sent,
+                "version": subscriber.version,
+                "eval_return": score,
+            }
+        )
         reached = score >= g.target
     else:
         reached = live_target_reached(g.live, g.target, cfg.live_min_episodes)

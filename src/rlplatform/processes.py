@@ -19,8 +19,8 @@ def _die_with_parent() -> None:
 
 
 def init_pool_worker() -> None:
-    """Initializer for pool worker processes: die with the parent, and leave Ctrl-C to the parent, which
-    shuts the pool down in order (a worker killed by SIGINT would fail the work in flight)."""
+    """Initializer for worker processes of a pool: die with the parent, and leave Ctrl-C to the parent, which
+    stops its workers in order (a worker killed by SIGINT would fail the work in flight)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -66,3 +66,14 @@ def session_members(sid: int) -> list[int]:
         if int(fields[3]) == sid and fields[0] != "Z":  # zombies are dead already, just not reaped
             members.append(int(entry.name))
     return members
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM (and Ctrl-C, even in a background job, which inherits SIGINT ignored) raise KeyboardInterrupt,
+    so a command's ``finally`` blocks stop what it started."""
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupted)

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     ingest_trigger_seconds: float = Field(1.0, ge=0)
     # Bounds ingest's memory under any backlog; at least one maximum-size record (1 MiB).
     ingest_max_batch_bytes: int = Field(DEFAULT_INGEST_MAX_BATCH_BYTES, ge=1024 * 1024, le=1024**3)
+    # Port of the ingest job's Spark UI and its REST API (/api/v1: executors, tasks, streaming queries); None: off.
+    # It binds SPARK_LOCAL_IP when set, else every interface.
+    ingest_ui_port: int | None = Field(None, ge=1, le=65535)
     # Ray cluster for the trainer's learner ("host:port" or "auto"); None runs the learner in-process.
     ray_address: str | None = None
 

@@ -12,20 +12,16 @@ ingest and the clients listen on 127.0.0.1 only (Ray's servers cannot be confine
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shlex
 import socket
 import subprocess
-import sys
 import tempfile
-import urllib.request
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
-import pyspark
 import pytest
 import yaml
 
@@ -35,6 +31,7 @@ from rlplatform.registry import latest_manifest
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from tests.localstack_node import LocalStackNode
+from tests.spark_cluster import http_json, spark_env
 from tests.support import client_stats, port_open, running, stored_keys, stream_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -67,14 +64,6 @@ def rewrite(argv: list[str], ports: dict[int, int], paths: dict[str, str]) -> li
     return out
 
 
-def http_json(url: str) -> dict | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return json.loads(r.read())
-    except OSError:
-        return None
-
-
 def listening_sockets() -> dict[str, str]:
     """Socket inode -> ``ip:port`` of every listening TCP socket on the machine (``/proc/net/tcp{,6}``)."""
     found = {}
@@ -105,14 +94,9 @@ class Twin:
         self.aws = aws
 
     def env(self) -> dict[str, str]:
-        spark_home = Path(pyspark.__file__).parent
-        bin_dirs = [str(Path(sys.executable).parent), str(spark_home / "bin")]
         return {
             **self.aws.env(),
-            "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]),
-            "SPARK_HOME": str(spark_home),
-            "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_PYTHON": sys.executable,
+            **spark_env(),
             # Ray's token auth as docker-compose.yml sets it, with this test's own secret: neither the head nor
             # the trainer depends on ~/.ray/auth_token (Ray's default mode and token follow that file).
             "RAY_AUTH_MODE": "token",

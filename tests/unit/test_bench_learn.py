@@ -106,11 +106,14 @@ def test_the_shared_judge_scores_an_exported_tuned_module(game: str, low: float,
 def test_pipeline_results_are_read_from_up_output(tmp_path: Path) -> None:
     summary = {"games": {"CartPole-v1": {"seconds_to_solve": 90.5, "env_steps_to_solve": 30_000}}}
     (tmp_path / "stdout.log").write_text("starting\n" + json.dumps(summary) + "\n")
-    evals = [{"seconds": 30.0, "version": 1, "eval_return": 20.0}, {"seconds": 90.5, "version": 4, "eval_return": 480}]
+    evals = [
+        {"seconds": 30.0, "env_steps": 9_000, "version": 1, "eval_return": 20.0},
+        {"seconds": 90.5, "env_steps": 30_000, "version": 4, "eval_return": 480},
+    ]
     (tmp_path / "summary.json").write_text(json.dumps({"evals": {"CartPole-v1": evals}}))
     run = bench_learn.read_pipeline(Run(PIPELINE, 0), tmp_path, "CartPole-v1")
     assert (run.reached, run.seconds_to_target, run.env_steps_to_target) == (True, 90.5, 30_000)
-    assert [p["env_steps"] for p in run.curve] == [None, 30_000]
+    assert [p["env_steps"] for p in run.curve] == [9_000, 30_000]
 
 
 def test_pipeline_without_summary_is_an_error_not_a_crash(tmp_path: Path) -> None:

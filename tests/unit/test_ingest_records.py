@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import multiprocessing
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
+from moto import mock_aws
 
-from rlplatform.ingest.job import process_records
+from rlplatform.ingest.job import process_records, write_partition
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client.contract import Chunk, Step, encode_chunk
 
@@ -113,24 +113,40 @@ def test_replayed_batch_stores_nothing_twice(store) -> None:
     assert store.count("CartPole-v1") == 11
 
 
-def test_parser_process_gives_the_same_rows_and_dead_letters_as_parsing_inline(tmp_path: Path) -> None:
-    records = [("shard-0", str(i), chunk_bytes(1 + i % 5)) for i in range(20)]
+def test_a_write_task_stores_its_shard_and_reports_counts_and_its_last_sequence_number(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from rlplatform.ingest.kinesis_source import SCHEMA, _arrow_schema
+    from rlplatform.settings import Settings
+
+    records = [("shard-1", str(10 + i), chunk_bytes(1 + i % 5)) for i in range(20)]
     for i, case in enumerate(sorted(BAD)[:6]):
-        records.insert(3 * i + 1, ("shard-1", f"bad-{i}", BAD[case][0]))
-    outcomes = []
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as parser:
-        for name, pool in (("inline", None), ("process", parser)):
-            with SqliteStore(tmp_path / f"{name}.sqlite") as store:
-                # Slices of 4 records: the batch crosses slice boundaries, bad records among them.
-                result, dead = process_records(records, store, pool, slice_records=4)
-                rows = store.sample("CartPole-v1", 10_000, np.random.default_rng(0))
-            outcomes.append((result, dead, sorted(zip(rows.episode_id.tolist(), rows.t.tolist(), strict=True))))
-    (inline, inline_dead, inline_rows), (pooled, pooled_dead, pooled_rows) = outcomes
-    assert inline.stored == pooled.stored == sum(1 + i % 5 for i in range(20))
-    assert inline.steps == pooled.steps and len(pooled.steps) == len(records)
-    assert dict(inline.rejected) == dict(pooled.rejected) and sum(pooled.rejected.values()) == 6
-    assert inline_dead == pooled_dead and [d["sequence_number"] for d in pooled_dead] == [f"bad-{i}" for i in range(6)]
-    assert set(inline_rows) == set(pooled_rows)
+        records.insert(3 * i + 1, ("shard-1", str(100 + i), BAD[case][0]))
+    rows = [(s, seq, "pk", data, 1000.0 + i) for i, (s, seq, data) in enumerate(records)]
+    # Two Arrow batches, as two GetRecords pages arrive.
+    batches = [
+        pa.RecordBatch.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in part], schema=_arrow_schema())
+        for part in (rows[:11], rows[11:])
+    ]
+    settings = Settings(store="sqlite", sqlite={"path": tmp_path / "s.sqlite"})
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket=settings.bucket)
+        out = list(write_partition(iter(batches), batch_id=3, settings=settings, with_arrivals=True))
+        replay = list(write_partition(iter(batches), batch_id=3, settings=settings, with_arrivals=False))
+        letters = boto3.client("s3").list_objects_v2(Bucket=settings.bucket)["Contents"]
+    [row] = out[0].to_pylist()
+    steps = sum(1 + i % 5 for i in range(20))
+    assert row["shard_id"] == "shard-1" and row["last_seq"] == records[-1][1]
+    assert (row["records"], row["stored"]) == (26, steps)
+    assert sum(json.loads(row["rejected"]).values()) == 6
+    # One [arrival, steps] pair per stored record, in order; the driver needs nothing else.
+    arrivals = json.loads(row["arrivals"])
+    assert [n for _, n in arrivals] == [1 + i % 5 for i in range(20)] and arrivals[0][0] == 1000.0
+    [again] = replay[0].to_pylist()
+    assert again["stored"] == 0 and json.loads(again["arrivals"]) == []
+    assert [o["Key"].rsplit("/", 1)[1] for o in letters] == ["batch-000000003-shard-1.jsonl"]
+    with SqliteStore(settings.sqlite.path) as store:
+        assert store.count("CartPole-v1") == steps
 
 
 def test_a_step_re_sent_with_other_content_is_a_conflict_and_the_first_stays(store) -> None:

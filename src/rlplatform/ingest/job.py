@@ -1,9 +1,10 @@
 """The streaming job: Kinesis records -> envelope parsing and validation -> idempotent store writes.
 
-Good records of a micro-batch are stored even when others in it are bad; bad ones go to the
+Records are read, parsed, validated and written on the executors, one task per Kinesis shard
+(``kinesis_source`` reads, ``write_partition`` writes); the driver plans offsets and collects one small
+row per shard. Good records of a micro-batch are stored even when others in it are bad; bad ones go to the
 dead-letter prefix in S3 with their reason. Offsets live in Spark's checkpoint, writes are keyed by
 (game_id, episode_id, t), so a restarted job replays at most one batch and stores nothing twice.
-A micro-batch is cut into slices: one worker process parses slice i+1 while the driver writes slice i.
 """
 
 from __future__ import annotations
@@ -12,19 +13,18 @@ import base64
 import functools
 import json
 import logging
-import multiprocessing
 import os
 import sys
 import threading
 import time
-from collections import defaultdict, deque
-from collections.abc import Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlplatform import aws, processes
+from rlplatform import aws
 from rlplatform.games import GameCatalog, game_spec
+from rlplatform.ingest.kinesis_source import record_progress
 from rlplatform.ingest.parse import Rejected, parse
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
@@ -37,6 +37,10 @@ DEAD_LETTER_PREFIX = "dead-letters/"
 DEAD_LETTER_SAMPLE_BYTES = 2048
 # The dead-letter kind of a step whose key is stored already with other content.
 CONFLICT = "conflicting_resend"
+# What each write task sends back to the driver: one row per shard, no record data.
+RESULT_SCHEMA = "shard_id string, last_seq string, records long, stored long, rejected string, arrivals string"
+# How long a stop waits for the micro-batch in flight before stopping the query.
+STOP_WAIT_S = 20.0
 
 
 @dataclass
@@ -57,7 +61,7 @@ class ParsedSlice:
 
 
 def parse_slice(records: list[tuple[str, str, bytes]], bucket: str | None = None) -> ParsedSlice:
-    """Parse and validate ``(shard_id, sequence_number, data)`` records; runs in the parser process.
+    """Parse and validate ``(shard_id, sequence_number, data)`` records; runs in an executor's Python worker.
 
     Games resolve through the catalog in ``bucket`` (declared specs, then gymnasium ids); gymnasium only
     without one.
@@ -98,25 +102,23 @@ def _catalog(bucket: str) -> GameCatalog:
 def process_records(
     records: list[tuple[str, str, bytes]],
     store: ExperienceStore,
-    parser: Executor | None = None,
     slice_records: int = 64,
     slice_bytes: int = 4 * 1024 * 1024,
     store_errors: tuple[type[BaseException], ...] = (),
     store_where: str = "the store",
     bucket: str | None = None,
 ) -> tuple[BatchResult, list[dict]]:
-    """Parse, validate and store ``(shard_id, sequence_number, data)`` records.
+    """Parse, validate and store ``(shard_id, sequence_number, data)`` records, a slice at a time, so parsed
+    data waiting for the store stays bounded whatever the batch size.
 
-    With a ``parser`` (a one-process pool), slice i+1 is parsed there while slice i is written here, so the
-    two halves of the work run on two cores; the call still returns only after every slice is stored. At most
-    two slices are parsed ahead, so parsed data waiting for the store stays bounded whatever the batch size.
     A write failing with one of ``store_errors`` (the store is unreachable) is retried, logged, until it
     succeeds. Returns the counts and the dead letters (one dict per rejected record).
     """
     result = BatchResult(records=len(records))
     dead: list[dict] = []
-    for part in _parsed(_slices(records, slice_records, slice_bytes), parser, bucket):
-        for game_id, batch in part.batches.items():
+    for part in _slices(records, slice_records, slice_bytes):
+        parsed = parse_slice(part, bucket)
+        for game_id, batch in parsed.batches.items():
             new = retry(
                 lambda g=game_id, b=batch: store.write(g, b),
                 service="store",
@@ -128,10 +130,10 @@ def process_records(
                 conflicts = conflict_letters(game_id, batch, store.conflicting(game_id, batch))
                 result.rejected[CONFLICT] += len(conflicts)
                 dead += conflicts
-        result.steps += part.steps
-        for letter in part.dead:
+        result.steps += parsed.steps
+        for letter in parsed.dead:
             result.rejected[letter["kind"]] += 1
-        dead += part.dead
+        dead += parsed.dead
     return result, dead
 
 
@@ -173,22 +175,6 @@ def _expanded_size(data: bytes) -> int:
     return min(max(len(data), int.from_bytes(data[-4:], "little")), MAX_DECOMPRESSED_BYTES)
 
 
-def _parsed(
-    slices: Iterator[list], parser: Executor | None, bucket: str | None, ahead: int = 2
-) -> Iterator[ParsedSlice]:
-    """Each slice parsed, in order; with a pool, up to ``ahead`` slices are in flight there."""
-    if parser is None:
-        yield from (parse_slice(part, bucket) for part in slices)
-        return
-    pending: deque = deque()
-    for part in slices:
-        pending.append(parser.submit(parse_slice, part, bucket))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def _log_progress(query, last_logged: int | None) -> int | None:
     """Log where Spark spent the latest micro-batch's time (durationMs by phase), once per batch."""
     progress = query.lastProgress
@@ -198,22 +184,24 @@ def _log_progress(query, last_logged: int | None) -> int | None:
     return progress["batchId"]
 
 
-def _append_metrics(path: Path, batch_id: int, result: BatchResult, arrivals: list[float]) -> None:
+def _append_metrics(path: Path, batch_id: int, result: BatchResult, arrivals: list[list[float]]) -> None:
     line = {
         "batch_id": batch_id,
         "visible_at": time.time(),
         "records": result.records,
         "stored": result.stored,
         "rejected": dict(result.rejected),
-        "arrivals": [[ts, n] for ts, n in zip(arrivals, result.steps, strict=True) if n],
+        "arrivals": arrivals,
     }
     with path.open("a") as f:
         f.write(json.dumps(line) + "\n")
 
 
-def write_dead_letters(bucket: str, batch_id: int, dead: list[dict]) -> None:
-    """One object per micro-batch; an unreachable S3 is waited out, so no dead letter is lost."""
-    key = f"{DEAD_LETTER_PREFIX}{time.strftime('%Y/%m/%d')}/batch-{batch_id:09d}.jsonl"
+def write_dead_letters(bucket: str, batch_id: int, dead: list[dict], shard_id: str | None = None) -> None:
+    """One object per micro-batch and shard (a replay overwrites it with the same letters); an unreachable S3 is
+    waited out, so no dead letter is lost."""
+    name = f"batch-{batch_id:09d}" + (f"-{shard_id}" if shard_id else "")
+    key = f"{DEAD_LETTER_PREFIX}{time.strftime('%Y/%m/%d')}/{name}.jsonl"
     body = "\n".join(json.dumps(d) for d in dead).encode()
     s3 = aws.s3_client()
     retry(
@@ -222,6 +210,82 @@ def write_dead_letters(bucket: str, batch_id: int, dead: list[dict]) -> None:
         endpoint=s3.meta.endpoint_url,
         unreachable=aws_unreachable,
     )
+
+
+# ------------------------------------------------------------------------------ executors: parse, validate, write
+
+_STORES: dict[int, ExperienceStore] = {}
+
+
+def _worker_store(settings: Settings) -> ExperienceStore:
+    """This Python worker's store, opened once (workers are reused across tasks and batches), after an outage
+    is waited out. Keyed by pid: a forked worker must not share its parent's connection."""
+    store = _STORES.get(os.getpid())
+    if store is None:
+        if not logging.getLogger().handlers:  # a Spark Python worker: its waits must reach the job's log
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        errors = unavailable_errors(settings)
+        store = retry(
+            lambda: open_store(settings),
+            service="store",
+            endpoint=store_endpoint(settings),
+            unreachable=lambda exc: isinstance(exc, errors),
+        )
+        _STORES[os.getpid()] = store
+    return store
+
+
+def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_arrivals: bool) -> Iterator:
+    """Executor (``mapInArrow``): one task's records (one shard's, in order) parsed, validated and stored,
+    dead letters written; yields one ``RESULT_SCHEMA`` row per shard: counts and the last sequence number
+    stored (the driver's progress mark), with ``[arrival_ts, steps]`` per stored record when asked."""
+    import pyarrow as pa
+
+    by_shard: dict[str, list[tuple[str, str, bytes]]] = {}
+    arrival_ts: dict[str, list[float]] = {}
+    for batch in batches:
+        cols = batch.to_pydict()
+        for shard_id, seq, data, ts in zip(
+            cols["shard_id"], cols["sequence_number"], cols["data"], cols["arrival_ts"], strict=True
+        ):
+            by_shard.setdefault(shard_id, []).append((shard_id, seq, data))
+            arrival_ts.setdefault(shard_id, []).append(ts)
+    if not by_shard:
+        return
+    store = _worker_store(settings)
+    errors, where = unavailable_errors(settings), store_endpoint(settings)
+    rows = []
+    for shard_id, records in by_shard.items():
+        result, dead = process_records(records, store, store_errors=errors, store_where=where, bucket=settings.bucket)
+        if dead:
+            write_dead_letters(settings.bucket, batch_id, dead, shard_id)
+        arrivals = [[ts, n] for ts, n in zip(arrival_ts[shard_id], result.steps, strict=True) if n]
+        rows.append(
+            {
+                "shard_id": shard_id,
+                "last_seq": records[-1][1],
+                "records": result.records,
+                "stored": result.stored,
+                "rejected": json.dumps(dict(result.rejected)),
+                "arrivals": json.dumps(arrivals if with_arrivals else []),
+            }
+        )
+    yield pa.RecordBatch.from_pylist(rows)
+
+
+def merge_results(rows: Iterable) -> tuple[BatchResult, list[list[float]]]:
+    """The batch's counts from the per-shard rows, and its ``[arrival_ts, steps]`` pairs."""
+    total, arrivals = BatchResult(), []
+    for row in rows:
+        total.records += row["records"]
+        total.stored += row["stored"]
+        for kind, n in json.loads(row["rejected"]).items():
+            total.rejected[kind] += n
+        arrivals += json.loads(row["arrivals"])
+    return total, arrivals
+
+
+# ------------------------------------------------------------------------------ the driver
 
 
 def run(
@@ -246,19 +310,26 @@ def run(
     if threading.current_thread() is threading.main_thread():
         set_on_signals(stop)
     store_errors, store_where = unavailable_errors(settings), store_endpoint(settings)
-    store = retry(
+    # Once here, so the executors find the store's schema made (and the job waits for a store that is away).
+    retry(
         lambda: open_store(settings),
         service="store",
         endpoint=store_where,
         unreachable=lambda exc: isinstance(exc, store_errors),
         stop=stop,
-    )
+    ).close()
     builder = SparkSession.builder.master(master)
     if master.startswith("local"):  # nothing outside this machine needs the driver: stay on loopback
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+    for name, value in executor_env().items():
+        builder = builder.config(f"spark.executorEnv.{name}", value)
+    if settings.ingest_ui_port is not None:
+        builder = builder.config("spark.ui.enabled", "true").config("spark.ui.port", settings.ingest_ui_port)
+    else:
+        builder = builder.config("spark.ui.enabled", "false")
     spark = (
         builder.appName("rlplatform-ingest")
-        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")  # a progress bar per micro-batch in the job's log
         .config("spark.sql.shuffle.partitions", "1")
         # Micro-batches here are small, frequent, single-stage jobs: skip adaptive re-planning.
         .config("spark.sql.adaptive.enabled", "false")
@@ -280,37 +351,33 @@ def run(
     )
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KinesisDataSource)
-    # Spawned, not forked: the driver has a JVM gateway and threads.
-    parser = ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=processes.init_pool_worker
-    )
+    progress = checkpoint / "progress.json"
 
     def on_batch(batch_df, batch_id: int) -> None:
         started = time.perf_counter()
-        table = batch_df.select("shard_id", "sequence_number", "data", "arrival_ts").toArrow()
-        records = list(zip(*(table.column(i).to_pylist() for i in range(3)), strict=True))
-        fetched = time.perf_counter()
-        result, dead = process_records(
-            records, store, parser, store_errors=store_errors, store_where=store_where, bucket=settings.bucket
+        write = functools.partial(
+            write_partition, batch_id=batch_id, settings=settings, with_arrivals=metrics is not None
         )
-        stored = time.perf_counter()
-        if dead:
-            write_dead_letters(settings.bucket, batch_id, dead)
+        rows = [row.asDict() for row in batch_df.mapInArrow(write, RESULT_SCHEMA).collect()]
+        # Only now, with every shard's records stored, may the next batch start after them.
+        record_progress(progress, {row["shard_id"]: row["last_seq"] for row in rows})
+        result, arrivals = merge_results(rows)
         if metrics is not None:
-            _append_metrics(metrics, batch_id, result, table.column(3).to_pylist())
+            _append_metrics(metrics, batch_id, result, arrivals)
         log.info(
-            "batch %d: %d records, %d new rows, rejected %s; fetch %.3f s, parse+store %.3f s",
+            "batch %d: %d records from %d shards, %d new rows, rejected %s; read+parse+store %.3f s",
             batch_id,
             result.records,
+            len(rows),
             result.stored,
             dict(result.rejected),
-            fetched - started,
-            stored - fetched,
+            time.perf_counter() - started,
         )
 
     reader = (
         spark.readStream.format("kinesis")
         .option("stream", settings.stream_name)
+        .option("progressPath", str(progress))
         .option("maxBytesPerTrigger", settings.ingest_max_batch_bytes)
         .load()
     )
@@ -328,7 +395,32 @@ def run(
         if query.exception() is not None:
             raise RuntimeError(f"ingest query failed: {query.exception()}")
     finally:
-        query.stop()
-        parser.shutdown(cancel_futures=True)
-        store.close()
+        _stop_between_batches(query)
         spark.stop()
+
+
+# The SDK's variables that decide which AWS endpoint and account a client talks to.
+_AWS_CLIENT_ENV = (
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+
+
+def executor_env() -> dict[str, str]:
+    """The driver's AWS endpoint, region and static credentials, for the executors: the tasks that read Kinesis
+    and write dead letters must reach the same services as the driver that plans them, whatever the workers'
+    own environment (Spark redacts the secret and the token in its UI). Unset ones stay the workers' own
+    (on AWS, an instance role)."""
+    return {k: v for k, v in os.environ.items() if v and (k.startswith("AWS_ENDPOINT_URL") or k in _AWS_CLIENT_ENV)}
+
+
+def _stop_between_batches(query) -> None:
+    """Stop the query once the batch in flight is done: stopping it inside ``foreachBatch``'s collect fails the
+    batch in Spark's error handling (a StackOverflowError in its message regex), and a long batch is wasted."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        query.awaitTermination(0.1)
+    query.stop()
