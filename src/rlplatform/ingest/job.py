@@ -39,6 +39,8 @@ DEAD_LETTER_SAMPLE_BYTES = 2048
 CONFLICT = "conflicting_resend"
 # What each write task sends back to the driver: one row per shard, no record data.
 RESULT_SCHEMA = "shard_id string, last_seq string, records long, stored long, rejected string, arrivals string"
+# Records per Arrow batch handed to a write task (see run).
+WRITE_BATCH_RECORDS = 256
 # How long a stop waits for the micro-batch in flight before stopping the query.
 STOP_WAIT_S = 20.0
 
@@ -49,6 +51,13 @@ class BatchResult:
     stored: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     steps: list[int] = field(default_factory=list)  # per input record; 0 for a rejected one
+
+    def merge(self, other: BatchResult) -> None:
+        self.records += other.records
+        self.stored += other.stored
+        for kind, n in other.rejected.items():
+            self.rejected[kind] += n
+        self.steps += other.steps
 
 
 @dataclass
@@ -236,41 +245,49 @@ def _worker_store(settings: Settings) -> ExperienceStore:
 
 
 def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_arrivals: bool) -> Iterator:
-    """Executor (``mapInArrow``): one task's records (one shard's, in order) parsed, validated and stored,
-    dead letters written; yields one ``RESULT_SCHEMA`` row per shard: counts and the last sequence number
-    stored (the driver's progress mark), with ``[arrival_ts, steps]`` per stored record when asked."""
+    """Executor (``mapInArrow``): one task's records (one shard's, in order) parsed, validated and stored as
+    their pages arrive (the reading worker fetches the next page meanwhile), dead letters written; yields one
+    ``RESULT_SCHEMA`` row per shard: counts and the last sequence number stored (the driver's progress mark),
+    with ``[arrival_ts, steps]`` per stored record when asked."""
     import pyarrow as pa
 
-    by_shard: dict[str, list[tuple[str, str, bytes]]] = {}
-    arrival_ts: dict[str, list[float]] = {}
+    shards: dict[str, dict] = {}
+    store = errors = where = None
     for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        if store is None:
+            store = _worker_store(settings)
+            errors, where = unavailable_errors(settings), store_endpoint(settings)
         cols = batch.to_pydict()
-        for shard_id, seq, data, ts in zip(
-            cols["shard_id"], cols["sequence_number"], cols["data"], cols["arrival_ts"], strict=True
-        ):
-            by_shard.setdefault(shard_id, []).append((shard_id, seq, data))
-            arrival_ts.setdefault(shard_id, []).append(ts)
-    if not by_shard:
-        return
-    store = _worker_store(settings)
-    errors, where = unavailable_errors(settings), store_endpoint(settings)
-    rows = []
-    for shard_id, records in by_shard.items():
+        records = list(zip(cols["shard_id"], cols["sequence_number"], cols["data"], strict=True))
         result, dead = process_records(records, store, store_errors=errors, store_where=where, bucket=settings.bucket)
-        if dead:
-            write_dead_letters(settings.bucket, batch_id, dead, shard_id)
-        arrivals = [[ts, n] for ts, n in zip(arrival_ts[shard_id], result.steps, strict=True) if n]
+        # A task reads one shard: every batch here is that shard's records, in order.
+        acc = shards.setdefault(
+            cols["shard_id"][-1], {"result": BatchResult(), "dead": [], "arrivals": [], "last_seq": None}
+        )
+        acc["result"].merge(result)
+        acc["dead"] += dead
+        acc["last_seq"] = cols["sequence_number"][-1]
+        if with_arrivals:
+            acc["arrivals"] += [[ts, n] for ts, n in zip(cols["arrival_ts"], result.steps, strict=True) if n]
+    rows = []
+    for shard_id, acc in shards.items():
+        if acc["dead"]:
+            write_dead_letters(settings.bucket, batch_id, acc["dead"], shard_id)
+        result = acc["result"]
         rows.append(
             {
                 "shard_id": shard_id,
-                "last_seq": records[-1][1],
+                "last_seq": acc["last_seq"],
                 "records": result.records,
                 "stored": result.stored,
                 "rejected": json.dumps(dict(result.rejected)),
-                "arrivals": json.dumps(arrivals if with_arrivals else []),
+                "arrivals": json.dumps(acc["arrivals"]),
             }
         )
-    yield pa.RecordBatch.from_pylist(rows)
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows)
 
 
 def merge_results(rows: Iterable) -> tuple[BatchResult, list[list[float]]]:
@@ -330,6 +347,10 @@ def run(
     spark = (
         builder.appName("rlplatform-ingest")
         .config("spark.ui.showConsoleProgress", "false")  # a progress bar per micro-batch in the job's log
+        # Records reach write_partition in Arrow batches of this many, as the reading worker fetches them: the
+        # writer parses and stores one while the reader fetches the next (Spark's default, 10,000, would hand
+        # over a whole task's records at once).
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(WRITE_BATCH_RECORDS))
         .config("spark.sql.shuffle.partitions", "1")
         # Micro-batches here are small, frequent, single-stage jobs: skip adaptive re-planning.
         .config("spark.sql.adaptive.enabled", "false")
