@@ -29,7 +29,7 @@ STEPS_PER_RECORD = 64
 BATCH_BYTES = DEFAULT_INGEST_MAX_BATCH_BYTES
 # Every process of the job together (driver, Spark JVM, the source runner, the executors' Python workers that
 # read and write). The JVM's heap is capped by spark.driver.memory (1 GiB; ~1.25 GiB resident at most); the
-# Python side holds a few copies of one batch. Measured here: ~1.85 GiB at the peak of draining this backlog.
+# Python side holds a few copies of one batch. Measured here: ~1.7 GiB at the peak of draining this backlog.
 # With batches bounded by records only, this backlog made one 256 MiB batch and the JVM died of OutOfMemoryError.
 RSS_BOUND_BYTES = int(2.5 * 1024**3)
 
