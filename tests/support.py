@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -61,20 +61,25 @@ def client_stats(stats_dir: Path) -> list[dict]:
     return stats
 
 
-def stream_transitions(stream: str) -> dict[tuple[str, int], tuple]:
-    """Every step in the Kinesis stream, keyed by (episode_id, t), read from the start of each shard."""
+def stream_records(stream: str) -> Iterator[dict]:
+    """Every record in the Kinesis stream, read from the start of each shard."""
     kinesis = boto3.client("kinesis")
-    steps: dict[tuple[str, int], tuple] = {}
     for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
         it = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
         iterator = it["ShardIterator"]
         while iterator:
             page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
-            for rec in page["Records"]:
-                chunk = decode_chunk(rec["Data"])
-                for s in chunk.steps:
-                    steps[(chunk.episode_id, s.t)] = (s.obs, s.action, s.reward, s.next_obs, s.terminated, s.truncated)
+            yield from page["Records"]
             iterator = page.get("NextShardIterator") if page["Records"] else None
+
+
+def stream_transitions(stream: str) -> dict[tuple[str, int], tuple]:
+    """Every step in the Kinesis stream, keyed by (episode_id, t), read from the start of each shard."""
+    steps: dict[tuple[str, int], tuple] = {}
+    for rec in stream_records(stream):
+        chunk = decode_chunk(rec["Data"])
+        for s in chunk.steps:
+            steps[(chunk.episode_id, s.t)] = (s.obs, s.action, s.reward, s.next_obs, s.terminated, s.truncated)
     return steps
 
 

@@ -8,28 +8,23 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from rlplatform.processes import proc_stat
+
 _TICK = os.sysconf("SC_CLK_TCK")
 # A Spark executor's JVM; its Python workers (which read, parse and write) are its descendants.
 EXECUTOR_MAIN = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (field 3 on), or None once the process is gone."""
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return None
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` so far (0 once it is gone)."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / _TICK if fields else 0.0
 
 
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+        if entry.name.isdigit() and (fields := proc_stat(int(entry.name))):
             tree.setdefault(int(fields[1]), []).append(int(entry.name))
     return tree
 

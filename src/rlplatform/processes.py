@@ -56,16 +56,19 @@ def session_members(sid: int) -> list[int]:
     moved to (Ray workers make their own group, so killing the leader's group is not enough)."""
     members = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or (fields := proc_stat(int(entry.name))) is None:
             continue
-        try:
-            # Field 6 of /proc/<pid>/stat is the session id; fields after the ")" of comm are safe to split.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # zombies are dead already, just not reaped
+        if int(fields[3]) == sid and fields[0] != "Z":  # field 6, the session id; zombies are dead, just not reaped
             members.append(int(entry.name))
     return members
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat from field 3 (state) on, or None once the process is gone. Split after the
+    ")" that closes the command name, which may itself hold spaces and parentheses."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return None
 
 
 def interrupt_on_sigterm() -> None:

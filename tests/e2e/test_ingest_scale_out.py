@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from rlplatform import aws, processes
@@ -19,26 +18,13 @@ from rlplatform.aws import free_port
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from tests.spark_cluster import SparkCluster, http_json
-from tests.support import client_stats, running, stored_keys, stream_transitions, wait_for
+from tests.support import client_stats, running, stored_keys, stream_records, stream_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
 GAME = "CartPole-v1"
 # The result rows the driver collects are counts and a sequence number per shard and batch: a few KiB per task
 # of task-result overhead, whatever the batch holds. Collecting the records themselves would be >= 1x.
 MAX_RESULT_TO_RECORD_BYTES = 0.05
-
-
-def stream_bytes(stream: str) -> int:
-    """Bytes of every record in the stream."""
-    kinesis, total = boto3.client("kinesis"), 0
-    for shard in kinesis.list_shards(StreamName=stream)["Shards"]:
-        it = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")
-        iterator = it["ShardIterator"]
-        while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=10000)
-            total += sum(len(r["Data"]) for r in page["Records"])
-            iterator = page.get("NextShardIterator") if page["Records"] else None
-    return total
 
 
 class IngestApp:
@@ -137,7 +123,10 @@ def test_ingest_runs_on_both_executors_and_survives_losing_one(
         # Key by key: every acknowledged step is stored once, and nothing else is.
         assert len(keys) == len(set(keys)) == sent
         assert set(keys) == set(stream_transitions(settings.stream_name))
-        result_bytes, record_bytes = app.result_bytes(), stream_bytes(settings.stream_name)
+        result_bytes, record_bytes = (
+            app.result_bytes(),
+            sum(len(r["Data"]) for r in stream_records(settings.stream_name)),
+        )
         print(f"task results to the driver: {result_bytes} bytes for {record_bytes} bytes of records")
         assert 0 < result_bytes < MAX_RESULT_TO_RECORD_BYTES * record_bytes
     finally:

@@ -294,10 +294,7 @@ def merge_results(rows: Iterable) -> tuple[BatchResult, list[list[float]]]:
     """The batch's counts from the per-shard rows, and its ``[arrival_ts, steps]`` pairs."""
     total, arrivals = BatchResult(), []
     for row in rows:
-        total.records += row["records"]
-        total.stored += row["stored"]
-        for kind, n in json.loads(row["rejected"]).items():
-            total.rejected[kind] += n
+        total.merge(BatchResult(row["records"], row["stored"], json.loads(row["rejected"])))
         arrivals += json.loads(row["arrivals"])
     return total, arrivals
 
