@@ -446,6 +446,31 @@ def bench_learn(
     print(json.dumps(run_learn_bench(cfg)), flush=True)
 
 
+@bench_app.command("updates")
+def bench_updates(
+    game: Annotated[str, typer.Option("--game", help="A game with a simulator to play.")] = "CartPole-v1",
+    updates: Annotated[int, typer.Option("--updates", help="Measured updates per side per round.")] = 300,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds, alternating the sides.")] = 3,
+    steps: Annotated[int, typer.Option("--steps", help="Transitions of random play both sides sample from.")] = 20_000,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-updates-<time>.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+) -> None:
+    """Learner updates/s fed from the experience store vs from RLlib's in-memory replay buffer."""
+    import time
+
+    from rlplatform.bench_updates import BenchUpdatesError, UpdatesBenchConfig, check_options, run_updates_bench
+
+    _logging(log_level)
+    try:
+        check_options(game, updates, rounds, steps)
+    except BenchUpdatesError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
+    work = work_dir or Path("runs") / time.strftime("bench-updates-%Y%m%d-%H%M%S")
+    cfg = UpdatesBenchConfig(game=game, work_dir=work, updates=updates, rounds=rounds, steps=steps)
+    print(json.dumps(run_updates_bench(cfg)), flush=True)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long producers push.")] = 30.0,

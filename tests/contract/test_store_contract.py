@@ -180,6 +180,28 @@ def test_sample_window_draws_only_the_newest_rows(store: ExperienceStore) -> Non
     assert set(sample.t.tolist()) == set(range(30))
 
 
+def test_sample_follow_brings_each_draws_next_stored_rows(store: ExperienceStore) -> None:
+    first, second = make_batch(40, seed=0), make_batch(25, seed=1)
+    store.write(GAME, first)
+    store.write(GAME, second)  # stored after the first episode: the first's last row is followed by it
+    follow, n = 2, 300
+    rows = store.sample(GAME, n, np.random.default_rng(4), follow=follow)
+    assert len(rows) == n * (follow + 1)
+    written = TransitionBatch.concat([first, second])
+    for i in range(n):
+        draw = i * (follow + 1)
+        seq = int(np.flatnonzero((written.episode_id == rows.episode_id[draw]) & (written.t == rows.t[draw]))[0])
+        for j in range(1, follow + 1):
+            if seq + j < len(written):  # the row stored j after the draw, whichever episode it belongs to
+                key = (rows.episode_id[draw + j], rows.t[draw + j])
+                assert key == (written.episode_id[seq + j], written.t[seq + j])
+                np.testing.assert_array_equal(rows.obs[draw + j], written.obs[seq + j])
+            else:  # past the newest row: a placeholder that continues no episode
+                assert (rows.episode_id[draw + j], rows.t[draw + j]) == ("", -1)
+    drawn = rows[:: follow + 1]
+    assert set(drawn.t[drawn.episode_id == second.episode_id[0]].tolist()) == set(range(25))  # draws stay uniform
+
+
 def test_sample_unknown_game_is_a_clear_error(store: ExperienceStore) -> None:
     with pytest.raises(LookupError, match="no transitions stored"):
         store.sample("Nope-v0", 8, np.random.default_rng(0))

@@ -98,6 +98,22 @@ class GameShapes:
             model_version=np.array(cols[8], dtype=np.int64),
         )
 
+    def placeholder_row(self) -> tuple:
+        """A stored-row tuple that continues no episode (episode_id "", t -1): a follower not stored."""
+        zeros = bytes(4 * self.obs_dim)
+        return ("", -1, zeros, bytes(self.action_dtype.itemsize * self.action_dim), 0.0, zeros, False, False, -1)
+
+    def with_followers(self, draws: list[int], found: dict[int, tuple], follow: int) -> list[tuple]:
+        """Per draw (a seq that is in ``found``) its row, then the rows at the next ``follow`` seqs, a
+        placeholder where one is not in ``found``: the layout ``ExperienceStore.sample`` returns."""
+        placeholder = self.placeholder_row()
+        return [found.get(s + j, placeholder) for s in draws for j in range(follow + 1)]
+
+
+def followed_seqs(draws: np.ndarray, follow: int) -> list[int]:
+    """The distinct seqs to read for ``draws`` and their ``follow`` followers each."""
+    return np.unique(draws[:, None] + np.arange(follow + 1)).tolist()
+
 
 @dataclass(frozen=True)
 class EpisodeSteps:
@@ -173,9 +189,17 @@ class ExperienceStore(abc.ABC):
         Returns the number of rows that were new.
         """
 
-    def sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None = None) -> TransitionBatch:
+    def sample(
+        self, game_id: str, n: int, rng: np.random.Generator, window: int | None = None, follow: int = 0
+    ) -> TransitionBatch:
         """``n`` transitions drawn uniformly with replacement from the newest ``window`` rows (all rows
         when None), like a replay buffer of that capacity; cost independent of table size.
+
+        With ``follow`` > 0 each draw comes with the ``follow`` rows stored right after it, read in the
+        same requests (for n-step returns): ``n * (1 + follow)`` rows, draw ``i`` at row ``i * (1 + follow)``
+        and its followers after it. A write stores its rows consecutively, so a follower is usually the
+        episode's next step; where it is not stored (yet) it is a placeholder that continues no episode
+        (episode_id "", t -1). Callers check that a follower continues the draw's episode.
 
         Raises ``LookupError`` when nothing is stored for the game.
         """
@@ -183,10 +207,14 @@ class ExperienceStore(abc.ABC):
             raise ValueError(f"n must be >= 1, got {n}")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
-        return self._sample(game_id, n, rng, window)
+        if follow < 0:
+            raise ValueError(f"follow must be >= 0, got {follow}")
+        return self._sample(game_id, n, rng, window, follow)
 
     @abc.abstractmethod
-    def _sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None) -> TransitionBatch:
+    def _sample(
+        self, game_id: str, n: int, rng: np.random.Generator, window: int | None, follow: int
+    ) -> TransitionBatch:
         """``sample`` with validated arguments."""
 
     def conflicting(self, game_id: str, batch: TransitionBatch) -> list[int]:

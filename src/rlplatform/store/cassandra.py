@@ -69,6 +69,7 @@ from rlplatform.store.base import (
     GameShapes,
     TransitionBatch,
     episode_steps_of,
+    followed_seqs,
     t_ranges,
 )
 from rlplatform.store.cassandra_settings import CassandraSettings
@@ -300,11 +301,14 @@ class CassandraStore(ExperienceStore):
             )
         return len(new)
 
-    def _sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None) -> TransitionBatch:
+    def _sample(
+        self, game_id: str, n: int, rng: np.random.Generator, window: int | None, follow: int
+    ) -> TransitionBatch:
         game = self._known_game(game_id)
         if game is None:
             raise LookupError(f"no transitions stored for game {game_id!r}")
-        rows: list[tuple] = []
+        drawn: list[int] = []
+        found: dict[int, tuple] = {}
         lo = hi = 0
         for _ in range(_SAMPLE_ROUNDS):
             hi = self._next_seq(game_id) - 1
@@ -313,20 +317,20 @@ class CassandraStore(ExperienceStore):
                 raise LookupError(f"no transitions stored for game {game_id!r}")
             if window is not None:
                 lo = max(lo, hi - window + 1)
-            draws = rng.integers(lo, hi + 1, size=n - len(rows))
-            found = self._fetch(game_id, game.rows_per_partition, np.unique(draws).tolist())
+            draws = rng.integers(lo, hi + 1, size=n - len(drawn))
+            found.update(self._fetch(game_id, game.rows_per_partition, followed_seqs(draws, follow)))
             # A draw can miss: a hole, a row written a moment from now, or one that just expired. Redraw it.
-            rows += [found[s] for s in draws.tolist() if s in found]
-            if len(rows) == n:
-                return game.to_batch(rows)
-        if not rows:
+            drawn += [s for s in draws.tolist() if s in found]
+            if len(drawn) == n:
+                return game.to_batch(game.with_followers(drawn, found, follow))
+        if not drawn:
             raise LookupError(f"{game_id}: no row readable in seq [{lo}, {hi}] (writes in flight, holes or expiry)")
         # Most of [lo, hi] is missing right now: typically one large batch whose seqs are reserved and whose
         # rows are being written (a backlog drained at start). Fill up among the rows found rather than fail.
         log.info("%s: %d of %d draws missed in seq [%d, %d]; drawn among the %d rows found", game_id,
-                 n - len(rows), n, lo, hi, len(rows))  # fmt: skip
-        rows += [rows[i] for i in rng.integers(0, len(rows), size=n - len(rows)).tolist()]
-        return game.to_batch(rows)
+                 n - len(drawn), n, lo, hi, len(drawn))  # fmt: skip
+        drawn += [drawn[i] for i in rng.integers(0, len(drawn), size=n - len(drawn)).tolist()]
+        return game.to_batch(game.with_followers(drawn, found, follow))
 
     def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
         game = self._known_game(game_id)

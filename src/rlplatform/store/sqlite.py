@@ -21,6 +21,7 @@ from rlplatform.store.base import (
     GameShapes,
     TransitionBatch,
     episode_steps_of,
+    followed_seqs,
     t_ranges,
 )
 
@@ -70,7 +71,9 @@ class SqliteStore(ExperienceStore):
                 raise
             return self._conn.total_changes - before
 
-    def _sample(self, game_id: str, n: int, rng: np.random.Generator, window: int | None) -> TransitionBatch:
+    def _sample(
+        self, game_id: str, n: int, rng: np.random.Generator, window: int | None, follow: int
+    ) -> TransitionBatch:
         game = self._known_game(game_id)
         if game is None:
             raise LookupError(f"no transitions stored for game {game_id!r}")
@@ -82,18 +85,18 @@ class SqliteStore(ExperienceStore):
             if window is not None:
                 lo = max(lo, hi - window + 1)
             rowids = rng.integers(lo, hi + 1, size=n)
-            unique = np.unique(rowids).tolist()
-            placeholders = ",".join("?" * len(unique))
+            wanted = followed_seqs(rowids, follow)
+            placeholders = ",".join("?" * len(wanted))
             found = self._conn.execute(
-                f"SELECT seq, {_COLUMNS} FROM {table} WHERE seq IN ({placeholders})", unique
+                f"SELECT seq, {_COLUMNS} FROM {table} WHERE seq IN ({placeholders})", wanted
             ).fetchall()
         by_rowid = {row[0]: row[1:] for row in found}
         # A rowid can vanish between the range read and the fetch only through retention; redraw those.
-        rows = [by_rowid[r] for r in rowids.tolist() if r in by_rowid]
-        if len(rows) < n:
-            rest = self.sample(game_id, n - len(rows), rng, window)
-            return TransitionBatch.concat([shapes.to_batch(rows), rest])
-        return shapes.to_batch(rows)
+        drawn = [r for r in rowids.tolist() if r in by_rowid]
+        batch = shapes.to_batch(shapes.with_followers(drawn, by_rowid, follow))
+        if len(drawn) < n:
+            return TransitionBatch.concat([batch, self.sample(game_id, n - len(drawn), rng, window, follow)])
+        return batch
 
     def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
         game = self._known_game(game_id)

@@ -3,7 +3,8 @@
 The algorithm is a plug-in (``rlplatform.train.algorithms``), chosen per game: the default for its
 action space, a trainer config file, or ``--algorithm``. RLlib owns the algorithm (losses, optimizers,
 target networks); this module only feeds it. One training step, top to bottom: sample ``batch_size``
-transitions uniformly from the store -> the algorithm's train batch -> ``LearnerGroup.update``. Every
+transitions uniformly from the store, each with the rows stored after it -> ``n_step``-step transitions
+-> the algorithm's train batch -> ``LearnerGroup.update``. Every
 ``publish_every_updates`` updates the policy is exported to ONNX, evaluated greedily on a local env
 (for the manifest only, never for training data), the learner state is checkpointed (so a restarted
 trainer resumes), and the model is published with its manifest.
@@ -27,15 +28,23 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from ray.rllib.core.learner.learner_group import LearnerGroup
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 from rlplatform import aws, registry
 from rlplatform.games import GameCatalog
 from rlplatform.settings import Settings
-from rlplatform.store import ExperienceStore, open_store, store_endpoint, unavailable_errors
-from rlplatform.train.algorithms import Algorithm, AlgorithmConfigError, algorithm_class, known_algorithm
+from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
+from rlplatform.train.algorithms import (
+    Algorithm,
+    AlgorithmConfigError,
+    Hyperparameters,
+    algorithm_class,
+    known_algorithm,
+)
 from rlplatform.train.evaluate import evaluate_onnx
+from rlplatform.train.n_step import n_step_transitions
 from rlplatform_client.models import ModelError, ModelManifest
 from rlplatform_client.retry import Backoff, RetryStopped, aws_unreachable, retry
 
@@ -140,15 +149,9 @@ class Trainer:
 
     def train_step(self, store: ExperienceStore) -> float:
         """One learner update on a uniform store sample; returns the loss."""
-        game_id, hp = self.cfg.game_id, self.hp
-        batch = self._store(lambda: store.sample(game_id, hp.batch_size, self.rng, window=hp.replay_window))
+        batch, steps = self._store(lambda: sample_transitions(store, self.cfg.game_id, self.hp, self.rng))
         self.status.updates += 1
-        # Target-network cadences count these "timesteps": here learner updates, since data arrives on its own.
-        results = self.learner_group.update(
-            batch=self.algorithm.to_train_batch(batch), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: self.status.updates}
-        )
-        loss = results[0][DEFAULT_POLICY_ID]["total_loss"] if isinstance(results, list) else None
-        return float(_peek(loss)) if loss is not None else float("nan")
+        return learner_update(self.learner_group, self.algorithm, batch, steps, self.status.updates)
 
     def publish(self) -> ModelManifest:
         """Export, evaluate, checkpoint, then publish the next version (after the checkpoint, so a restarted
@@ -276,6 +279,27 @@ class Trainer:
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self.status)))
         os.replace(tmp, self.status_path)
+
+
+def sample_transitions(
+    store: ExperienceStore, game_id: str, hp: Hyperparameters, rng: np.random.Generator
+) -> tuple[TransitionBatch, np.ndarray]:
+    """``hp.batch_size`` uniform draws from the newest ``hp.replay_window`` rows as ``hp.n_step``-step
+    transitions, and the steps each one sums (``train.n_step``)."""
+    rows = store.sample(game_id, hp.batch_size, rng, window=hp.replay_window, follow=hp.n_step - 1)
+    return n_step_transitions(rows, hp.n_step, hp.gamma)
+
+
+def learner_update(
+    learner_group: LearnerGroup, algorithm: Algorithm, batch: TransitionBatch, steps: np.ndarray, updates: int
+) -> float:
+    """One RLlib update on store transitions (``updates``: this one's count); returns the loss."""
+    # Target-network cadences count these "timesteps": here learner updates, since data arrives on its own.
+    results = learner_group.update(
+        batch=algorithm.to_train_batch(batch, steps), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: updates}
+    )
+    loss = results[0][DEFAULT_POLICY_ID]["total_loss"] if isinstance(results, list) else None
+    return float(_peek(loss)) if loss is not None else float("nan")
 
 
 def _peek(value: object) -> float:

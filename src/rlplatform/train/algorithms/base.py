@@ -45,12 +45,16 @@ class Hyperparameters:
     replay_window: sample only the newest this many rows, like a replay buffer of this capacity.
     max_replay_ratio: at most this many sampled transitions per stored one (stops a fast learner
         overfitting the first episodes while clients are still slow to produce data).
+    gamma: the discount.
+    n_step: rewards summed over up to this many steps of an episode per transition (1: one-step targets).
     """
 
     batch_size: int
     learning_starts: int
     replay_window: int
     max_replay_ratio: float
+    gamma: float
+    n_step: int
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], algorithm: str) -> Hyperparameters:
@@ -66,7 +70,11 @@ class Hyperparameters:
                     f"hyperparameters.{key}: must be like {defaults[key]!r} ({type(defaults[key]).__name__}), "
                     f"got {value!r}"
                 )
-        return cls(**{**defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}})
+        hp = cls(**{**defaults, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}})
+        for key in ("batch_size", "n_step"):
+            if getattr(hp, key) < 1:
+                raise AlgorithmConfigError(f"hyperparameters.{key}: must be at least 1, got {getattr(hp, key)}")
+        return hp
 
 
 def _same_kind(value: Any, default: Any) -> bool:
@@ -133,8 +141,11 @@ class Algorithm(abc.ABC):
     def rllib_config(self) -> AlgorithmConfig:
         """RLlib's config with this algorithm's hyperparameters (spaces, seed and resources are added)."""
 
-    def to_train_batch(self, batch: TransitionBatch) -> MultiAgentBatch:
-        """Store columns -> RLlib's train batch. ``terminated`` alone stops bootstrapping; truncation does not."""
+    def to_train_batch(self, batch: TransitionBatch, steps: np.ndarray | None = None) -> MultiAgentBatch:
+        """Store columns -> RLlib's train batch. ``terminated`` alone stops bootstrapping; truncation does not.
+
+        ``steps`` int[n]: the steps each transition's reward sums (``train.n_step``); None: one-step rewards.
+        """
         n = len(batch)
         columns = {
             Columns.OBS: batch.obs,
@@ -143,7 +154,7 @@ class Algorithm(abc.ABC):
             Columns.NEXT_OBS: batch.next_obs,
             Columns.TERMINATEDS: batch.terminated,
             Columns.TRUNCATEDS: batch.truncated,
-            "n_step": np.ones(n, dtype=np.float32),  # one-step targets
+            "n_step": np.ones(n, dtype=np.float32) if steps is None else steps.astype(np.float32),
             "weights": np.ones(n, dtype=np.float32),  # uniform sampling: no importance weights
         }
         return MultiAgentBatch({DEFAULT_POLICY_ID: SampleBatch(columns)}, env_steps=n)

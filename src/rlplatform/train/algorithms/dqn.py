@@ -21,6 +21,8 @@ class DQNHyperparameters(Hyperparameters):
     max_replay_ratio: float = 64.0
     lr: float = 5e-4
     gamma: float = 0.99
+    # Ape-X's n: rewards reach earlier states n times sooner than with one-step targets.
+    n_step: int = 3
     hidden: int = 64
     # Counted in learner updates: data arrives independently of updates.
     target_update_every: int = 250
@@ -70,7 +72,7 @@ class DQN(Algorithm):
                 target_network_update_freq=hp.target_update_every,
                 double_q=True,
                 dueling=True,
-                n_step=1,
+                n_step=hp.n_step,
             )
             .rl_module(
                 model_config={

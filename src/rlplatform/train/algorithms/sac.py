@@ -37,6 +37,7 @@ class SACHyperparameters(Hyperparameters):
     alpha_lr: float = 9e-4
     initial_alpha: float = 1.001
     gamma: float = 0.99
+    n_step: int = 1
     tau: float = 0.005
     hidden: tuple[int, ...] = (64, 64)
 
@@ -89,7 +90,7 @@ class SAC(Algorithm):
                 target_entropy="auto",
                 gamma=hp.gamma,
                 tau=hp.tau,
-                n_step=1,
+                n_step=hp.n_step,
                 twin_q=True,
                 train_batch_size_per_learner=hp.batch_size,
                 # Soft (tau) target update after every learner update.
