@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlplatform import aws
+from rlplatform import aws, processes
 from rlplatform.games import GameCatalog, game_spec
 from rlplatform.ingest.kinesis_source import record_progress
 from rlplatform.ingest.parse import Rejected, parse
@@ -241,6 +241,7 @@ def _worker_store(settings: Settings) -> ExperienceStore:
             unreachable=lambda exc: isinstance(exc, errors),
         )
         _STORES[os.getpid()] = store
+        processes.freeze_heap()
     return store
 
 

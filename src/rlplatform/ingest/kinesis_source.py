@@ -33,6 +33,7 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxBytes
 from pyspark.sql.types import BinaryType, DoubleType, StringType, StructField, StructType
 
+from rlplatform import processes
 from rlplatform.settings import DEFAULT_INGEST_MAX_BATCH_BYTES
 from rlplatform_client.retry import aws_unreachable, retry
 
@@ -93,6 +94,7 @@ def kinesis_client():
         # A few quick retries inside botocore; a longer outage is waited out by ``_call``, with log lines.
         client = boto3.client("kinesis", config=Config(retries={"max_attempts": 3, "mode": "standard"}))
         _CLIENTS[os.getpid()] = client
+        processes.freeze_heap()
     return client
 
 
