@@ -72,6 +72,13 @@ class Run:
     def reached(self) -> bool:
         return self.seconds_to_target is not None
 
+    def at_least(self, measure: str) -> float:
+        """Seconds or env steps to target if reached, else what the run spent without reaching it (0 if unknown):
+        a lower bound on what reaching would have taken."""
+        if self.reached:
+            return float(getattr(self, f"{measure}_to_target") or 0)
+        return float(self.curve[-1][measure] or 0) if self.curve else 0.0
+
     def result(self) -> dict:
         final = self.curve[-1]["eval_return"] if self.curve else None
         keep = ("seed", "seconds_to_target", "env_steps_to_target", "error")
@@ -331,7 +338,28 @@ def summarize(runs: list[Run]) -> dict:
         ratios[f"ratio_{measure}"] = (
             round(pipe / medians[best[measure]][key], 3) if best[measure] and pipe is not None else None
         )
-    return {**out, "best_direct": best, **ratios}
+        ratios[f"ratio_{measure}_at_most"] = ratio_at_most(pipe, [by_side[s] for s in DIRECT_SIDES], measure)
+    spread = slowest_over_median([r.seconds_to_target for r in by_side[PIPELINE]])
+    return {**out, "best_direct": best, **ratios, "pipeline_slowest_over_median": spread}
+
+
+def slowest_over_median(seconds: list[float | None]) -> float | None:
+    """The slowest run's seconds over the median's; None when a run missed the target (or there is none)."""
+    if not seconds or None in seconds:
+        return None
+    return round(max(seconds) / statistics.median(seconds), 3)
+
+
+def ratio_at_most(pipe_median: float | None, direct_sides: list[list[Run]], measure: str) -> float | None:
+    """An upper bound on pipeline / best direct median that also holds when direct runs missed the target.
+
+    A missed run counts as what it spent without reaching (``Run.at_least``); each side's median of those
+    lower bounds is at most its true median, so pipeline / the smallest of them is at least the true ratio.
+    Equal to ``ratio_<measure>`` when every direct run reached."""
+    bounds = [statistics.median(r.at_least(measure) for r in runs) for runs in direct_sides if runs]
+    if pipe_median is None or not bounds or min(bounds) <= 0:
+        return None
+    return round(pipe_median / min(bounds), 3)
 
 
 def plot(runs: list[Run], target: float, path: Path) -> None:

@@ -71,6 +71,38 @@ def test_no_direct_side_reaching_gives_null_ratios() -> None:
     assert out["ratio_seconds"] is None and out["ratio_env_steps"] is None
 
 
+def _missed(side: str, seed: int, seconds: float, steps: int) -> Run:
+    """A run that trained ``seconds`` (its last evaluation) without reaching the target."""
+    return Run(side, seed, [{"seconds": 10.0, "env_steps": 100, "eval_return": 9.0},
+                            {"seconds": seconds, "env_steps": steps, "eval_return": 300.0}])  # fmt: skip
+
+
+def test_direct_runs_that_missed_bound_the_ratio_by_the_training_they_got() -> None:
+    runs = [
+        *(_missed(TUNED, seed, 480.0, 50_000 + seed) for seed in range(3)),
+        _missed(PIPELINE_HP, 0, 480.0, 20_000),
+        _run(PIPELINE_HP, 1, 400.0, 30_000),
+        _missed(PIPELINE_HP, 2, 480.0, 25_000),
+        _run(PIPELINE, 0, 200.0, 80_000),
+        _run(PIPELINE, 1, 300.0, 100_000),
+        _run(PIPELINE, 2, 240.0, 90_000),
+    ]
+    out = summarize(runs)
+    assert out["ratio_seconds"] is None and out["ratio_env_steps"] is None
+    assert out["ratio_seconds_at_most"] == round(240.0 / 480.0, 3)
+    assert out["ratio_env_steps_at_most"] == round(90_000 / 25_000, 3)  # RLlib alone used fewer env steps
+    assert out["pipeline_slowest_over_median"] == round(300.0 / 240.0, 3)
+
+
+def test_the_bound_is_the_ratio_when_every_direct_run_reached_and_none_when_the_pipeline_missed() -> None:
+    reached = [_run(TUNED, 0, 100.0, 1_000), _run(PIPELINE_HP, 0, 80.0, 2_000), _run(PIPELINE, 0, 40.0, 4_000)]
+    out = summarize(reached)
+    assert out["ratio_seconds_at_most"] == out["ratio_seconds"] == 0.5
+    assert out["ratio_env_steps_at_most"] == out["ratio_env_steps"] == 4.0
+    out = summarize([*reached[:2], _missed(PIPELINE, 0, 480.0, 9_000)])
+    assert out["ratio_seconds_at_most"] is None and out["pipeline_slowest_over_median"] is None
+
+
 def test_tuned_cartpole_config_is_rllibs_shipped_example() -> None:
     config = bench_learn.tuned_config("CartPole-v1")
     assert (config.lr, config.train_batch_size_per_learner, config.n_step) == (0.0005, 32, (2, 5))
