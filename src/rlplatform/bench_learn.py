@@ -385,7 +385,7 @@ def plot(runs: list[Run], target: float, path: Path) -> None:
             [p["env_steps"] for p in known], [p["eval_return"] for p in known], ".-", c=colors[run.side], label=label
         )
     for ax, xlabel in zip(
-        axes, ("seconds (direct: training only)", "env steps (pipeline: solve point only)"), strict=True
+        axes, ("seconds (direct: training only)", "env steps (pipeline: sent by its clients)"), strict=True
     ):
         ax.axhline(target, color="grey", linestyle="--", label="target")
         ax.set_xlabel(xlabel)
