@@ -132,6 +132,13 @@ def test_sac_learner_updates_from_a_store_batch() -> None:
     assert any(k.startswith("pi") for k in changed) and any(k.startswith("qf") for k in changed)
 
 
+def test_sac_q_networks_join_obs_and_action_with_the_fusion_layers_it_is_given() -> None:
+    weights = SAC(game_spec(PENDULUM), {**TINY_SAC, "fusion_hidden": [8]}).build_learner_group(seed=0).get_weights()
+    fusion = {k: v.shape for k, v in weights[DEFAULT_POLICY_ID].items() if ".fusion_layers." in k and "weight" in k}
+    # One [8] layer in each of qf, qf_twin and their targets: RLlib's default would be two layers of 256.
+    assert len(fusion) == 4 and all(shape[0] == 8 for shape in fusion.values()), fusion
+
+
 def test_dqn_onnx_model_gives_rllibs_q_values_from_the_fast_exporter(caplog: pytest.LogCaptureFixture) -> None:
     """RLlib's dueling head uses ``nanmean``, which the TorchScript exporter lacks: the project's symbolic for it
     keeps DQN off the slow dynamo fallback, and the exported model computes RLlib's own Q-values."""
