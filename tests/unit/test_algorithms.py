@@ -76,7 +76,10 @@ def test_registry_names_and_defaults_per_action_space() -> None:
     assert DEFAULT_BY_ACTION_SPACE == {"discrete": "DQN", "box": "SAC"}
     assert algorithm_class(game_spec("CartPole-v1")) is DQN
     assert algorithm_class(game_spec(PENDULUM)) is SAC
-    assert (DQN.output, SAC.output) == ({"name": "q_values", "kind": "q_values"}, {"name": "action", "kind": "action"})
+    assert (DQN.output, SAC.output) == (
+        {"name": "q_values", "kind": "q_values"},
+        {"name": "action", "kind": "action", "sample": "action_sample"},
+    )
 
 
 def test_registry_errors_name_the_field_and_the_allowed_values() -> None:
@@ -177,7 +180,8 @@ def test_sac_model_published_and_acted_on_by_the_subscriber_stays_inside_the_box
 
     s3 = boto3.client("s3")
     manifest = ModelManifest.from_json(s3.get_object(Bucket="models", Key=latest_key(PENDULUM))["Body"].read())
-    assert manifest.algorithm == "SAC" and manifest.output == {"name": "action", "kind": "action"}
+    assert manifest.algorithm == "SAC"
+    assert manifest.output == {"name": "action", "kind": "action", "sample": "action_sample"}
     assert manifest.action_space == {"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]}
     assert manifest.eval_return is not None and -2000 < manifest.eval_return <= 0
 
@@ -189,6 +193,10 @@ def test_sac_model_published_and_acted_on_by_the_subscriber_stays_inside_the_box
     assert np.all(actions >= -2.0) and np.all(actions <= 2.0) and np.ptp(actions) > 0
     raw = subscriber.forward(obs)  # the graph itself keeps its action inside the box
     assert raw.shape == (200, 1) and np.all(np.abs(raw) <= 2.0)
+    # Exploring: a new draw from the policy's squashed Gaussian per call, spread around the greedy action.
+    samples = np.array([subscriber.sample(obs[0]) for _ in range(200)])
+    assert samples.shape == (200, 1) and samples.dtype == np.float32 and np.all(np.abs(samples) <= 2.0)
+    assert len(np.unique(samples)) > 150 and samples.std() > 0.1
 
 
 def _peek(value: object) -> float:

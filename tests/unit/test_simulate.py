@@ -109,24 +109,32 @@ def test_gaussian_exploration_stays_inside_the_box_and_scales_with_its_width() -
     assert noisy[:, 0].max() == 2.0  # clipped, not resampled
 
 
-def action_model() -> bytes:
-    """obs [None, 3] float32 -> action [None, 1] = 10 * obs[0]: far outside Pendulum's [-2, 2] for most obs."""
+def action_model(sample: float | None = None) -> bytes:
+    """obs [None, 3] float32 -> action [None, 1] = 10 * obs[0]: far outside Pendulum's [-2, 2] for most obs;
+    with ``sample``, a second output ``action_sample`` [None, 1] that is always ``sample``."""
     w = numpy_helper.from_array(np.array([[10.0], [0.0], [0.0]], dtype=np.float32), name="W")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["obs", "W"], ["action"])],
-        "tiny_action",
-        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [None, 3])],
-        [helper.make_tensor_value_info("action", TensorProto.FLOAT, [None, 1])],
-        initializer=[w],
-    )
+    nodes = [helper.make_node("MatMul", ["obs", "W"], ["action"])]
+    outputs = [helper.make_tensor_value_info("action", TensorProto.FLOAT, [None, 1])]
+    initializers = [w]
+    if sample is not None:
+        zero = numpy_helper.from_array(np.zeros((3, 1), np.float32), name="Z")
+        const = numpy_helper.from_array(np.array([sample], np.float32), name="C")
+        nodes += [
+            helper.make_node("MatMul", ["obs", "Z"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "C"], ["action_sample"]),
+        ]
+        outputs.append(helper.make_tensor_value_info("action_sample", TensorProto.FLOAT, [None, 1]))
+        initializers += [zero, const]
+    obs = helper.make_tensor_value_info("obs", TensorProto.FLOAT, [None, 3])
+    graph = helper.make_graph(nodes, "tiny_action", [obs], outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model.SerializeToString()
 
 
-def test_bot_client_explores_around_an_action_model_inside_the_box(tmp_path) -> None:
+def choices_with(data: bytes, output: dict, n: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """(obs, float32[n, 1] actions) a Pendulum client chooses for one observation with this model published."""
     cfg = SimConfig(game="Pendulum-v1", clients=1, stream="exp", bucket="models-bkt", episodes_per_client=1)
-    data = action_model()
     manifest = ModelManifest.create(
         "Pendulum-v1",
         1,
@@ -135,7 +143,7 @@ def test_bot_client_explores_around_an_action_model_inside_the_box(tmp_path) -> 
         learner_step=1,
         observation_space={"type": "box", "shape": [3], "low": [None] * 3, "high": [None] * 3},
         action_space={"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]},
-        output={"name": "action", "kind": "action"},
+        output=output,
     )
     with mock_aws():
         s3 = boto3.client("s3")
@@ -146,7 +154,17 @@ def test_bot_client_explores_around_an_action_model_inside_the_box(tmp_path) -> 
         assert client.subscriber.poll()
         env = import_gymnasium().make("Pendulum-v1")
         obs, _ = env.reset(seed=0)
-        actions = np.array([client._choose(env, obs) for _ in range(500)])
+        return obs, np.array([client._choose(env, obs) for _ in range(n)])
+
+
+def test_bot_client_explores_around_an_action_model_inside_the_box() -> None:
+    obs, actions = choices_with(action_model(), {"name": "action", "kind": "action"})
     greedy = np.clip(10 * obs[0], -2, 2)
     assert actions.shape == (500, 1) and np.all(np.abs(actions) <= 2.0)
     assert actions.std() > 0 and abs(np.median(actions) - greedy) < 0.5  # epsilon 0.4: noise std 0.8
+
+
+def test_bot_client_explores_with_the_models_own_sample_when_it_has_one() -> None:
+    output = {"name": "action", "kind": "action", "sample": "action_sample"}
+    _, actions = choices_with(action_model(sample=1.25), output, n=50)
+    assert actions.dtype == np.float32 and np.all(actions == 1.25)  # no noise of its own on top

@@ -290,7 +290,13 @@ def test_manifest_without_output_reads_as_q_values_for_discrete_and_action_for_b
 
 @pytest.mark.parametrize(
     ("output", "field"),
-    [({"name": "q", "kind": "action"}, "output.kind"), ({"kind": "q_values"}, "output.name"), ("q", "output")],
+    [
+        ({"name": "q", "kind": "action"}, "output.kind"),
+        ({"kind": "q_values"}, "output.name"),
+        ("q", "output"),
+        ({"name": "q", "kind": "q_values", "sample": ""}, "output.sample"),
+        ({"name": "q", "kind": "q_values", "sample": "q"}, "output.sample"),
+    ],
 )
 def test_manifest_output_must_fit_the_action_space(output: Any, field: str) -> None:
     doc = {**json.loads(manifest_for(1, b"m").to_json()), "output": output}
@@ -340,3 +346,7 @@ def test_action_models_are_acted_on_inside_the_box_and_must_have_the_named_outpu
     for x, expected in ((0.5, 1.5), (1.0, 2.0), (-4.0, -2.0)):
         action = sub.act([x, 0.0, 0.0, 0.0])
         assert action.dtype == np.float32 and action.shape == (1,) and action[0] == pytest.approx(expected)
+    assert sub.sample([0.5, 0.0, 0.0, 0.0]) is None  # no sample output: the client explores its own way
+    publish(3, {"name": "action", "kind": "action", "sample": "action_sample"})
+    with pytest.raises(ModelLoadError, match="names sample output 'action_sample', the model has \\['action'\\]"):
+        sub.poll()

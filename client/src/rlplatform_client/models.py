@@ -16,6 +16,8 @@ ONNX convention: one input named ``"obs"``, float32 ``[batch, obs_dim]``. The ma
   ``[batch, N]``; the greedy action is the argmax.
 * ``"kind": "action"`` (box ``{"type": "box", "shape": [k], "low": [...], "high": [...]}``; SAC): output
   ``[batch, k]`` is the action itself, inside ``low``/``high`` (clip anyway; a ``null`` bound is unbounded).
+  An optional ``"sample"`` names a second output of the same shape: an action drawn from the policy's own
+  distribution (a new draw per run), what a client explores with (SAC's squashed Gaussian).
 
 Manifests written before ``output`` existed lack it: read them as the graph's first output, of kind
 ``q_values`` for discrete action spaces and ``action`` for box ones.
@@ -271,6 +273,9 @@ def _output(doc: dict) -> None:
         raise ManifestError("output", f'must be an object with "name" and "kind", got {output!r}')
     if not isinstance(output.get("name"), str) or not output["name"]:
         raise ManifestError("output.name", f"must be a non-empty string, got {output.get('name')!r}")
+    sample = output.get("sample")
+    if sample is not None and (not isinstance(sample, str) or not sample or sample == output["name"]):
+        raise ManifestError("output.sample", f"must be a non-empty string other than output.name, got {sample!r}")
     kind = OUTPUT_KINDS[doc["action_space"]["type"]]
     if output.get("kind") != kind:
         raise ManifestError(

@@ -1,10 +1,11 @@
 """Bot clients that play a gymnasium game, stream experience and follow the newest published model.
 
 Each client is a separate process (``spawn`` context: no inherited threads, locks or boto3 sessions from
-the parent). Every client plays uniformly at random until a model exists. Clients then explore
+the parent). Every client plays uniformly at random until a model exists. A model with a ``sample``
+output (SAC: a draw from its squashed Gaussian policy) is then explored with that. Otherwise clients explore
 differently, Ape-X style: client ``i`` of ``N`` uses ``eps_i = 0.4 ** (1 + 7 * i / max(N - 1, 1))``, as
 the epsilon of epsilon-greedy for a model of Q-values (DQN), or as the standard deviation of Gaussian noise,
-in units of half the box's width, added to a model's action (SAC) and clipped to the box.
+in units of half the box's width, added to a model's action and clipped to the box.
 
 Shutdown: SIGTERM/SIGINT (the parent forwards them), the time or episode budget, or the parent's death
 (children must never outlive the parent) make a client stop playing, close its producer (flushing every
@@ -264,12 +265,15 @@ class BotClient:
             self.stop.wait(delay)  # Wakes immediately on SIGTERM/SIGINT.
 
     def _choose(self, env: Any, obs: Any) -> Any:
-        """Random until a model exists, then epsilon-greedy (Q-values) or Gaussian noise (actions) on its action."""
+        """Random until a model exists, then the model's own sample if it has one, else epsilon-greedy
+        (Q-values) or Gaussian noise (actions) on its action."""
         manifest = self.subscriber.manifest
         if manifest is None:
             return env.action_space.sample()
         if manifest.output_kind == "q_values":
             return env.action_space.sample() if self.rng.random() < self.epsilon else self.subscriber.act(obs)
+        if (sampled := self.subscriber.sample(obs)) is not None:
+            return sampled
         space = env.action_space
         return gaussian_explore(self.subscriber.act(obs), space.low, space.high, self.epsilon, self.rng)
 

@@ -70,6 +70,7 @@ class _Loaded:
     manifest: ModelManifest
     session: Any  # onnxruntime.InferenceSession
     output_name: str
+    sample_name: str | None  # the output the policy explores with (manifest output.sample), if it has one
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,12 @@ class ModelSubscriber:
             raise ModelLoadError(
                 f"{manifest.onnx_key}: the manifest names output {output_name!r}, the model has {outputs}"
             )
-        return _Loaded(manifest, session, output_name)
+        sample_name = manifest.output.get("sample") if manifest.output else None
+        if sample_name is not None and sample_name not in outputs:
+            raise ModelLoadError(
+                f"{manifest.onnx_key}: the manifest names sample output {sample_name!r}, the model has {outputs}"
+            )
+        return _Loaded(manifest, session, output_name, sample_name)
 
     # ------------------------------------------------------------------ inference
 
@@ -247,6 +253,15 @@ class ModelSubscriber:
         loaded = self._current()
         out = loaded.session.run([loaded.output_name], {INPUT_NAME: np.asarray(obs, dtype=np.float32).reshape(1, -1)})
         return greedy_action(out[0][0], loaded.manifest.output_kind, loaded.manifest.action_space)
+
+    def sample(self, obs: Any) -> np.ndarray | None:
+        """An exploring action drawn from the policy itself (float32[k], clipped to the box), or None when the
+        model has no sample output (explore as you choose: epsilon-greedy, action noise)."""
+        loaded = self._current()
+        if loaded.sample_name is None:
+            return None
+        out = loaded.session.run([loaded.sample_name], {INPUT_NAME: np.asarray(obs, dtype=np.float32).reshape(1, -1)})
+        return greedy_action(out[0][0], "action", loaded.manifest.action_space)
 
     def _current(self) -> _Loaded:
         with self._lock:

@@ -171,8 +171,9 @@ class Algorithm(abc.ABC):
         """ONNX bytes of ``policy_head(module)``: input ``obs`` float32[batch, obs_dim], batch dimension dynamic."""
         head = self.policy_head(module).eval()
         dummy = torch.zeros(1, self.spec.obs_dim, dtype=torch.float32)
-        name = self.output["name"]
-        kwargs = dict(input_names=["obs"], output_names=[name], dynamic_axes={"obs": {0: "batch"}, name: {0: "batch"}})
+        names = [self.output["name"], *([self.output["sample"]] if "sample" in self.output else [])]
+        axes = {name: {0: "batch"} for name in ("obs", *names)}
+        kwargs = dict(input_names=["obs"], output_names=names, dynamic_axes=axes)
         buf = io.BytesIO()
         with torch.no_grad():
             try:

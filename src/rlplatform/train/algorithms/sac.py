@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.core.columns import Columns
+from ray.rllib.utils.numpy import MAX_LOG_NN_OUTPUT, MIN_LOG_NN_OUTPUT
 
 from rlplatform.games import GameSpec
 from rlplatform.train.algorithms.base import BOX, Algorithm, Hyperparameters
@@ -49,8 +50,13 @@ class SACHyperparameters(Hyperparameters):
     fusion_hidden: tuple[int, ...] = (64,)
 
 
-class _DeterministicAction(torch.nn.Module):
-    """obs float32[batch, obs_dim] -> action float32[batch, k]: low + (tanh(mean) + 1) / 2 * (high - low)."""
+class _PolicyActions(torch.nn.Module):
+    """obs float32[batch, obs_dim] -> (action, action_sample), each float32[batch, k] in [low, high].
+
+    ``action``: the squashed mean, what greedy play uses. ``action_sample``: one draw from the policy's
+    squashed Gaussian (RLlib's ``TorchSquashedGaussian``, log-std clamped as RLlib does), the action SAC
+    explores with; the graph draws the noise itself (ONNX ``RandomNormalLike``).
+    """
 
     def __init__(self, module: torch.nn.Module, low: np.ndarray, high: np.ndarray) -> None:
         super().__init__()
@@ -58,10 +64,14 @@ class _DeterministicAction(torch.nn.Module):
         self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32))
         self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32))
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dist_inputs = self.module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
-        mean, _log_std = torch.chunk(dist_inputs, 2, dim=-1)
-        unit = (torch.tanh(mean) + 1.0) / 2.0
+        mean, log_std = torch.chunk(dist_inputs, 2, dim=-1)
+        std = torch.exp(torch.clamp(log_std, MIN_LOG_NN_OUTPUT, MAX_LOG_NN_OUTPUT))
+        return self._to_box(mean), self._to_box(mean + std * torch.randn_like(std))
+
+    def _to_box(self, unsquashed: torch.Tensor) -> torch.Tensor:
+        unit = (torch.tanh(unsquashed) + 1.0) / 2.0
         return torch.clamp(self.low + unit * (self.high - self.low), self.low, self.high)
 
 
@@ -69,7 +79,7 @@ class SAC(Algorithm):
     name = "SAC"
     action_spaces = frozenset({BOX})
     hyperparameters_cls = SACHyperparameters
-    output = {"name": "action", "kind": "action"}
+    output = {"name": "action", "kind": "action", "sample": "action_sample"}
 
     @classmethod
     def unfit_reason(cls, spec: GameSpec) -> str | None:
@@ -120,4 +130,4 @@ class SAC(Algorithm):
         return np.clip(2.0 * unit - 1.0, -1.0, 1.0).astype(np.float32)
 
     def policy_head(self, module: torch.nn.Module) -> torch.nn.Module:
-        return _DeterministicAction(module, self.low, self.high)
+        return _PolicyActions(module, self.low, self.high)
