@@ -241,7 +241,10 @@ def train(
     status_file: Annotated[Path | None, typer.Option("--status-file", help="Write progress JSON here.")] = None,
     max_updates: Annotated[int | None, typer.Option("--max-updates", min=1)] = None,
     publish_every: Annotated[
-        int | None, typer.Option("--publish-every", min=1, help="Learner updates per model (default: TrainerConfig's).")
+        int | None,
+        typer.Option(
+            "--publish-every", min=1, help="Learner updates per model. Default: the algorithm's (DQN 1000, SAC 500)."
+        ),
     ] = None,
     learning_starts: Annotated[
         int | None,

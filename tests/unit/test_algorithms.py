@@ -175,7 +175,8 @@ def pendulum_settings(tmp_path: Path):
 def test_sac_model_published_and_acted_on_by_the_subscriber_stays_inside_the_box(pendulum_settings: Settings) -> None:
     cfg = TrainerConfig(game_id=PENDULUM, hyperparameters=TINY_SAC, publish_every_updates=5, eval_episodes=1)
     trainer = Trainer(pendulum_settings, cfg)
-    assert isinstance(trainer.algorithm, SAC)
+    assert isinstance(trainer.algorithm, SAC) and trainer.publish_every == 5
+    assert Trainer(pendulum_settings, TrainerConfig(game_id=PENDULUM, hyperparameters=TINY_SAC)).publish_every == 500
     trainer.run(threading.Event(), max_updates=5)
 
     s3 = boto3.client("s3")

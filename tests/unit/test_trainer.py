@@ -108,6 +108,7 @@ def test_trainer_waits_for_learning_starts(settings: Settings) -> None:
     timer.start()
     trainer.run(stop)
     assert trainer.status.updates == 0 and trainer.status.stored_rows == 500
+    assert trainer.publish_every == 1_000  # DQN's cadence: the config left it unset
 
 
 def test_trainer_refuses_dqn_for_continuous_games(settings: Settings) -> None:

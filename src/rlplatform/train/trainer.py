@@ -59,7 +59,8 @@ class TrainerConfig:
     algorithm: str | None = None
     # Over the algorithm's own defaults (its Hyperparameters dataclass), e.g. {"batch_size": 64}.
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    publish_every_updates: int = 1_000
+    # None: the algorithm's (Algorithm.publish_every_updates).
+    publish_every_updates: int | None = None
     eval_episodes: int = 5
     seed: int = 0
     # Waits between attempts to reach an unreachable S3 or store.
@@ -139,6 +140,7 @@ class Trainer:
         self.spec = GameCatalog(settings.bucket).wait_for(cfg.game_id, self.stop, log)
         self.algorithm: Algorithm = algorithm_class(self.spec, cfg.algorithm)(self.spec, cfg.hyperparameters)
         self.hp = self.algorithm.hp
+        self.publish_every = cfg.publish_every_updates or self.algorithm.publish_every_updates
         log.info("%s learns %s with %s", self.algorithm.name, cfg.game_id, self.hp)
         self.rng = np.random.default_rng(cfg.seed)
         self.learner_group = self.algorithm.build_learner_group(cfg.seed, settings.ray_address)
@@ -220,7 +222,7 @@ class Trainer:
                 self.stop.wait(0.2)
                 continue
             self.status.loss = self.train_step(store)
-            if self.status.updates % self.cfg.publish_every_updates == 0:
+            if self.status.updates % self.publish_every == 0:
                 self.publish()
         if self.status.updates > 0 and self.status.published_at is None:
             self.publish()

@@ -95,13 +95,15 @@ class Algorithm(abc.ABC):
 
     Class attributes: ``name`` (the registry key, also the manifest's ``algorithm``), ``action_spaces``
     (the kinds of action space it learns: "discrete", "box"), ``hyperparameters_cls`` (its defaults) and
-    ``output`` (the ONNX output the manifest announces: its name and how a client acts on it).
+    ``output`` (the ONNX output the manifest announces: its name and how a client acts on it) and
+    ``publish_every_updates`` (learner updates per published model, unless the trainer config says).
     """
 
     name: ClassVar[str]
     action_spaces: ClassVar[frozenset[str]]
     hyperparameters_cls: ClassVar[type[Hyperparameters]]
     output: ClassVar[dict[str, str]]
+    publish_every_updates: ClassVar[int] = 1_000
 
     def __init__(self, spec: GameSpec, hyperparameters: Mapping[str, Any] | None = None) -> None:
         if reason := self.unfit_reason(spec):
