@@ -258,15 +258,24 @@ class Trainer:
         self.learner_group.save_to_path(self.checkpoint_dir / "learner")
         state = self.checkpoint_dir / "trainer.json"
         tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"updates": self.status.updates}))
+        written_by = {"algorithm": self.algorithm.name, "hyperparameters": asdict(self.hp)}
+        tmp.write_text(json.dumps({"updates": self.status.updates, **written_by}))
         os.replace(tmp, state)
 
     def _restore(self) -> None:
         """Resume learner weights and counters; the version continues after the highest published one."""
         state = self.checkpoint_dir / "trainer.json"
         if state.exists():
-            self.learner_group.restore_from_path(self.checkpoint_dir / "learner")
-            self.status.updates = json.loads(state.read_text())["updates"]
+            doc = json.loads(state.read_text())
+            try:
+                self.learner_group.restore_from_path(self.checkpoint_dir / "learner")
+            except RuntimeError as exc:  # torch: the saved weights' shapes differ from these networks'
+                written_by = f"{doc.get('algorithm', '?')} with {doc.get('hyperparameters', '(not recorded)')}"
+                raise AlgorithmConfigError(
+                    f"{self.checkpoint_dir}: its networks do not fit {self.algorithm.name} with {asdict(self.hp)}; "
+                    f"it was written by {written_by}. Train with those, or move the directory away to start afresh"
+                ) from exc
+            self.status.updates = doc["updates"]
             log.info("resumed from %s at update %d", self.checkpoint_dir, self.status.updates)
         versions = self._s3(lambda: registry.published_versions(self.settings.bucket, self.cfg.game_id))
         self.status.version = max(versions, default=0)

@@ -25,7 +25,7 @@ class DQNHyperparameters(Hyperparameters):
     n_step: int = 3
     hidden: int = 64
     # Counted in learner updates: data arrives independently of updates. 250 took 11-21k updates to greedy
-    # 475 on CartPole, 100 took 9k (RLlib alone counts env steps: its 250 meant every ~83 updates at n_step 3).
+    # 475 on CartPole, 100 took 9-13k (RLlib alone counts env steps: its 250 meant every ~83 updates at n_step 3).
     target_update_every: int = 100
 
 
