@@ -294,8 +294,7 @@ def test_manifest_without_output_reads_as_q_values_for_discrete_and_action_for_b
         ({"name": "q", "kind": "action"}, "output.kind"),
         ({"kind": "q_values"}, "output.name"),
         ("q", "output"),
-        ({"name": "q", "kind": "q_values", "sample": ""}, "output.sample"),
-        ({"name": "q", "kind": "q_values", "sample": "q"}, "output.sample"),
+        ({"name": "q", "kind": "q_values", "sample": "q_sample"}, "output.sample"),
     ],
 )
 def test_manifest_output_must_fit_the_action_space(output: Any, field: str) -> None:
@@ -303,6 +302,16 @@ def test_manifest_output_must_fit_the_action_space(output: Any, field: str) -> N
     with pytest.raises(ManifestError) as info:
         ModelManifest.from_json(json.dumps(doc))
     assert info.value.field == field
+
+
+@pytest.mark.parametrize("sample", ["", "action", 3])
+def test_an_action_models_sample_must_name_another_output(sample: Any) -> None:
+    box = {"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]}
+    output = {"name": "action", "kind": "action", "sample": sample}
+    doc = {**json.loads(manifest_for(1, b"m").to_json()), "action_space": box, "output": output}
+    with pytest.raises(ManifestError) as info:
+        ModelManifest.from_json(json.dumps(doc))
+    assert info.value.field == "output.sample"
 
 
 def box_model(scale: float) -> bytes:

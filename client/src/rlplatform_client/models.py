@@ -273,10 +273,12 @@ def _output(doc: dict) -> None:
         raise ManifestError("output", f'must be an object with "name" and "kind", got {output!r}')
     if not isinstance(output.get("name"), str) or not output["name"]:
         raise ManifestError("output.name", f"must be a non-empty string, got {output.get('name')!r}")
+    kind = OUTPUT_KINDS[doc["action_space"]["type"]]
     sample = output.get("sample")
+    if sample is not None and kind != "action":
+        raise ManifestError("output.sample", f"only an action model has one, not a {kind!r} model")
     if sample is not None and (not isinstance(sample, str) or not sample or sample == output["name"]):
         raise ManifestError("output.sample", f"must be a non-empty string other than output.name, got {sample!r}")
-    kind = OUTPUT_KINDS[doc["action_space"]["type"]]
     if output.get("kind") != kind:
         raise ManifestError(
             "output.kind",

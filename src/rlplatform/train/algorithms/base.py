@@ -94,9 +94,10 @@ class Algorithm(abc.ABC):
     """One RLlib algorithm (new API stack) trained from store samples for one game.
 
     Class attributes: ``name`` (the registry key, also the manifest's ``algorithm``), ``action_spaces``
-    (the kinds of action space it learns: "discrete", "box"), ``hyperparameters_cls`` (its defaults) and
-    ``output`` (the ONNX output the manifest announces: its name and how a client acts on it) and
-    ``publish_every_updates`` (learner updates per published model, unless the trainer config says).
+    (the kinds of action space it learns: "discrete", "box"), ``hyperparameters_cls`` (its defaults),
+    ``output`` (the ONNX output the manifest announces: its name, how a client acts on it and, optionally,
+    the output it explores with) and ``publish_every_updates`` (learner updates per published model, unless
+    the trainer config says).
     """
 
     name: ClassVar[str]

@@ -1,4 +1,5 @@
-"""SAC for continuous (bounded box) action spaces; the ONNX model outputs the deterministic action.
+"""SAC for continuous (bounded box) action spaces; the ONNX model outputs the deterministic action and one
+drawn from the policy (what clients explore with).
 
 RLlib's SAC module acts in [-1, 1]^k (its squashed Gaussian uses the default bounds; RLlib's env
 runners rescale to the box). Stored actions are in the game's box, so they are normalised to [-1, 1]
