@@ -103,9 +103,9 @@ def test_trainer_publishes_models_and_resumes_with_increasing_versions(settings:
 
 def test_a_checkpoint_of_other_networks_is_refused_naming_both_and_kept(settings: Settings) -> None:
     Trainer(settings, FAST).run(threading.Event(), max_updates=10)
-    wider = TrainerConfig(hyperparameters={**FAST.hyperparameters, "hidden": 32}, publish_every_updates=10)
+    narrower = TrainerConfig(hyperparameters={**FAST.hyperparameters, "hidden": 32}, publish_every_updates=10)
     with pytest.raises(AlgorithmConfigError) as info:
-        Trainer(settings, wider)
+        Trainer(settings, narrower)
     message = str(info.value)
     assert str(settings.checkpoint_dir) in message and "'hidden': 32" in message and "'hidden': 64" in message
     assert Trainer(settings, FAST).status.updates == 10  # the checkpoint is still there, and still resumes

@@ -72,6 +72,10 @@ class _Loaded:
     output_name: str
     sample_name: str | None  # the output the policy explores with (manifest output.sample), if it has one
 
+    def row(self, output: str, obs: Any) -> np.ndarray:
+        """The model's ``output`` for one observation."""
+        return self.session.run([output], {INPUT_NAME: np.asarray(obs, dtype=np.float32).reshape(1, -1)})[0][0]
+
 
 @dataclass(frozen=True)
 class _MissingModel:
@@ -251,8 +255,9 @@ class ModelSubscriber:
         """Greedy action: the argmax of ``q_values`` (int), or the model's ``action`` clipped to the box
         (float32[k])."""
         loaded = self._current()
-        out = loaded.session.run([loaded.output_name], {INPUT_NAME: np.asarray(obs, dtype=np.float32).reshape(1, -1)})
-        return greedy_action(out[0][0], loaded.manifest.output_kind, loaded.manifest.action_space)
+        return greedy_action(
+            loaded.row(loaded.output_name, obs), loaded.manifest.output_kind, loaded.manifest.action_space
+        )
 
     def sample(self, obs: Any) -> np.ndarray | None:
         """An exploring action drawn from the policy itself (float32[k], clipped to the box), or None when the
@@ -260,8 +265,7 @@ class ModelSubscriber:
         loaded = self._current()
         if loaded.sample_name is None:
             return None
-        out = loaded.session.run([loaded.sample_name], {INPUT_NAME: np.asarray(obs, dtype=np.float32).reshape(1, -1)})
-        return greedy_action(out[0][0], "action", loaded.manifest.action_space)
+        return greedy_action(loaded.row(loaded.sample_name, obs), "action", loaded.manifest.action_space)
 
     def _current(self) -> _Loaded:
         with self._lock:
