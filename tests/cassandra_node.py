@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from rlplatform import processes
-from rlplatform.aws import free_port
+from rlplatform.infra import processes
+from rlplatform.infra.aws import free_port
 from tests.support import port_open, serve_until_ctrl_c
 
 ROOT = Path(__file__).resolve().parents[1]

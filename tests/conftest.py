@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform.settings import Settings
-from rlplatform.store.cassandra_settings import CassandraSettings
+from rlplatform.settings import CassandraSettings, Settings
 from tests import cassandra_node, localstack_node
 from tests.docker_engine import docker_unreachable
 

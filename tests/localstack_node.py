@@ -31,8 +31,8 @@ from pathlib import Path
 from botocore.client import BaseClient
 from localstack_client.session import Session
 
-from rlplatform import processes
-from rlplatform.aws import Emulator, free_port
+from rlplatform.infra import processes
+from rlplatform.infra.aws import Emulator, free_port
 from tests.support import serve_until_ctrl_c
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ PYTHON = HOME / "venv" / "bin" / "python"
 PACKAGES = HOME / "root" / "usr" / "lib" / "localstack"
 HOOKS = ROOT / "compose" / "localstack" / "ready.d"
 LOOPBACK_SHIM = ROOT / "compose" / "localstack" / "host" / "loopback.cjs"
-BOOTSTRAP_PY = ROOT / "src" / "rlplatform" / "bootstrap.py"
+BOOTSTRAP_PY = ROOT / "src" / "rlplatform" / "infra" / "bootstrap.py"
 START_TIMEOUT_S = 120.0
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pyspark
 
-from rlplatform import processes
-from rlplatform.aws import free_port
+from rlplatform.infra import processes
+from rlplatform.infra.aws import free_port
 from tests.support import port_open, serve_until_ctrl_c, wait_for
 
 

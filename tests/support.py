@@ -4,7 +4,9 @@ ports, and reading back what clients acknowledged, what the stream holds and wha
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -13,8 +15,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import boto3
+import typer
 
 from rlplatform.store.base import ExperienceStore
 from rlplatform_client.contract import decode_chunk
@@ -114,3 +118,34 @@ def serve_until_ctrl_c(server: AbstractContextManager, describe: Callable[[objec
             threading.Event().wait()
         except KeyboardInterrupt:
             print("stopping", file=sys.stderr)
+
+
+def cli_group(module: str) -> Any:
+    """The click group behind ``module.app`` (a Typer app)."""
+    group = typer.main.get_command(importlib.import_module(module).app)
+    assert hasattr(group, "commands"), f"{module}.app is a single command, not a group of subcommands"
+    return group
+
+
+def check_command_line(group: Any, argv: list[str], where: str) -> None:
+    """``argv`` (program, subcommands, options) against a click group, Typer's (which vendors click) or click's
+    own: every subcommand exists, every option is declared, and the values parse (types, ranges, required
+    options), without running anything."""
+    command, path, rest = group, [argv[0]], list(argv[1:])
+    while hasattr(command, "commands"):
+        assert rest, f"{where}: `{' '.join(path)}` needs a subcommand"
+        sub = command.commands.get(rest[0])
+        assert sub is not None, (
+            f"{where}: `{' '.join(path)} {rest[0]}` does not exist (have {sorted(command.commands)})"
+        )
+        command, path, rest = sub, [*path, rest[0]], rest[1:]
+    declared = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts)}
+    for token in rest:
+        if token.startswith("--"):
+            option = token.split("=", 1)[0]
+            assert option in declared, f"{where}: `{' '.join(path)}` has no option {option}"
+    try:
+        command.make_context(path[-1], rest)
+    except Exception as exc:  # click.ClickException or typer's vendored twin
+        message = exc.format_message() if hasattr(exc, "format_message") else repr(exc)
+        raise AssertionError(f"{where}: `{shlex.join(argv)}` is rejected: {message}") from exc

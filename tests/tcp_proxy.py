@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from rlplatform.aws import free_port
+from rlplatform.infra.aws import free_port
 
 
 class TcpProxy:

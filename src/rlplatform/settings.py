@@ -1,10 +1,10 @@
 """One settings object for every process of the platform (env prefix ``RLP_``).
 
-Each store adapter owns its settings: a section defined next to the adapter (``store/sqlite_settings.py``,
-``store/cassandra_settings.py``) with its own prefix (``RLP_SQLITE_*``, ``RLP_CASSANDRA_*``), nested here
-as ``settings.sqlite`` and ``settings.cassandra``. A section reads its variables itself when ``Settings``
-is built; to override some of its fields, pass a section (``Settings(sqlite=SqliteSettings(path=p))``),
-which still reads the rest from the environment.
+Each store adapter has a settings section of its own prefix (``RLP_SQLITE_*``, ``RLP_CASSANDRA_*``), defined
+here and nested as ``settings.sqlite`` and ``settings.cassandra``: loading the settings never loads an adapter
+or its driver, and the store imports the settings, never the other way round. A section reads its variables
+itself when ``Settings`` is built; to override some of its fields, pass a section
+(``Settings(sqlite=SqliteSettings(path=p))``), which still reads the rest from the environment.
 
 AWS endpoints are deliberately not settings: boto3 reads the SDK's standard variables
 (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_KINESIS``, ``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``), so no
@@ -13,6 +13,8 @@ code path knows whether it talks to moto, LocalStack or AWS.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +22,44 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from rlplatform.store.cassandra_settings import CassandraSettings
-from rlplatform.store.sqlite_settings import SqliteSettings
+from rlplatform_client.contract import DEFAULT_BUCKET, DEFAULT_STREAM_NAME
 
 # A micro-batch of ingest reads at most this many bytes of records (plus one GetRecords response per shard).
 DEFAULT_INGEST_MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+class SqliteSettings(BaseSettings):
+    """The SQLite adapter's section (``store/sqlite.py``, embedded profile)."""
+
+    model_config = SettingsConfigDict(env_prefix="RLP_SQLITE_", extra="forbid")
+
+    path: Path = Field(
+        Path("runs/experience.sqlite"), description="The SQLite file (WAL mode) of the experience store."
+    )
+
+
+class CassandraSettings(BaseSettings):
+    """The Cassandra adapter's section (``store/cassandra.py``): Apache Cassandra, ScyllaDB or Amazon Keyspaces."""
+
+    model_config = SettingsConfigDict(env_prefix="RLP_CASSANDRA_", extra="forbid")
+
+    contact_points: str = Field("127.0.0.1", description="Comma-separated hosts of the cluster.")
+    port: int = Field(9042, ge=1, le=65535, description="The CQL port.")
+    keyspace: str = Field(
+        "rlplatform", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$", description="Keyspace of the experience tables."
+    )
+    replication_factor: int = Field(1, ge=1, description="Replication factor of a keyspace the platform creates.")
+    local_dc: str | None = Field(None, description="The data centre the driver prefers; unset: the driver's choice.")
+    ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="Retention: every row expires this long after it was written (TTL)."
+    )
+    username: str | None = Field(None, description="Plain-text authentication user; unset: no authentication.")
+    password: str | None = Field(None, description="Plain-text authentication password.")
+    ssl: bool = Field(False, description="TLS to the cluster (required by Amazon Keyspaces).")
+    ssl_ca: Path | None = Field(None, description="CA bundle for TLS; unset: the system's.")
+    sigv4: bool = Field(
+        False, description="Amazon Keyspaces: authenticate with SigV4 from the standard AWS credential chain."
+    )
 
 
 def _is_section(field: FieldInfo) -> bool:
@@ -46,24 +81,40 @@ class Settings(BaseSettings):
     # extra="forbid": a name that is not a field (e.g. a flat ``sqlite_path=``) fails instead of being dropped.
     model_config = SettingsConfigDict(env_prefix="RLP_", extra="forbid")
 
-    profile: Literal["embedded", "compose", "aws"] = "embedded"
-    stream_name: str = Field("rlp-experience", min_length=1, max_length=128)
-    shard_count: int = Field(2, ge=1, le=64)
-    bucket: str = Field("rlp-models", min_length=3, max_length=63)
-    store: Literal["sqlite", "cassandra"] = "sqlite"
+    profile: Literal["embedded", "compose", "aws"] = Field(
+        "embedded", description="Where the platform runs; the endpoints themselves come from the AWS SDK's variables."
+    )
+    stream_name: str = Field(DEFAULT_STREAM_NAME, min_length=1, max_length=128, description="The Kinesis stream.")
+    shard_count: int = Field(2, ge=1, le=64, description="Shards of a stream the platform creates.")
+    bucket: str = Field(
+        DEFAULT_BUCKET, min_length=3, max_length=63, description="The S3 bucket: models, game catalog, dead letters."
+    )
+    store: Literal["sqlite", "cassandra"] = Field("sqlite", description="The experience store's adapter.")
     # Each store adapter's section, one per name ``store`` accepts: RLP_SQLITE_*, RLP_CASSANDRA_*.
     sqlite: SqliteSettings = Field(default_factory=SqliteSettings)
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
-    checkpoint_dir: Path = Path("runs/checkpoints")
-    # Seconds between micro-batches of the ingest job; 0 runs them back to back.
-    ingest_trigger_seconds: float = Field(1.0, ge=0)
-    # Bounds ingest's memory under any backlog; at least one maximum-size record (1 MiB).
-    ingest_max_batch_bytes: int = Field(DEFAULT_INGEST_MAX_BATCH_BYTES, ge=1024 * 1024, le=1024**3)
-    # Port of the ingest job's Spark UI and its REST API (/api/v1: executors, tasks, streaming queries); None: off.
-    # It binds SPARK_LOCAL_IP when set, else every interface.
-    ingest_ui_port: int | None = Field(None, ge=1, le=65535)
-    # Ray cluster for the trainer's learner ("host:port" or "auto"); None runs the learner in-process.
-    ray_address: str | None = None
+    checkpoint_dir: Path = Field(
+        Path("runs/checkpoints"), description="Where trainers keep their RLlib checkpoints (one folder per game)."
+    )
+    ingest_trigger_seconds: float = Field(
+        1.0, ge=0, description="Seconds between micro-batches of the ingest job; 0 runs them back to back."
+    )
+    ingest_max_batch_bytes: int = Field(
+        DEFAULT_INGEST_MAX_BATCH_BYTES,
+        ge=1024 * 1024,
+        le=1024**3,
+        description="Record bytes one ingest micro-batch reads at most: bounds ingest's memory under any backlog.",
+    )
+    ingest_ui_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the ingest job's Spark UI and REST API (/api/v1); binds SPARK_LOCAL_IP when set, "
+        "else every interface. Unset: off.",
+    )
+    ray_address: str | None = Field(
+        None, description='Ray cluster for the trainer\'s learner ("host:port" or "auto"); unset: in-process.'
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -84,6 +135,26 @@ def env_var_names(settings_cls: type[BaseSettings] = Settings) -> set[str]:
     for name, field in settings_cls.model_fields.items():
         names |= env_var_names(field.annotation) if _is_section(field) else {(prefix + name).upper()}
     return names
+
+
+def settings_env(settings: BaseSettings, base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` (a child process's environment) with every ``RLP_*`` variable replaced by ``settings``' own, so
+    the child builds exactly these settings whatever the parent's shell holds. A field at None is left unset
+    (its default)."""
+    env = {k: v for k, v in base.items() if not k.startswith(Settings.model_config["env_prefix"])}
+    return env | _as_env(settings)
+
+
+def _as_env(settings: BaseSettings) -> dict[str, str]:
+    prefix = settings.model_config["env_prefix"]
+    env: dict[str, str] = {}
+    for name, field in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if _is_section(field):
+            env |= _as_env(value)
+        elif value is not None:
+            env[(prefix + name).upper()] = json.dumps(value) if isinstance(value, bool) else str(value)
+    return env
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -20,13 +20,13 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rlplatform import aws, processes, registry
-from rlplatform.bench import IngestJob
-from rlplatform.launcher import live_target_reached
-from rlplatform.report import version_reports
-from rlplatform.settings import Settings
+from rlplatform import registry
+from rlplatform.bench.ingest import IngestJob
+from rlplatform.infra import aws, processes
+from rlplatform.registry.report import version_reports
+from rlplatform.settings import Settings, SqliteSettings
+from rlplatform.stack.launcher import live_target_reached
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform_client import ExperienceProducer, ModelError, ModelSubscriber
 
 pytestmark = pytest.mark.e2e

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlplatform import processes
-from rlplatform.aws import free_port
-from rlplatform.registry import latest_manifest
+from rlplatform.infra import processes
+from rlplatform.infra.aws import free_port
+from rlplatform.registry.models import latest_manifest
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from tests.localstack_node import LocalStackNode

@@ -19,8 +19,8 @@ import boto3
 import numpy as np
 import pytest
 
-from rlplatform import processes
-from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients, stage
+from rlplatform.infra import processes
+from rlplatform.stack.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients, stage
 from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
 from tests.support import client_stats, processes_mentioning, stream_transitions, wait_for
 

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform import aws, processes
-from rlplatform.bench import IngestJob
-from rlplatform.settings import DEFAULT_INGEST_MAX_BATCH_BYTES, Settings
+from rlplatform.bench.ingest import IngestJob
+from rlplatform.infra import aws, processes
+from rlplatform.settings import DEFAULT_INGEST_MAX_BATCH_BYTES, Settings, SqliteSettings
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform_client.contract import MAX_RECORD_BYTES, Chunk, Step, encode_chunk
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform.bench import IngestBenchConfig, run_ingest_bench
+from rlplatform.bench.ingest import IngestBenchConfig, run_ingest_bench
 
 pytestmark = pytest.mark.e2e
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform import aws
-from rlplatform.bench import IngestJob
-from rlplatform.dead_letters import read_dead_letters
-from rlplatform.settings import Settings
+from rlplatform.bench.ingest import IngestJob
+from rlplatform.infra import aws
+from rlplatform.ingest.dead_letters import read_dead_letters
+from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform_client.contract import Chunk, Step, encode_chunk
 from tests.support import wait_for
 from tests.unit.test_ingest_records import BAD

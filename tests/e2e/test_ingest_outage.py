@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform import aws
-from rlplatform.bench import IngestJob
-from rlplatform.settings import Settings
+from rlplatform.bench.ingest import IngestJob
+from rlplatform.infra import aws
+from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
 from tests.e2e.test_ingest_dead_letters import good_record, put
 from tests.support import wait_for
 from tests.tcp_proxy import TcpProxy

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform import aws, processes
-from rlplatform.aws import free_port
+from rlplatform.infra import aws, processes
+from rlplatform.infra.aws import free_port
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from tests.spark_cluster import SparkCluster, http_json

@@ -26,7 +26,7 @@ def launcher_code(run_dir: Path) -> str:
     # Small publish cadence so models appear within seconds; an unreachable target, so the test stops it.
     return (
         "from pathlib import Path\n"
-        "from rlplatform.launcher import LaunchConfig, run_stack\n"
+        "from rlplatform.stack.launcher import LaunchConfig, run_stack\n"
         f"run_stack(LaunchConfig(targets={{{GAME!r}: 1e9}}, clients=2, max_minutes=6,"
         f" run_dir=Path({str(run_dir)!r}), client_steps_per_second=200, publish_every_updates=100,"
         " learning_starts=300))\n"

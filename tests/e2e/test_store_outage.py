@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform import aws, processes
-from rlplatform.bench import IngestJob
-from rlplatform.settings import Settings
+from rlplatform.bench.ingest import IngestJob
+from rlplatform.infra import aws, processes
+from rlplatform.settings import CassandraSettings, Settings
 from rlplatform.store import open_store
-from rlplatform.store.cassandra_settings import CassandraSettings
 from tests import cassandra_node
 from tests.support import client_stats, running, stored_keys, stream_transitions, wait_for
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform import aws, processes
-from rlplatform.registry import latest_manifest
+from rlplatform.infra import aws, processes
+from rlplatform.registry.models import latest_manifest
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
 from tests.docker_engine import docker_unreachable

@@ -17,7 +17,6 @@ mappings merge, sequences append, ``command``/``entrypoint``/``healthcheck.test`
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shlex
@@ -30,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 import yaml
 
-from rlplatform.settings import Settings, env_var_names
-from rlplatform.store.cassandra_settings import CassandraSettings
+from rlplatform.settings import CassandraSettings, Settings, env_var_names
+from tests.support import check_command_line, cli_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "docker-compose.yml"
@@ -474,29 +472,6 @@ def service_commands(svc: dict, env: dict[str, str]) -> list[list[str]]:
     return [argv]
 
 
-def _typer_group(module: str) -> Any:
-    group = typer.main.get_command(importlib.import_module(module).app)
-    assert hasattr(group, "commands"), f"{module}.app is a single command, not a group of subcommands"
-    return group
-
-
-def _check_click_command(group: Any, argv: list[str], where: str) -> None:
-    """``argv`` against a click group: Typer's (which vendors click) or ray's (click itself)."""
-    assert len(argv) >= 2, f"{where}: {argv[0]} needs a subcommand"
-    sub = group.commands.get(argv[1])
-    assert sub is not None, f"{where}: `{argv[0]} {argv[1]}` does not exist (have {sorted(group.commands)})"
-    declared = {opt for p in sub.params for opt in (*p.opts, *p.secondary_opts)}
-    for token in argv[2:]:
-        if token.startswith("--"):
-            option = token.split("=", 1)[0]
-            assert option in declared, f"{where}: `{argv[0]} {argv[1]}` has no option {option}"
-    try:  # parse and convert the values too (types, ranges, required options), without running anything
-        sub.make_context(argv[1], list(argv[2:]))
-    except Exception as exc:  # click.ClickException or typer's vendored twin
-        message = exc.format_message() if hasattr(exc, "format_message") else repr(exc)
-        raise AssertionError(f"{where}: `{shlex.join(argv)}` is rejected: {message}") from exc
-
-
 def _pyspark_dir() -> Path:
     spec = find_spec("pyspark")
     assert spec is not None and spec.submodule_search_locations, "pyspark is not installed in this venv"
@@ -520,14 +495,14 @@ def check_command(argv: list[str], where: str) -> None:
     if exe in ("rlplatform", "rlplatform-client"):
         assert (VENV_BIN / exe).is_file(), f"{where}: entry point {exe} is not installed"
         module = "rlplatform.cli" if exe == "rlplatform" else "rlplatform_client.cli"
-        _check_click_command(_typer_group(module), argv, where)
+        check_command_line(cli_group(module), argv, where)
     elif exe == "spark-class":
         _check_spark_class(argv, where)
     elif exe == "ray":
         assert (VENV_BIN / "ray").is_file(), f"{where}: ray is not installed in the venv"
         from ray.scripts.scripts import cli as ray_cli
 
-        _check_click_command(ray_cli, argv, where)
+        check_command_line(ray_cli, argv, where)
     else:
         raise AssertionError(f"{where}: unknown executable {exe!r}; teach this test how to check it")
 
@@ -680,7 +655,7 @@ def test_host_engines_run_the_versions_compose_pins(base: dict) -> None:
 def test_localstack_mounts_match_the_hook(base: dict) -> None:
     volumes = base["services"]["localstack"]["volumes"]
     assert "./compose/localstack/ready.d:/etc/localstack/init/ready.d:ro" in volumes
-    assert "./src/rlplatform/bootstrap.py:/opt/rlplatform/bootstrap.py:ro" in volumes
+    assert "./src/rlplatform/infra/bootstrap.py:/opt/rlplatform/bootstrap.py:ro" in volumes
     assert '"/opt/rlplatform"' in HOOK.read_text()
     env = base["services"]["localstack"]["environment"]
     assert env["SERVICES"] == "kinesis,s3"
@@ -698,7 +673,7 @@ def test_localstack_hook_creates_stream_and_bucket(names: dict, tmp_path: Path, 
     import boto3
     from moto import mock_aws
 
-    bootstrap_py = ROOT / "src" / "rlplatform" / "bootstrap.py"
+    bootstrap_py = ROOT / "src" / "rlplatform" / "infra" / "bootstrap.py"
     assert bootstrap_py.is_file(), f"{bootstrap_py} is missing: the LocalStack hook imports it"
     # The hook looks in /opt/rlplatform first; here the module comes from a copy on sys.path.
     mounted = tmp_path / "opt-rlplatform"

@@ -19,10 +19,9 @@ from typer.testing import CliRunner
 
 from rlplatform import cli
 from rlplatform.games import game_spec
-from rlplatform.settings import Settings, load_settings
+from rlplatform.settings import Settings, SqliteSettings, load_settings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform.train import trainer as trainer_module
 from rlplatform.train.algorithms import (
     ALGORITHMS,
@@ -109,7 +108,11 @@ def test_hyperparameters_are_checked_against_the_algorithms_defaults() -> None:
 
 def test_sac_train_batch_normalises_box_actions_for_rllib() -> None:
     source = pendulum_batch(300)
-    batch = SAC(game_spec(PENDULUM)).to_train_batch(source).policy_batches[DEFAULT_POLICY_ID]
+    batch = (
+        SAC(game_spec(PENDULUM))
+        .to_train_batch(source, np.ones(len(source), np.int64))
+        .policy_batches[DEFAULT_POLICY_ID]
+    )
     assert batch["actions"].dtype == np.float32 and batch["actions"].shape == (300, 1)
     np.testing.assert_allclose(batch["actions"], source.action / 2.0, atol=1e-6)  # [-2, 2] -> [-1, 1]
     assert batch["truncateds"].sum() == 1 and batch["terminateds"].sum() == 0
@@ -122,7 +125,8 @@ def test_sac_learner_updates_from_a_store_batch() -> None:
     before = group.get_weights()
     for step in range(1, 4):
         results = group.update(
-            batch=sac.to_train_batch(source[np.arange(32) + step]), timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: step}
+            batch=sac.to_train_batch(source[np.arange(32) + step], np.ones(32, np.int64)),
+            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: step},
         )
     losses = results[0][DEFAULT_POLICY_ID]
     assert np.isfinite(float(_peek(losses["qf_loss"]))) and np.isfinite(float(_peek(losses["policy_loss"])))

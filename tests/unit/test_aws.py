@@ -7,7 +7,7 @@ import os
 import boto3
 from moto import mock_aws
 
-from rlplatform import aws
+from rlplatform.infra import aws
 from rlplatform.settings import Settings
 
 

@@ -9,8 +9,8 @@ import pytest
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 from typer.testing import CliRunner
 
-from rlplatform import bench_learn
-from rlplatform.bench_learn import PIPELINE, PIPELINE_HP, TUNED, BenchLearnError, Run, check_options, summarize
+from rlplatform.bench import learn as bench_learn
+from rlplatform.bench.learn import PIPELINE, PIPELINE_HP, TUNED, BenchLearnError, Run, check_options, summarize
 from rlplatform.cli import app
 from rlplatform.games import game_spec
 from rlplatform.train.algorithms import algorithm_class

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from rlplatform.bench import BenchTargetError, Target, check_options, parse_target
+from rlplatform.bench.ingest import BenchTargetError, Target, check_options, parse_target
 from rlplatform.cli import app
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rlplatform.bench_updates import BenchUpdatesError, check_options, random_play
+from rlplatform.bench.updates import BenchUpdatesError, check_options, random_play
 from rlplatform.cli import app
 from rlplatform.games import game_spec
 

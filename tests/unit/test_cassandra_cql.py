@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rlplatform.settings import Settings
+from rlplatform.settings import CassandraSettings, Settings
 from rlplatform.store import open_store
 from rlplatform.store.cassandra import (
     KEYSPACE_EXISTS_CQL,
@@ -19,7 +19,6 @@ from rlplatform.store.cassandra import (
     schema_cql,
     statements,
 )
-from rlplatform.store.cassandra_settings import CassandraSettings
 
 KS = "rlp"
 DDL = {**schema_cql(KS), **{f"{t} (keyspaces)": c for t, c in schema_cql(KS, keyspaces_service=True).items()}}

@@ -7,7 +7,8 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from rlplatform.cli import app
-from rlplatform.ingest.job import process_records, write_dead_letters
+from rlplatform.ingest.dead_letters import write_dead_letters
+from rlplatform.ingest.job import process_records
 from rlplatform.store.sqlite import SqliteStore
 from tests.unit.test_ingest_records import BAD, chunk_bytes
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlplatform.launcher import GameProgress, pickup_latencies
-from rlplatform.progress_view import _game_summary
+from rlplatform.stack.launcher import GameProgress, pickup_latencies
+from rlplatform.stack.view import _game_summary
 
 
 def test_pickup_is_the_earliest_client_per_version() -> None:

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from rlplatform.ingest.parse import PARSER_ERROR, Rejected, parse
+from rlplatform.ingest.dead_letters import PARSER_ERROR
+from rlplatform.ingest.parse import Rejected, parse
 from rlplatform_client.contract import REJECT_KINDS
 from tests.unit.test_parse_paths import reference, valid_doc
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform.settings import Settings
+from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store import STORES, adapter, open_store, store_endpoint, unavailable_errors
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
 
 
 def test_settings_name_the_adapter_and_it_says_where_it_is_and_what_unreachable_means(tmp_path: Path) -> None:
@@ -32,7 +31,7 @@ def test_an_unknown_adapter_is_refused_naming_the_known_ones() -> None:
 def test_the_embedded_profile_never_imports_the_cassandra_driver(tmp_path: Path) -> None:
     code = (
         "import sys\nfrom rlplatform.settings import Settings\nfrom rlplatform.store import open_store\n"
-        "from rlplatform.store.sqlite_settings import SqliteSettings\n"
+        "from rlplatform.settings import SqliteSettings\n"
         f"open_store(Settings(sqlite=SqliteSettings(path={str(tmp_path / 's.sqlite')!r}))).close()\n"
         "assert 'cassandra' not in sys.modules, sorted(m for m in sys.modules if 'cassandra' in m)\n"
     )

@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rlplatform.settings import Settings, env_var_names
-from rlplatform.store.cassandra_settings import CassandraSettings
-from rlplatform.store.sqlite_settings import SqliteSettings
+from rlplatform.settings import CassandraSettings, Settings, SqliteSettings, env_var_names, settings_env
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +56,21 @@ def test_a_flat_name_from_before_the_sections_is_refused(tmp_path: Path) -> None
         Settings(sqlite_path=tmp_path / "s.sqlite")
     with pytest.raises(ValidationError, match="sqlite_path"):
         SqliteSettings(sqlite_path=tmp_path / "s.sqlite")
+
+
+def test_settings_env_rebuilds_the_same_settings_in_a_child(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A stage started by the launcher or a bench builds exactly the settings its starter chose, whatever
+    RLP_* the starter's shell holds; a field left unset (None) is not written and stays unset."""
+    chosen = Settings(
+        store="cassandra",
+        sqlite=SqliteSettings(path=tmp_path / "x.sqlite"),
+        cassandra=CassandraSettings(port=9100, ssl=True),
+        ingest_trigger_seconds=0.25,
+    )
+    env = settings_env(chosen, {"PATH": "/bin", "RLP_RAY_ADDRESS": "auto", "RLP_SHARD_COUNT": "9"})
+
+    assert env["PATH"] == "/bin"
+    assert "RLP_RAY_ADDRESS" not in env and env["RLP_SHARD_COUNT"] == str(chosen.shard_count)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == chosen

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rlplatform.launcher import LaunchConfig, Progress, Stack, _drain
-from rlplatform.progress_view import _fmt_restarts
-from rlplatform.supervisor import StageFailed, Supervisor
+from rlplatform.stack.launcher import LaunchConfig, Progress, Stack, _drain
+from rlplatform.stack.supervisor import StageFailed, Supervisor
+from rlplatform.stack.view import _fmt_restarts
 from rlplatform_client.retry import Backoff
 
 CRASH = [sys.executable, "-c", "import sys; print('started', flush=True); sys.exit(3)"]

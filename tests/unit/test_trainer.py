@@ -18,10 +18,9 @@ from moto import mock_aws
 
 from rlplatform import registry
 from rlplatform.games import game_spec
-from rlplatform.settings import Settings
+from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
 from rlplatform.train.algorithms import AlgorithmConfigError
 from rlplatform.train.algorithms.dqn import DQN
 from rlplatform.train.trainer import Trainer, TrainerConfig
@@ -75,7 +74,11 @@ def latest_manifest(s3, bucket: str) -> ModelManifest:
 
 def test_train_batch_keeps_terminated_and_truncated_apart() -> None:
     source = cartpole_batch(100)
-    batch = DQN(game_spec("CartPole-v1")).to_train_batch(source).policy_batches["default_policy"]
+    batch = (
+        DQN(game_spec("CartPole-v1"))
+        .to_train_batch(source, np.ones(len(source), np.int64))
+        .policy_batches["default_policy"]
+    )
     assert batch["terminateds"].sum() == 5 and batch["truncateds"].sum() == 2
     np.testing.assert_array_equal(batch["terminateds"], source.terminated)
     np.testing.assert_array_equal(batch["truncateds"], source.truncated)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from rlplatform.cli import _targets, app
-from rlplatform.launcher import live_target_reached
+from rlplatform.cli.app import _targets, app
+from rlplatform.stack.launcher import live_target_reached
 from rlplatform.store.base import LiveReturns
 
 

@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from .contract import DEFAULT_BUCKET, DEFAULT_STREAM_NAME
+from .games import DEFAULT_GAME
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rlplatform game-client tools.")
 
 
@@ -20,11 +23,11 @@ def _main() -> None:
 def simulate(
     stream: Annotated[
         str, typer.Option("--stream", envvar="RLP_STREAM_NAME", help="Kinesis stream receiving experience.")
-    ] = "rlp-experience",
+    ] = DEFAULT_STREAM_NAME,
     bucket: Annotated[
         str, typer.Option("--bucket", envvar="RLP_BUCKET", help="S3 bucket holding the model registry.")
-    ] = "rlp-models",
-    game: Annotated[str, typer.Option("--game", help="gymnasium environment id (also the game_id).")] = "CartPole-v1",
+    ] = DEFAULT_BUCKET,
+    game: Annotated[str, typer.Option("--game", help="gymnasium environment id (also the game_id).")] = DEFAULT_GAME,
     clients: Annotated[int, typer.Option("--clients", min=1, help="Number of bot client processes.")] = 1,
     seconds: Annotated[float | None, typer.Option("--seconds", min=0, help="Stop after this many seconds.")] = None,
     episodes_per_client: Annotated[

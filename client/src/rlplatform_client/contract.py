@@ -34,6 +34,10 @@ from typing import Any
 import orjson
 
 SCHEMA_VERSION = 1
+# Where clients send experience and find models unless told otherwise (the platform's RLP_STREAM_NAME and
+# RLP_BUCKET default to the same names).
+DEFAULT_STREAM_NAME = "rlp-experience"
+DEFAULT_BUCKET = "rlp-models"
 SUPPORTED_VERSIONS = frozenset({SCHEMA_VERSION})
 MAX_STEPS_PER_CHUNK = 1024
 # Step indices and model versions are 32-bit signed on the wire (stores keep them as int).
@@ -52,34 +56,39 @@ MAX_DECOMPRESSED_BYTES = 8 * 1024 * 1024
 _INT_RANGE = (-(2**63), 2**64 - 1)
 
 
-REJECT_KINDS = frozenset(
-    {
-        "too_large",
-        "not_json",
-        "not_decompressible",
-        "unknown_version",
-        "unknown_game",
-        "missing_field",
-        "wrong_type",
-        "bad_length",
-        "bad_episode_id",
-        "bad_model_version",
-        "non_finite",
-        "action_out_of_range",
-        "bad_step_index",
-        "step_after_end",
-    }
-)
+# Why a record breaks the contract: each reason, a stable category for counting dead letters, with its meaning
+# (the docs' dead-letter reasons page is generated from this map and the platform's own, in ingest).
+REJECT_KINDS: dict[str, str] = {
+    "too_large": "the record is over 1 MiB, decompresses to more than 8 MiB, or holds more than 1024 steps",
+    "not_json": "not UTF-8 JSON (UTF-16/32 and a byte-order mark are refused too)",
+    "not_decompressible": "starts with the gzip magic bytes but is not a complete gzip stream",
+    "unknown_version": "`v` is not a supported schema version (1)",
+    "unknown_game": "`game_id` names no game this platform can resolve (also a registered game whose environment "
+    "cannot be built here)",
+    "missing_field": "a required field is absent",
+    "wrong_type": "a field has the wrong JSON type (e.g. a string reward, a float `t`, `true` for an int)",
+    "bad_length": "a string or list of the wrong length: `game_id`, `client_id`, `obs`/`next_obs` (the game's "
+    "observation size), an empty `steps`",
+    "bad_episode_id": "`episode_id` is not a UUID",
+    "bad_model_version": "`model_version` is outside 0..2^31-1",
+    "non_finite": "NaN, Infinity, or a number beyond float32 range in `obs`, `next_obs`, `reward` or a continuous "
+    "action",
+    "action_out_of_range": "the action is outside the game's action space",
+    "bad_step_index": "`t` outside 0..2^31-1, or not strictly increasing within the chunk",
+    "step_after_end": "a step follows, in the same chunk, a step that was `terminated` or `truncated`",
+}
 
 
 class ContractError(ValueError):
     """A record that breaks the wire contract.
 
     ``field`` names the offending field; ``kind`` is one of ``REJECT_KINDS``, a stable category for
-    counting dead letters (the README lists each with its meaning).
+    counting dead letters.
     """
 
     def __init__(self, field: str, reason: str, kind: str) -> None:
+        if kind not in REJECT_KINDS:
+            raise ValueError(f"kind: {kind!r} is not one of REJECT_KINDS")
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason

@@ -22,6 +22,8 @@ from typing import Any
 
 from .models import is_missing
 
+# The game the tools play when none is named (and the platform's own test game).
+DEFAULT_GAME = "CartPole-v1"
 GAMES_PREFIX = "games"
 SPEC_VERSION = 1
 MAX_OBS_DIM = 65_536

@@ -122,10 +122,6 @@ class ModelManifest:
         return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
 
     @property
-    def is_discrete(self) -> bool:
-        return self.action_space["type"] == "discrete"
-
-    @property
     def output_kind(self) -> str:
         """How to act on the model's output: ``"q_values"`` (argmax) or ``"action"`` (the action itself)."""
         return self.output["kind"] if self.output else OUTPUT_KINDS[self.action_space["type"]]

@@ -35,7 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .models import ModelError
 from .producer import BufferFullError, ExperienceProducer
-from .stopping import set_on_signals
+from .stopping import die_with_parent, set_on_signals
 from .subscriber import ModelSubscriber
 
 log = logging.getLogger(__name__)
@@ -150,23 +150,10 @@ def client_main(cfg: SimConfig, index: int, parent_pid: int) -> None:
     """Entry point of a client process."""
     stop = threading.Event()
     set_on_signals(stop)
-    _die_with_parent()
+    die_with_parent()
     client_id = f"{cfg.client_prefix}-{index}"
     logging.basicConfig(level=cfg.log_level, format=f"%(asctime)s {client_id} %(levelname)s %(name)s: %(message)s")
     sys.exit(BotClient(cfg, index, parent_pid, stop).run())
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the parent dies (belt and braces with the getppid() check)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-    except (OSError, AttributeError):
-        pass
 
 
 class BotClient:

@@ -14,11 +14,12 @@ then polls cost one conditional GET of the pointer (a 304), and a new pointer (n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +56,25 @@ class ModelLoadError(ModelError):
 class ModelMissingError(ModelError):
     """The pointer names a model object that does not exist; the model was not loaded."""
 
-    def __init__(self, key: str, version: int, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.version = version
+    def __init__(self, bucket: str, manifest: ModelManifest, note: str = "") -> None:
+        super().__init__(
+            f"model v{manifest.version} is missing: {latest_key(manifest.game_id)} names "
+            f"s3://{bucket}/{manifest.onnx_key}, which does not exist{note}"
+        )
+        self.key = manifest.onnx_key
+        self.version = manifest.version
+
+
+@contextlib.contextmanager
+def missing_model_raises(bucket: str, manifest: ModelManifest, note: str = "") -> Iterator[None]:
+    """A "no such key" from S3 inside the block becomes ``ModelMissingError`` for the manifest's model: the
+    one reading of a missing model, for the subscriber and the platform's registry alike."""
+    try:
+        yield
+    except ClientError as exc:
+        if not is_missing(exc):
+            raise
+        raise ModelMissingError(bucket, manifest, note) from None
 
 
 class NoModelError(ModelError, RuntimeError):
@@ -191,17 +207,8 @@ class ModelSubscriber:
         return manifest
 
     def _download_and_load(self, manifest: ModelManifest) -> _Loaded:
-        try:
+        with missing_model_raises(self.bucket, manifest, f"; keeping model v{self.version}"):
             data = self._s3.get_object(Bucket=self.bucket, Key=manifest.onnx_key)["Body"].read()
-        except ClientError as exc:
-            if not is_missing(exc):
-                raise
-            raise ModelMissingError(
-                manifest.onnx_key,
-                manifest.version,
-                f"model v{manifest.version} is missing: s3://{self.bucket}/{manifest.onnx_key} does not exist "
-                f"(named by {latest_key(self.game_id)}); keeping model v{self.version}",
-            ) from None
         digest = sha256_hex(data)
         if digest != manifest.sha256:
             raise ModelIntegrityError(

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rlplatform import aws
 from rlplatform.games.gym_catalog import game_spec as gym_game_spec
 from rlplatform.games.spec import GameSpec, GameSpecError, UnknownGameError
+from rlplatform.infra import aws
 from rlplatform_client.games import GAMES_PREFIX, declare_game, read_declared
 from rlplatform_client.retry import RetryStopped, aws_unreachable, retry
 

@@ -22,21 +22,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlplatform import aws, processes
 from rlplatform.games import GameCatalog, game_spec
+from rlplatform.infra import processes
+from rlplatform.ingest.dead_letters import CONFLICT, DEAD_LETTER_SAMPLE_BYTES, write_dead_letters
 from rlplatform.ingest.kinesis_source import record_progress
 from rlplatform.ingest.parse import Rejected, parse
 from rlplatform.settings import Settings
-from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
+from rlplatform.store import ExperienceStore, TransitionBatch, open_store, wait_for_store
 from rlplatform_client.contract import GZIP_MAGIC, MAX_DECOMPRESSED_BYTES
-from rlplatform_client.retry import aws_unreachable, retry
 from rlplatform_client.stopping import set_on_signals
 
 log = logging.getLogger(__name__)
-DEAD_LETTER_PREFIX = "dead-letters/"
-DEAD_LETTER_SAMPLE_BYTES = 2048
-# The dead-letter kind of a step whose key is stored already with other content.
-CONFLICT = "conflicting_resend"
 # What each write task sends back to the driver: one row per shard, no record data.
 RESULT_SCHEMA = "shard_id string, last_seq string, records long, stored long, rejected string, arrivals string"
 # Records per Arrow batch handed to a write task (see run).
@@ -113,27 +109,23 @@ def process_records(
     store: ExperienceStore,
     slice_records: int = 64,
     slice_bytes: int = 4 * 1024 * 1024,
-    store_errors: tuple[type[BaseException], ...] = (),
-    store_where: str = "the store",
+    settings: Settings | None = None,
     bucket: str | None = None,
 ) -> tuple[BatchResult, list[dict]]:
     """Parse, validate and store ``(shard_id, sequence_number, data)`` records, a slice at a time, so parsed
     data waiting for the store stays bounded whatever the batch size.
 
-    A write failing with one of ``store_errors`` (the store is unreachable) is retried, logged, until it
-    succeeds. Returns the counts and the dead letters (one dict per rejected record).
+    With ``settings``, a write to the store they name that finds it unreachable is retried, logged, until it
+    succeeds (``wait_for_store``); without, it raises. Returns the counts and the dead letters (one dict per
+    rejected record).
     """
     result = BatchResult(records=len(records))
     dead: list[dict] = []
+    write = store.write if settings is None else lambda g, b: wait_for_store(settings, lambda: store.write(g, b))
     for part in _slices(records, slice_records, slice_bytes):
         parsed = parse_slice(part, bucket)
         for game_id, batch in parsed.batches.items():
-            new = retry(
-                lambda g=game_id, b=batch: store.write(g, b),
-                service="store",
-                endpoint=store_where,
-                unreachable=lambda exc: isinstance(exc, store_errors),
-            )
+            new = write(game_id, batch)
             result.stored += new
             if new < len(batch):  # some keys were there already: a replay, or a client re-sending steps
                 conflicts = conflict_letters(game_id, batch, store.conflicting(game_id, batch))
@@ -206,21 +198,6 @@ def _append_metrics(path: Path, batch_id: int, result: BatchResult, arrivals: li
         f.write(json.dumps(line) + "\n")
 
 
-def write_dead_letters(bucket: str, batch_id: int, dead: list[dict], shard_id: str | None = None) -> None:
-    """One object per micro-batch and shard (a replay overwrites it with the same letters); an unreachable S3 is
-    waited out, so no dead letter is lost."""
-    name = f"batch-{batch_id:09d}" + (f"-{shard_id}" if shard_id else "")
-    key = f"{DEAD_LETTER_PREFIX}{time.strftime('%Y/%m/%d')}/{name}.jsonl"
-    body = "\n".join(json.dumps(d) for d in dead).encode()
-    s3 = aws.s3_client()
-    retry(
-        lambda: s3.put_object(Bucket=bucket, Key=key, Body=body),
-        service="S3",
-        endpoint=s3.meta.endpoint_url,
-        unreachable=aws_unreachable,
-    )
-
-
 # ------------------------------------------------------------------------------ executors: parse, validate, write
 
 _STORES: dict[int, ExperienceStore] = {}
@@ -233,13 +210,7 @@ def _worker_store(settings: Settings) -> ExperienceStore:
     if store is None:
         if not logging.getLogger().handlers:  # a Spark Python worker: its waits must reach the job's log
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        errors = unavailable_errors(settings)
-        store = retry(
-            lambda: open_store(settings),
-            service="store",
-            endpoint=store_endpoint(settings),
-            unreachable=lambda exc: isinstance(exc, errors),
-        )
+        store = wait_for_store(settings, lambda: open_store(settings))
         _STORES[os.getpid()] = store
         processes.freeze_heap()
     return store
@@ -253,16 +224,15 @@ def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_a
     import pyarrow as pa
 
     shards: dict[str, dict] = {}
-    store = errors = where = None
+    store = None
     for batch in batches:
         if batch.num_rows == 0:
             continue
         if store is None:
             store = _worker_store(settings)
-            errors, where = unavailable_errors(settings), store_endpoint(settings)
         cols = batch.to_pydict()
         records = list(zip(cols["shard_id"], cols["sequence_number"], cols["data"], strict=True))
-        result, dead = process_records(records, store, store_errors=errors, store_where=where, bucket=settings.bucket)
+        result, dead = process_records(records, store, settings=settings, bucket=settings.bucket)
         # A task reads one shard: every batch here is that shard's records, in order.
         acc = shards.setdefault(
             cols["shard_id"][-1], {"result": BatchResult(), "dead": [], "arrivals": [], "last_seq": None}
@@ -324,15 +294,8 @@ def run(
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if threading.current_thread() is threading.main_thread():
         set_on_signals(stop)
-    store_errors, store_where = unavailable_errors(settings), store_endpoint(settings)
     # Once here, so the executors find the store's schema made (and the job waits for a store that is away).
-    retry(
-        lambda: open_store(settings),
-        service="store",
-        endpoint=store_where,
-        unreachable=lambda exc: isinstance(exc, store_errors),
-        stop=stop,
-    ).close()
+    wait_for_store(settings, lambda: open_store(settings), stop=stop).close()
     builder = SparkSession.builder.master(master)
     if master.startswith("local"):  # nothing outside this machine needs the driver: stay on loopback
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")

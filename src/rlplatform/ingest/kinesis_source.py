@@ -33,7 +33,7 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxBytes
 from pyspark.sql.types import BinaryType, DoubleType, StringType, StructField, StructType
 
-from rlplatform import processes
+from rlplatform.infra import processes
 from rlplatform.settings import DEFAULT_INGEST_MAX_BATCH_BYTES
 from rlplatform_client.retry import aws_unreachable, retry
 

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from rlplatform.games import GameSpec, UnknownGameError, game_spec
+from rlplatform.ingest.dead_letters import PARSER_ERROR
 from rlplatform.store import TransitionBatch
 from rlplatform_client.contract import (
     GZIP_MAGIC,
@@ -38,9 +39,6 @@ from rlplatform_client.contract import (
 log = logging.getLogger(__name__)
 Resolver = Callable[[str], GameSpec]
 _NUMBER_TYPES = frozenset({float, int})
-# The dead-letter kind of a record the parser itself failed on: a bug in rlplatform, never the client's
-# fault by contract. The record is dead-lettered (and kept in the stream) rather than failing its batch.
-PARSER_ERROR = "parser_error"
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,20 @@
 """Experience stores: one port (``ExperienceStore``, ``base.py``), one module per adapter, and the factory:
 a name -> adapter map (``RLP_STORE``), imported only when named, so no profile loads another's driver.
-Each adapter's settings live in a driver-free module beside it (``<name>_settings.py``, ``RLP_<NAME>_*``),
-nested in ``rlplatform.settings.Settings`` as ``settings.<name>``."""
+Each adapter's settings are a section of ``rlplatform.settings.Settings`` (``settings.<name>``, ``RLP_<NAME>_*``)."""
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rlplatform.store.base import ExperienceStore, TransitionBatch
+from rlplatform_client.retry import retry
 
 if TYPE_CHECKING:
     from rlplatform.settings import Settings
-    from rlplatform.store.base import ExperienceStore, TransitionBatch
 
+T = TypeVar("T")
 # RLP_STORE -> "module:class" of its adapter.
 STORES = {
     "sqlite": "rlplatform.store.sqlite:SqliteStore",
@@ -42,14 +45,18 @@ def unavailable_errors(settings: Settings) -> tuple[type[BaseException], ...]:
     return adapter(settings.store).unavailable_errors()
 
 
-def __getattr__(name: str) -> object:
-    """The port's names, loaded on first use: ``rlplatform.settings`` imports the adapters' settings modules,
-    which runs this package, and must load neither the port (numpy) nor, circularly, the settings."""
-    if name in ("ExperienceStore", "TransitionBatch"):
-        from rlplatform.store import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def wait_for_store(settings: Settings, call: Callable[[], T], **retry_options: Any) -> T:
+    """``call()`` (a call to the store the settings name), waiting out that store being unreachable: logged,
+    with backoff, until it answers. Every other error propagates. ``retry_options`` go to
+    ``rlplatform_client.retry.retry`` (``stop``, ``backoff``, ``logger``)."""
+    errors = unavailable_errors(settings)
+    return retry(
+        call,
+        service=f"store ({settings.store})",
+        endpoint=store_endpoint(settings),
+        unreachable=lambda exc: isinstance(exc, errors),
+        **retry_options,
+    )
 
 
 __all__ = [
@@ -60,4 +67,5 @@ __all__ = [
     "open_store",
     "store_endpoint",
     "unavailable_errors",
+    "wait_for_store",
 ]

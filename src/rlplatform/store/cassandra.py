@@ -62,7 +62,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
-from rlplatform.settings import Settings
+from rlplatform.settings import CassandraSettings, Settings
 from rlplatform.store.base import (
     EpisodeSteps,
     ExperienceStore,
@@ -72,7 +72,6 @@ from rlplatform.store.base import (
     followed_seqs,
     t_ranges,
 )
-from rlplatform.store.cassandra_settings import CassandraSettings
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ by primary key, and the row count is max - min + 1: no scan, whatever the size.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from rlplatform.infra.names import slug
 from rlplatform.settings import Settings
 from rlplatform.store.base import (
     EpisodeSteps,
@@ -177,7 +177,7 @@ class SqliteStore(ExperienceStore):
         known = self._known_game(game_id)
         if known is not None:
             return known
-        table = "exp_" + re.sub(r"[^A-Za-z0-9]", "_", game_id)
+        table = "exp_" + slug(game_id)
         shapes = GameShapes.of(batch)
         with self._lock:
             self._conn.execute(

@@ -32,10 +32,11 @@ from ray.rllib.core.learner.learner_group import LearnerGroup
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from rlplatform import aws, registry
+from rlplatform import registry
 from rlplatform.games import GameCatalog
+from rlplatform.infra import aws
 from rlplatform.settings import Settings
-from rlplatform.store import ExperienceStore, TransitionBatch, open_store, store_endpoint, unavailable_errors
+from rlplatform.store import ExperienceStore, TransitionBatch, open_store, wait_for_store
 from rlplatform.train.algorithms import (
     Algorithm,
     AlgorithmConfigError,
@@ -45,6 +46,7 @@ from rlplatform.train.algorithms import (
 )
 from rlplatform.train.evaluate import evaluate_onnx
 from rlplatform.train.n_step import n_step_transitions
+from rlplatform_client.games import DEFAULT_GAME
 from rlplatform_client.models import ModelError, ModelManifest
 from rlplatform_client.retry import Backoff, RetryStopped, aws_unreachable, retry
 
@@ -54,7 +56,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    game_id: str = "CartPole-v1"
+    game_id: str = DEFAULT_GAME
     # None: the default for the game's action space (rlplatform.train.algorithms.DEFAULT_BY_ACTION_SPACE).
     algorithm: str | None = None
     # Over the algorithm's own defaults (its Hyperparameters dataclass), e.g. {"batch_size": 64}.
@@ -133,7 +135,6 @@ class Trainer:
         # Set by SIGTERM/SIGINT: ends waits for an unreachable S3 or store (RetryStopped).
         self.stop = stop or threading.Event()
         self._s3_endpoint = aws.s3_client().meta.endpoint_url
-        self._store_errors = unavailable_errors(settings)
         if cfg.algorithm is not None:
             known_algorithm(cfg.algorithm)  # a typo fails before any S3 or store call
         # Declared in the bucket's catalog, else a gymnasium id: a game needs no environment here.
@@ -228,25 +229,18 @@ class Trainer:
             self.publish()
 
     def _s3(self, call: Callable[[], T]) -> T:
-        return self._retry(call, "S3", self._s3_endpoint, aws_unreachable)
-
-    def _store(self, call: Callable[[], T]) -> T:
-        errors = self._store_errors
-        where = store_endpoint(self.settings)
-        return self._retry(call, f"store ({self.settings.store})", where, lambda exc: isinstance(exc, errors))
-
-    def _retry(
-        self, call: Callable[[], T], service: str, endpoint: str, unreachable: Callable[[BaseException], bool]
-    ) -> T:
         return retry(
             call,
-            service=service,
-            endpoint=endpoint,
-            unreachable=unreachable,
+            service="S3",
+            endpoint=self._s3_endpoint,
+            unreachable=aws_unreachable,
             stop=self.stop,
             backoff=self.cfg.unreachable_backoff,
             logger=log,
         )
+
+    def _store(self, call: Callable[[], T]) -> T:
+        return wait_for_store(self.settings, call, stop=self.stop, backoff=self.cfg.unreachable_backoff, logger=log)
 
     def _may_update(self) -> bool:
         stored = self.status.stored_rows

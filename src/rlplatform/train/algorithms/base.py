@@ -144,10 +144,10 @@ class Algorithm(abc.ABC):
     def rllib_config(self) -> AlgorithmConfig:
         """RLlib's config with this algorithm's hyperparameters (spaces, seed and resources are added)."""
 
-    def to_train_batch(self, batch: TransitionBatch, steps: np.ndarray | None = None) -> MultiAgentBatch:
+    def to_train_batch(self, batch: TransitionBatch, steps: np.ndarray) -> MultiAgentBatch:
         """Store columns -> RLlib's train batch. ``terminated`` alone stops bootstrapping; truncation does not.
 
-        ``steps`` int[n]: the steps each transition's reward sums (``train.n_step``); None: one-step rewards.
+        ``steps`` int[n]: the steps each transition's reward sums (``train.n_step``; all 1 for one-step returns).
         """
         n = len(batch)
         columns = {
@@ -157,7 +157,7 @@ class Algorithm(abc.ABC):
             Columns.NEXT_OBS: batch.next_obs,
             Columns.TERMINATEDS: batch.terminated,
             Columns.TRUNCATEDS: batch.truncated,
-            "n_step": np.ones(n, dtype=np.float32) if steps is None else steps.astype(np.float32),
+            "n_step": steps.astype(np.float32),
             "weights": np.ones(n, dtype=np.float32),  # uniform sampling: no importance weights
         }
         return MultiAgentBatch({DEFAULT_POLICY_ID: SampleBatch(columns)}, env_steps=n)

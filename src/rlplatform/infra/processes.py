@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import signal
 import subprocess
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when its parent dies, so a crashed starter leaves nothing behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+from rlplatform_client.stopping import die_with_parent
 
 
 def init_pool_worker() -> None:
     """Initializer for worker processes of a pool: die with the parent, and leave Ctrl-C to the parent, which
     stops its workers in order (a worker killed by SIGINT would fail the work in flight)."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -40,7 +33,7 @@ def freeze_heap() -> None:
 
 def spawn(argv: list[str], **kwargs: object) -> subprocess.Popen:
     """Start ``argv`` in its own session: Ctrl-C reaches only the starter, which stops children in order."""
-    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=die_with_parent, **kwargs)
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from rlplatform import processes
+from rlplatform.infra import processes
 from rlplatform_client.retry import Backoff
 
 console = Console(stderr=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import boto3
 from botocore.config import Config
 
-from rlplatform import processes
-from rlplatform.bootstrap import bootstrap as create_resources
+from rlplatform.infra import processes
+from rlplatform.infra.bootstrap import bootstrap as create_resources
 from rlplatform.settings import Settings
 
 _RETRIES = Config(retries={"max_attempts": 10, "mode": "adaptive"})
@@ -121,7 +121,7 @@ class MotoServer(Emulator):
     def start(cls, timeout_s: float = 30.0) -> MotoServer:
         port = free_port()
         process = processes.spawn(
-            [sys.executable, "-m", "rlplatform.moto_server", "--port", str(port)],
+            [sys.executable, "-m", "rlplatform.infra.moto_server", "--port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from rlplatform import aws, registry
+from rlplatform import registry
+from rlplatform.infra import aws
 from rlplatform.store import ExperienceStore
 from rlplatform.store.base import LiveReturns
 from rlplatform_client.models import ManifestError, ModelManifest, manifest_key

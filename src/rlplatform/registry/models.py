@@ -11,9 +11,9 @@ import re
 
 from botocore.exceptions import ClientError
 
-from rlplatform import aws
+from rlplatform.infra import aws
 from rlplatform_client.models import MODEL_PREFIX, ModelManifest, is_missing, latest_key, publish_model
-from rlplatform_client.subscriber import ModelMissingError
+from rlplatform_client.subscriber import missing_model_raises
 
 __all__ = ["check_pointer", "latest_manifest", "next_version", "publish", "published_versions"]
 
@@ -58,16 +58,8 @@ def check_pointer(bucket: str, game_id: str) -> None:
     manifest = latest_manifest(bucket, game_id)
     if manifest is None:
         return
-    try:
+    with missing_model_raises(bucket, manifest):
         aws.s3_client().head_object(Bucket=bucket, Key=manifest.onnx_key)
-    except ClientError as exc:
-        if not is_missing(exc):
-            raise
-        raise ModelMissingError(
-            manifest.onnx_key,
-            manifest.version,
-            f"{latest_key(game_id)} names v{manifest.version}, but s3://{bucket}/{manifest.onnx_key} does not exist",
-        ) from None
 
 
 def publish(bucket: str, manifest: ModelManifest, onnx_bytes: bytes) -> None:

@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplatform import aws, processes
-from rlplatform.cpu_meter import CpuMeter, executor_pids
-from rlplatform.settings import Settings
+from rlplatform.bench.cpu_meter import CpuMeter, executor_pids
+from rlplatform.infra import aws, processes
+from rlplatform.settings import Settings, SqliteSettings, settings_env
 from rlplatform.store import ExperienceStore, TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
-from rlplatform.store.sqlite_settings import SqliteSettings
+from rlplatform_client.games import DEFAULT_GAME
 
-GAME = "CartPole-v1"
+GAME = DEFAULT_GAME
 # The store ceiling writes this game, so its rows never mix with the pipeline's.
 CEILING_GAME = "BenchCeiling-v0"
 OBS_DIM = 4
@@ -323,21 +323,21 @@ def _kinesis_for(target: Target) -> Iterator[aws.Emulator]:
 
 
 @contextlib.contextmanager
-def _store_for(target: Target, work: Path, run_id: str) -> Iterator[tuple[Settings, dict[str, str], ExperienceStore]]:
-    """Fresh storage for one run (a new SQLite file, or a ``bench_<hex>`` keyspace dropped at the end): its
-    settings, the variables that point the ingest job at it, and an open store."""
+def _store_for(target: Target, work: Path, run_id: str) -> Iterator[tuple[Settings, ExperienceStore]]:
+    """Fresh storage for one run (a new SQLite file, or a ``bench_<hex>`` keyspace dropped at the end): the
+    settings that point the ingest job at it, and an open store."""
     if target.store == "sqlite":
         path = work / "experience.sqlite"
         path.unlink(missing_ok=True)
         settings = Settings(store="sqlite", sqlite=SqliteSettings(path=path))
         with SqliteStore(path) as store:
-            yield settings, {"RLP_STORE": "sqlite", "RLP_SQLITE_PATH": str(path)}, store
+            yield settings, store
         return
     keyspace = f"bench_{run_id}"
     store = _open_cassandra(target, keyspace)
     settings = Settings(store="cassandra", cassandra=store.settings)  # type: ignore[attr-defined]
     try:
-        yield settings, {"RLP_STORE": "cassandra", "RLP_CASSANDRA_KEYSPACE": keyspace}, store
+        yield settings, store
     finally:
         try:
             store._session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)  # type: ignore[attr-defined]
@@ -349,7 +349,7 @@ def _store_for(target: Target, work: Path, run_id: str) -> Iterator[tuple[Settin
 @contextlib.contextmanager
 def _fresh_stream(name: str, shards: int) -> Iterator[None]:
     """A stream of its own for one run (an emulator's existing streams stay untouched), deleted at the end."""
-    from rlplatform.bootstrap import bootstrap as create_resources
+    from rlplatform.infra.bootstrap import bootstrap as create_resources
 
     kinesis = aws.kinesis_client()
     create_resources(name, shards, Settings().bucket, kinesis, aws.s3_client())
@@ -369,20 +369,17 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
     producers: list = []
     with contextlib.ExitStack() as stack:
         emulator = stack.enter_context(_kinesis_for(target))
-        settings, store_env, store = stack.enter_context(_store_for(target, work, run_id))
+        settings, store = stack.enter_context(_store_for(target, work, run_id))
         if target.store == "sqlite":
             result["store_ceiling_per_s"] = round(store_ceiling(work / "ceiling.sqlite"))
         else:
             result["store_ceiling_per_s"] = round(store_ceiling(store))
         stack.enter_context(_fresh_stream(stream, cfg.shards))
         try:
-            env = {
-                **emulator.env(),
-                **store_env,
-                "RLP_STREAM_NAME": stream,
-                "RLP_SHARD_COUNT": str(cfg.shards),
-                "RLP_INGEST_TRIGGER_SECONDS": str(cfg.trigger_seconds),
-            }
+            job_settings = settings.model_copy(
+                update={"stream_name": stream, "shard_count": cfg.shards, "ingest_trigger_seconds": cfg.trigger_seconds}
+            )
+            env = settings_env(job_settings, emulator.env())
             (work / "metrics.jsonl").unlink(missing_ok=True)
             job = IngestJob(
                 work / f"ingest-ckpt-{run_id}", work / "metrics.jsonl", env, work / "ingest.log", cfg.master

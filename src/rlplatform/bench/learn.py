@@ -26,8 +26,8 @@ from pathlib import Path
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 
-from rlplatform import processes
 from rlplatform.games import GameSpec, game_spec
+from rlplatform.infra import processes
 from rlplatform.train.algorithms import Algorithm, algorithm_class
 from rlplatform.train.evaluate import evaluate_onnx
 

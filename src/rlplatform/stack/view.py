@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.table import Table
 
-from rlplatform.report import live_cell
+from rlplatform.registry.report import live_cell
+from rlplatform.stack.progress import GameProgress, LaunchConfig, Progress
 from rlplatform.store.base import LiveReturns
-
-if TYPE_CHECKING:
-    from rlplatform.launcher import GameProgress, LaunchConfig, Progress
-
 
 # ---------------------------------------------------------------------------------------------------- live table
 

@@ -21,118 +21,37 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
 
-from rlplatform import aws
-from rlplatform.games import GameCatalog, GameSpec, UnknownGameError, game_spec
-from rlplatform.progress_view import progress_table, summary, write_outputs
-from rlplatform.settings import Settings
+from rlplatform.games import GameCatalog, UnknownGameError, game_spec
+from rlplatform.infra import aws
+from rlplatform.infra.names import slug
+from rlplatform.settings import Settings, SqliteSettings, settings_env
+from rlplatform.stack.progress import GameProgress, LaunchConfig, Progress
+from rlplatform.stack.supervisor import Supervisor
+from rlplatform.stack.view import progress_table, summary, write_outputs
 from rlplatform.store import ExperienceStore, open_store
 from rlplatform.store.base import LiveReturns
-from rlplatform.store.sqlite_settings import SqliteSettings
-from rlplatform.supervisor import Supervisor
 from rlplatform.train.evaluate import evaluate
 from rlplatform_client.models import ModelError
-from rlplatform_client.retry import Backoff
 from rlplatform_client.stopping import set_on_signals
 from rlplatform_client.subscriber import ModelSubscriber
 
 console = Console(stderr=True)
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    # Game id -> target return, in launch order: each game gets its own trainer (and simulated clients).
-    targets: Mapping[str, float] = field(default_factory=lambda: {"CartPole-v1": 475.0})
-    clients: int = 4  # simulated clients per gymnasium game
-    max_minutes: float = 15.0
-    run_dir: Path | None = None
-    client_steps_per_second: float = 100.0
-    eval_episodes: int = 20
-    # A game judged by live play is solved once its newest version finished this many episodes on target.
-    live_min_episodes: int = 20
-    seed: int = 0
-    # None: the trainer's own default (TrainerConfig, the algorithm's hyperparameters, its config file).
-    algorithm: str | None = None
-    trainer_config: Path | None = None
-    publish_every_updates: int | None = None
-    learning_starts: int | None = None
-    drain_timeout_s: float = 120.0
-    live_every_s: float = 10.0
-    max_restarts: int = 3  # per restartable stage (ingest, each trainer); one more crash fails the run
-    restart_backoff: Backoff = Backoff(base_s=1.0, cap_s=30.0)
-
-    @property
-    def games(self) -> tuple[str, ...]:
-        return tuple(self.targets)
-
-
-@dataclass
-class GameProgress:
-    """What the launcher observed of one game; becomes its part of the summary and its learning curve."""
-
-    game: str
-    target: float
-    spec: GameSpec | None = None  # None until the game resolves (a gymnasium id, or declared by its clients)
-    stored_rows: int = 0
-    ingest_rate: float = 0.0
-    algorithm: str | None = None
-    updates: int = 0
-    model_version: int = 0
-    clients_mean_return: float | None = None
-    transitions_sent: int = 0  # acknowledged to the simulated clients
-    evals: list[dict] = field(default_factory=list)  # {"seconds", "version", "eval_return"}
-    client_curve: list[tuple[float, float]] = field(default_factory=list)
-    # Per model version, how the (exploring) clients played it, from the store; refreshed every few seconds.
-    live: dict[int, LiveReturns] = field(default_factory=dict)
-    # Per model version, seconds from its publish to the first step any client acted with it.
-    pickup_s: dict[int, float] = field(default_factory=dict)
-    solved_at: float | None = None
-    sent_at_solve: int | None = None
-
-    @property
-    def judged_by(self) -> str | None:
-        if self.spec is None:
-            return None
-        return "simulator" if self.spec.simulator is not None else "live play"
-
-
-@dataclass
-class Progress:
-    games: dict[str, GameProgress] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-    restarts: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, cfg: LaunchConfig) -> Progress:
-        return cls({game: GameProgress(game, target) for game, target in cfg.targets.items()})
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def unsolved(self) -> list[GameProgress]:
-        return [g for g in self.games.values() if g.solved_at is None]
-
-
-def slug(game: str) -> str:
-    """A game id as a file and stage name (gymnasium ids may hold '/')."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", game)
-
-
 def stage(kind: str, game: str) -> str:
     """The supervisor's name of a game's stage, e.g. ``trainer-CartPole-v1`` (also its log file's name)."""
-    return f"{kind}-{slug(game)}"
+    return f"{kind}-{slug(game, keep='.-')}"
 
 
 def simulated(game: str) -> bool:
@@ -173,16 +92,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         assert self.moto is not None
-        return {
-            **self.moto.env(),
-            "RLP_PROFILE": "embedded",
-            "RLP_STORE": "sqlite",
-            "RLP_RAY_ADDRESS": "",
-            "RLP_SQLITE_PATH": str(self.settings.sqlite.path),
-            "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
-            "RLP_STREAM_NAME": self.settings.stream_name,
-            "RLP_BUCKET": self.settings.bucket,
-        }
+        return settings_env(self.settings, self.moto.env())
 
     def start(self) -> None:
         self.moto = aws.MotoServer.start()
@@ -250,7 +160,7 @@ class Stack:
         return self.run_dir / "client.env"
 
     def game_dir(self, game: str) -> Path:
-        return self.run_dir / "games" / slug(game)
+        return self.run_dir / "games" / slug(game, keep=".-")
 
     def trainer_status(self, game: str) -> Path:
         return self.game_dir(game) / "trainer-status.json"

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from rlplatform.processes import proc_stat
+from rlplatform.infra.processes import proc_stat
 
 _TICK = os.sysconf("SC_CLK_TCK")
 # A Spark executor's JVM; its Python workers (which read, parse and write) are its descendants.

@@ -1,0 +1,1 @@
+"""Benchmarks (``rlplatform bench ...``): commands that print numbers, never tests."""

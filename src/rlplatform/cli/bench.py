@@ -1,0 +1,157 @@
+"""``rlplatform bench``: benchmarks that print numbers (one JSON line last)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlplatform.cli.common import configure_logging
+from rlplatform.infra import processes
+from rlplatform_client.games import DEFAULT_GAME
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print numbers (one JSON line last).")
+
+
+@bench_app.command("learn")
+def bench_learn(
+    game: Annotated[str, typer.Option("--game", help="CartPole-v1 (DQN, target 475) or Pendulum-v1 (SAC, -250).")],
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds per side, run alternating.")] = 3,
+    max_minutes: Annotated[float, typer.Option("--max-minutes", min=0.1, help="Time budget per run.")] = 15.0,
+    clients: Annotated[int, typer.Option("--clients", min=1, max=64, help="Pipeline clients.")] = 4,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-learn-<timestamp>.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Seconds and env steps to the target: RLlib alone (tuned example, pipeline hyperparameters) vs the pipeline."""
+    import time
+
+    from rlplatform.bench.learn import (
+        BenchLearnError,
+        LearnBenchConfig,
+        check_options,
+        run_learn_bench,
+    )
+
+    configure_logging(log_level)
+    try:
+        check_options(game, seeds)
+    except BenchLearnError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=str(exc).split(":")[0]) from None
+    processes.interrupt_on_sigterm()
+    work = (work_dir or Path("runs") / time.strftime("bench-learn-%Y%m%d-%H%M%S")).resolve()
+    cfg = LearnBenchConfig(game=game, seeds=seeds, max_minutes=max_minutes, work_dir=work, clients=clients)
+    print(json.dumps(run_learn_bench(cfg)), flush=True)
+
+
+@bench_app.command("updates")
+def bench_updates(
+    game: Annotated[str, typer.Option("--game", help="A game with a simulator to play.")] = DEFAULT_GAME,
+    updates: Annotated[int, typer.Option("--updates", help="Measured updates per side per round.")] = 300,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds, alternating the sides.")] = 3,
+    steps: Annotated[int, typer.Option("--steps", help="Transitions of random play both sides sample from.")] = 20_000,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-updates-<time>.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+) -> None:
+    """Learner updates/s fed from the experience store vs from RLlib's in-memory replay buffer."""
+    import time
+
+    from rlplatform.bench.updates import BenchUpdatesError, UpdatesBenchConfig, check_options, run_updates_bench
+
+    configure_logging(log_level)
+    try:
+        check_options(game, updates, rounds, steps)
+    except BenchUpdatesError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
+    work = work_dir or Path("runs") / time.strftime("bench-updates-%Y%m%d-%H%M%S")
+    cfg = UpdatesBenchConfig(game=game, work_dir=work, updates=updates, rounds=rounds, steps=steps)
+    print(json.dumps(run_updates_bench(cfg)), flush=True)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long producers push.")] = 30.0,
+    producers: Annotated[int, typer.Option("--producers", min=1, max=32, help="Producer processes.")] = 2,
+    shards: Annotated[int, typer.Option("--shards", min=1, max=64)] = 4,
+    chunk_steps: Annotated[int, typer.Option("--chunk-steps", min=1, max=1024, help="Steps per record.")] = 256,
+    compress: Annotated[bool, typer.Option("--compress/--no-compress", help="gzip records in producers.")] = True,
+    rate: Annotated[
+        float, typer.Option("--rate", min=0, help="Offered steps/s over all producers; 0 = as fast as they can.")
+    ] = 60_000,
+    crash_restart: Annotated[
+        bool, typer.Option("--crash-restart", help="kill -9 the ingest job mid-stream, restart it, reconcile.")
+    ] = False,
+    reshard_to: Annotated[
+        int | None, typer.Option("--reshard-to", min=1, help="Raise the shard count to this mid-stream.")
+    ] = None,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--against",
+            metavar="KINESIS+STORE",
+            help="Target, repeatable (run one after the other). KINESIS: 'moto' (embedded, started here) or a"
+            " running emulator's endpoint, e.g. http://127.0.0.1:4566 (LocalStack); STORE: 'sqlite' (a fresh file)"
+            " or 'cassandra' (the RLP_CASSANDRA_* cluster, in a fresh keyspace bench_<hex>, dropped at the end)."
+            " Each run uses a fresh stream bench-<hex> with --shards shards, deleted at the end. Several targets"
+            " print a JSON object keyed by target. --reshard-to is refused unless every KINESIS is moto."
+            " Default: moto+sqlite.",
+        ),
+    ] = None,
+    master: Annotated[
+        str,
+        typer.Option(
+            "--master",
+            help="The ingest job's Spark master: local[2], or a standalone master spark://HOST:PORT (its executors"
+            " then get this machine's AWS endpoint from the job; their CPU is counted when they run here).",
+        ),
+    ] = "local[2]",
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-<timestamp>.")] = None,
+) -> None:
+    """End-to-end ingest throughput and latency (producer -> Kinesis -> Spark -> store).
+
+    An unreachable endpoint or Cassandra, or a refused option, exits with code 2 and a one-line error."""
+    import time
+
+    from rlplatform.bench.ingest import (
+        BenchTargetError,
+        IngestBenchConfig,
+        Target,
+        check_options,
+        parse_target,
+        run_ingest_bench,
+    )
+
+    try:
+        targets = tuple(parse_target(t) for t in against) if against else (Target(),)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--against "), param_hint="--against") from None
+    try:
+        check_options(targets, reshard_to)
+    except BenchTargetError as exc:
+        typer.echo(f"bench ingest: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    processes.interrupt_on_sigterm()
+    work = work_dir or Path("runs") / time.strftime("bench-%Y%m%d-%H%M%S")
+    try:
+        result = run_ingest_bench(
+            IngestBenchConfig(
+                work_dir=work.resolve(),
+                seconds=seconds,
+                producers=producers,
+                shards=shards,
+                chunk_steps=chunk_steps,
+                compress=compress,
+                rate=rate or None,
+                crash_restart=crash_restart,
+                reshard_to=reshard_to,
+                targets=targets,
+                master=master,
+            )
+        )
+    except BenchTargetError as exc:
+        typer.echo(f"bench ingest: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print(json.dumps(result), flush=True)

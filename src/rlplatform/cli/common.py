@@ -1,0 +1,41 @@
+"""What the command modules share: option types, logging set-up, a clean stop while a stage waits."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+GameOpt = Annotated[str, typer.Option("--game", help="gymnasium game id, also the game_id on the wire.")]
+AlgorithmOpt = Annotated[
+    str | None,
+    typer.Option("--algorithm", help="DQN or SAC; wins over --config. Default: DQN for discrete actions, SAC for box."),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help='Per-game trainer config, JSON or YAML: {"algorithm": "SAC", "hyperparameters": {...}}.',
+    ),
+]
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def until_stopped() -> Iterator[None]:
+    """SIGTERM/SIGINT while a stage waits for an unreachable service is a clean stop, not a traceback."""
+    from rlplatform_client.retry import RetryStopped
+
+    try:
+        yield
+    except RetryStopped as exc:
+        logging.getLogger("rlplatform").warning("%s; exiting", exc)

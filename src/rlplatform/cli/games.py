@@ -1,0 +1,120 @@
+"""``rlplatform games``: the game catalog (declared specs in the bucket, and gymnasium ids)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from rlplatform.settings import load_settings
+
+if TYPE_CHECKING:
+    from rlplatform.games import GameSpec
+
+games_app = typer.Typer(no_args_is_help=True, help="The game catalog: declared specs in the bucket, and gymnasium ids.")
+
+
+@games_app.command("register")
+def games_register(
+    game: Annotated[str, typer.Argument(help="The game_id clients put in their chunks.")],
+    spec_file: Annotated[
+        Path | None, typer.Option("--spec", help="A spec JSON document (README: Bring your own game).")
+    ] = None,
+    obs_size: Annotated[int | None, typer.Option("--obs-size", min=1, help="Observation vector length.")] = None,
+    actions: Annotated[int | None, typer.Option("--actions", min=1, help="Discrete actions 0..N-1.")] = None,
+    action_low: Annotated[str | None, typer.Option("--action-low", help="Box lower bounds, comma-separated.")] = None,
+    action_high: Annotated[str | None, typer.Option("--action-high", help="Box upper bounds, comma-separated.")] = None,
+    simulator: Annotated[str | None, typer.Option("--simulator", help="A gymnasium id simulating it.")] = None,
+) -> None:
+    """Declare a game (idempotent); a different spec for a declared id is refused, naming the differences."""
+    from rlplatform.games import GameCatalog, GameSpecConflict, GameSpecError
+
+    try:
+        spec = _spec_from_options(game, spec_file, obs_size, actions, action_low, action_high, simulator)
+        created = GameCatalog(load_settings().bucket).register(spec)
+    except (GameSpecError, GameSpecConflict) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{'declared' if created else 'already declared, same spec:'} {game}")
+
+
+@games_app.command("list")
+def games_list() -> None:
+    """Declared games (gymnasium ids work without a declaration and are not listed)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlplatform.games import GameCatalog
+
+    settings = load_settings()
+    specs = GameCatalog(settings.bucket).list_declared()
+    if not specs:
+        typer.echo(f"no games declared in s3://{settings.bucket}/ (gymnasium ids need no declaration)")
+        return
+    table = Table(title=f"games declared in s3://{settings.bucket}/")
+    for column in ("game_id", "observation", "actions", "simulator"):
+        table.add_column(column)
+    for spec in specs:
+        obs, action = spec.manifest_spaces()
+        table.add_row(spec.game_id, f"float32[{spec.obs_dim}]", json.dumps(action), spec.simulator or "-")
+    Console().print(table)
+
+
+@games_app.command("show")
+def games_show(game: Annotated[str, typer.Argument(help="A declared game_id or a gymnasium id.")]) -> None:
+    """The spec document a game resolves to (declared in the bucket, else derived from gymnasium)."""
+    from rlplatform.games import GameCatalog, UnknownGameError
+
+    catalog = GameCatalog(load_settings().bucket)
+    try:
+        spec = catalog.resolve(game)
+    except UnknownGameError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    source = "declared" if catalog.declared(game) is not None else "gymnasium"
+    typer.echo(json.dumps({**spec.to_document(), "source": source}, indent=2))
+
+
+def _spec_from_options(
+    game: str,
+    spec_file: Path | None,
+    obs_size: int | None,
+    actions: int | None,
+    action_low: str | None,
+    action_high: str | None,
+    simulator: str | None,
+) -> GameSpec:
+    """A GameSpec from a spec file or from the flags (exactly one of the two)."""
+    from rlplatform.games import GameSpec, GameSpecError
+
+    flags = (obs_size, actions, action_low, action_high, simulator)
+    if spec_file is not None:
+        if any(f is not None for f in flags):
+            raise GameSpecError("(options)", "give --spec FILE or the flags, not both")
+        try:
+            doc = json.loads(spec_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise GameSpecError("(document)", f"cannot read {spec_file}: {exc}") from None
+        if isinstance(doc, dict) and doc.setdefault("game_id", game) != game:
+            raise GameSpecError("game_id", f"the file declares {doc['game_id']!r}, the command {game!r}")
+        return GameSpec.from_document(doc)
+    if obs_size is None or (actions is None) == (action_low is None or action_high is None):
+        raise GameSpecError("(options)", "give --obs-size and either --actions N or --action-low/--action-high")
+    if actions is not None:
+        action = {"type": "discrete", "n": actions}
+    else:
+        action = {"type": "box", "low": _numbers(action_low, "low"), "high": _numbers(action_high, "high")}
+    observation = {"type": "box", "shape": [obs_size], "dtype": "float32"}
+    doc = {"game_id": game, "observation_space": observation, "action_space": action, "simulator": simulator}
+    return GameSpec.from_document(doc)
+
+
+def _numbers(text: str, name: str) -> list[float]:
+    from rlplatform.games import GameSpecError
+
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise GameSpecError(f"action_space.{name}", f"must be comma-separated numbers, got {text!r}") from None

@@ -1,0 +1,88 @@
+"""What ``rlplatform up`` is asked to do (``LaunchConfig``) and what it has observed so far (``Progress``, one
+``GameProgress`` per game): the model the launcher updates and the view draws."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlplatform.games import GameSpec, reward_threshold
+from rlplatform.store.base import LiveReturns
+from rlplatform_client.games import DEFAULT_GAME
+from rlplatform_client.retry import Backoff
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    # Game id -> target return, in launch order: each game gets its own trainer (and simulated clients).
+    targets: Mapping[str, float] = field(default_factory=lambda: {DEFAULT_GAME: reward_threshold(DEFAULT_GAME)})
+    clients: int = 4  # simulated clients per gymnasium game
+    max_minutes: float = 15.0
+    run_dir: Path | None = None
+    client_steps_per_second: float = 100.0
+    eval_episodes: int = 20
+    # A game judged by live play is solved once its newest version finished this many episodes on target.
+    live_min_episodes: int = 20
+    seed: int = 0
+    # None: the trainer's own default (TrainerConfig, the algorithm's hyperparameters, its config file).
+    algorithm: str | None = None
+    trainer_config: Path | None = None
+    publish_every_updates: int | None = None
+    learning_starts: int | None = None
+    drain_timeout_s: float = 120.0
+    live_every_s: float = 10.0
+    max_restarts: int = 3  # per restartable stage (ingest, each trainer); one more crash fails the run
+    restart_backoff: Backoff = Backoff(base_s=1.0, cap_s=30.0)
+
+    @property
+    def games(self) -> tuple[str, ...]:
+        return tuple(self.targets)
+
+
+@dataclass
+class GameProgress:
+    """What the launcher observed of one game; becomes its part of the summary and its learning curve."""
+
+    game: str
+    target: float
+    spec: GameSpec | None = None  # None until the game resolves (a gymnasium id, or declared by its clients)
+    stored_rows: int = 0
+    ingest_rate: float = 0.0
+    algorithm: str | None = None
+    updates: int = 0
+    model_version: int = 0
+    clients_mean_return: float | None = None
+    transitions_sent: int = 0  # acknowledged to the simulated clients
+    evals: list[dict] = field(default_factory=list)  # {"seconds", "version", "eval_return"}
+    client_curve: list[tuple[float, float]] = field(default_factory=list)
+    # Per model version, how the (exploring) clients played it, from the store; refreshed every few seconds.
+    live: dict[int, LiveReturns] = field(default_factory=dict)
+    # Per model version, seconds from its publish to the first step any client acted with it.
+    pickup_s: dict[int, float] = field(default_factory=dict)
+    solved_at: float | None = None
+    sent_at_solve: int | None = None
+
+    @property
+    def judged_by(self) -> str | None:
+        if self.spec is None:
+            return None
+        return "simulator" if self.spec.simulator is not None else "live play"
+
+
+@dataclass
+class Progress:
+    games: dict[str, GameProgress] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: LaunchConfig) -> Progress:
+        return cls({game: GameProgress(game, target) for game, target in cfg.targets.items()})
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def unsolved(self) -> list[GameProgress]:
+        return [g for g in self.games.values() if g.solved_at is None]
