@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -104,6 +105,25 @@ def test_data_crosses_every_stage(stack: Stack) -> None:
     _read_clients(stack, cartpole, progress.elapsed())
     assert cartpole.transitions_sent == cartpole.stored_rows == sent
     assert cartpole.pickup_s and all(seconds >= 0 for seconds in cartpole.pickup_s.values())
+
+
+def test_make_up_learns_cartpole_end_to_end() -> None:
+    """The README's first command, verbatim: ``make up`` (installed already, so it only runs the stack) trains
+    CartPole to a greedy return of 475 through every stage, and the summary reconciles what clients sent."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(["make", "up"], cwd=root, capture_output=True, text=True, timeout=17 * 60)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    summary = json.loads(lines[-1])
+    try:
+        assert summary["solved"] is True and summary["error"] is None and summary["drained"] is True, summary
+        cartpole = summary["games"][GAME]
+        assert cartpole["final_eval_return"] >= cartpole["target_return"] == 475
+        assert cartpole["transitions_sent"] == cartpole["transitions_stored"] > 0
+    finally:
+        run_dir = Path(summary["run_dir"])
+        if run_dir.is_relative_to(root / "runs"):
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None:
