@@ -24,6 +24,8 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 from rlplatform_client.contract import DEFAULT_BUCKET, DEFAULT_STREAM_NAME
 
+# A game's store holds at most this many transitions by default: the capacity replay buffers commonly use.
+DEFAULT_MAX_TRANSITIONS_PER_GAME = 1_000_000
 # A micro-batch of ingest reads at most this many bytes of records (plus one GetRecords response per shard).
 DEFAULT_INGEST_MAX_BATCH_BYTES = 16 * 1024 * 1024
 
@@ -93,6 +95,13 @@ class Settings(BaseSettings):
     # Each store adapter's section, one per name ``store`` accepts: RLP_SQLITE_*, RLP_CASSANDRA_*.
     sqlite: SqliteSettings = Field(default_factory=SqliteSettings)
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    max_transitions_per_game: int = Field(
+        DEFAULT_MAX_TRANSITIONS_PER_GAME,
+        ge=1_000,
+        le=10**10,
+        description="Retention: ingest keeps at most this many transitions per game in the store and drops the "
+        "oldest (beside the Cassandra TTL), like a replay buffer of this capacity; sampling is uniform over them.",
+    )
     checkpoint_dir: Path = Field(
         Path("runs/checkpoints"), description="Where trainers keep their RLlib checkpoints (one folder per game)."
     )

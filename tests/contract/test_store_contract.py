@@ -215,12 +215,55 @@ def test_games_are_kept_apart(store: ExperienceStore) -> None:
     assert store.sample("Acrobot-v1", 20, np.random.default_rng(0)).obs.shape == (20, 6)
 
 
+# Legal, different game ids that a name derived by replacing characters, by case-folding or by truncating
+# would merge: punctuation and case variants, Unicode, SQL/CQL keywords and quoting, the longest id.
+ADVERSARIAL_IDS = [
+    "CartPole-v1",
+    "CartPole_v1",
+    "CartPole.v1",
+    "cartpole-v1",
+    "CARTPOLE-V1",
+    "CartPole v1",
+    "Ærø-ゲーム-🎮",
+    "Aero-game",
+    "select",
+    "games",
+    'x"; DROP TABLE games; --',
+    "x'; DROP TABLE games; --",
+    "g" * 64,
+    "g" * 63 + "h",
+]
+
+
+def test_every_legal_game_id_keeps_its_own_storage(store: ExperienceStore) -> None:
+    """Each id gets rows of its own (obs[:, 1] marks the id): counts, samples, windows, followers and live
+    returns of one never show another's rows."""
+    for i, game in enumerate(ADVERSARIAL_IDS):
+        batch = make_batch(10 + i, seed=i)
+        batch.obs[:, 1] = i
+        assert store.write(game, batch) == 10 + i, game
+    for i, game in enumerate(ADVERSARIAL_IDS):
+        assert store.count(game) == 10 + i, game
+        assert set(store.sample(game, 64, np.random.default_rng(i)).obs[:, 1].tolist()) == {float(i)}, game
+        followed = store.sample(game, 16, np.random.default_rng(i), follow=2)
+        stored = followed[np.flatnonzero(followed.t >= 0)]  # rows past the newest are placeholders
+        assert set(stored.obs[:, 1].tolist()) == {float(i)}, game
+        assert set(store.live_returns(game)) == {3}, game
+        assert store.live_returns(game)[3].episodes == 1, game
+
+
 def test_retention_drops_oldest_rows(store: ExperienceStore) -> None:
-    store.write(GAME, make_batch(100, start_t=0))
+    episode = str(uuid.uuid4())
+    assert store.written(GAME) == 0
+    store.write(GAME, make_batch(100, episode, start_t=0))
     assert store.retain(GAME, 30) == 70
-    assert store.count(GAME) == 30
+    assert (store.count(GAME), store.written(GAME)) == (30, 100)
     sample = store.sample(GAME, 500, np.random.default_rng(0))
     assert sample.t.min() >= 70
+    assert store.write(GAME, make_batch(20, episode, start_t=100)) == 20  # the buffer goes on after a cut
+    assert store.retain(GAME, 30) == 20
+    assert (store.count(GAME), store.written(GAME)) == (30, 120)
+    assert store.sample(GAME, 500, np.random.default_rng(1)).t.min() >= 90
 
 
 def test_rows_expire_after_ttl(request: pytest.FixtureRequest, tmp_path: Path) -> None:

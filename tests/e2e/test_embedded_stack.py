@@ -48,8 +48,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 def stored_transitions(path: Path) -> dict[tuple[str, int], tuple]:
     with sqlite3.connect(path) as conn:
+        (table,) = conn.execute("SELECT table_name FROM games WHERE game_id = ?", (GAME,)).fetchone()
         rows = conn.execute(
-            "SELECT episode_id, t, obs, action, reward, next_obs, terminated, truncated FROM exp_CartPole_v1"
+            f"SELECT episode_id, t, obs, action, reward, next_obs, terminated, truncated FROM {table}"
         ).fetchall()
     out = {}
     for ep, t, obs, action, reward, next_obs, term, trunc in rows:
@@ -111,7 +112,9 @@ def test_make_up_learns_cartpole_end_to_end() -> None:
     """The README's first command, verbatim: ``make up`` (installed already, so it only runs the stack) trains
     CartPole to a greedy return of 475 through every stage, and the summary reconciles what clients sent."""
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(["make", "up"], cwd=root, capture_output=True, text=True, timeout=17 * 60)
+    # As typed in a shell: not a sub-make of `make test` (which would add its own lines and flags).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    proc = subprocess.run(["make", "up"], cwd=root, env=env, capture_output=True, text=True, timeout=17 * 60)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     summary = json.loads(lines[-1])
@@ -128,11 +131,12 @@ def test_make_up_learns_cartpole_end_to_end() -> None:
 
 def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None:
     """`rlplatform up` as a user runs it, with two games on a tiny budget: one ingest job serves both, each
-    game gets its own trainer and clients, and each game's summary reconciles on its own."""
+    game gets its own trainer and clients, each game's summary reconciles on its own, and each game's store stays
+    within its retention bound while clients send more."""
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "rlplatform", "up", "--game", GAME, "--game", "Pendulum-v1", "--clients", "1"]
     argv += ["--target-return", "1000", "--target-return", "Pendulum-v1=0", "--max-minutes", "1.5"]
-    argv += ["--run-dir", str(run_dir), "--client-steps-per-second", "200"]
+    argv += ["--run-dir", str(run_dir), "--client-steps-per-second", "200", "--max-transitions-per-game", "2000"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -142,12 +146,18 @@ def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None
     for game, target, algorithm in ((GAME, 1000, "DQN"), ("Pendulum-v1", 0, "SAC")):
         result = summary["games"][game]
         assert result["transitions_sent"] == result["transitions_stored"] > 0, game
+        assert result["transitions_retained"] == min(result["transitions_stored"], 2000), game
         assert (result["target_return"], result["judged_by"], result["solved"]) == (target, "simulator", False)
         assert result["algorithm"] == algorithm and result["seconds_to_solve"] is None
     assert summary["transitions_sent"] == sum(g["transitions_sent"] for g in summary["games"].values())
     assert summary["restarts"] == {"ingest": 0, f"trainer-{GAME}": 0, "trainer-Pendulum-v1": 0}
     assert json.loads((run_dir / "summary.json").read_text())["games"] == summary["games"]
     assert (run_dir / "learning_curve.png").stat().st_size > 0
+    with sqlite3.connect(run_dir / "experience.sqlite") as conn:  # the bound holds in the file itself
+        tables = conn.execute("SELECT table_name FROM games").fetchall()
+        assert len(tables) == 2 and all(
+            conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] <= 2000 for (t,) in tables
+        )
 
 
 def test_ctrl_c_stops_the_stack_cleanly_and_reconciles(tmp_path: Path) -> None:

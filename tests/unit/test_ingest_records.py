@@ -113,6 +113,23 @@ def test_replayed_batch_stores_nothing_twice(store) -> None:
     assert store.count("CartPole-v1") == 11
 
 
+def test_ingest_keeps_each_game_within_its_retention_bound(tmp_path: Path) -> None:
+    """Writes past ``max_transitions_per_game`` drop the oldest rows, batch after batch; every transition still
+    counts as stored (``written``), and sampling draws from the newest only."""
+    from rlplatform.settings import Settings
+
+    settings = Settings(store="sqlite", sqlite={"path": tmp_path / "s.sqlite"}, max_transitions_per_game=1_000)
+    episodes = [str(uuid.uuid4()) for _ in range(24)]  # 100 steps each, 4 per batch
+    with SqliteStore(settings.sqlite.path) as store:
+        for batch in range(6):
+            records = [("shard-0", str(4 * batch + i), chunk_bytes(100, episodes[4 * batch + i])) for i in range(4)]
+            assert process_records(records, store, settings=settings)[0].stored == 400
+            assert store.count("CartPole-v1") == min(400 * (batch + 1), 1_000)
+        assert store.written("CartPole-v1") == 2_400
+        drawn = store.sample("CartPole-v1", 5_000, np.random.default_rng(0))
+        assert set(drawn.episode_id.tolist()) == set(episodes[-10:])
+
+
 def test_a_write_task_stores_its_shard_and_reports_counts_and_its_last_sequence_number(tmp_path: Path) -> None:
     import pyarrow as pa
 

@@ -9,9 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rlplatform.cli.bench import bench_app
-from rlplatform.cli.common import AlgorithmOpt, ConfigOpt, GameOpt, configure_logging, until_stopped
+from rlplatform.cli.common import (
+    AlgorithmOpt,
+    ConfigOpt,
+    GameOpt,
+    MaxTransitionsOpt,
+    configure_logging,
+    until_stopped,
+)
 from rlplatform.cli.games import games_app
-from rlplatform.settings import load_settings
+from rlplatform.settings import DEFAULT_MAX_TRANSITIONS_PER_GAME, load_settings
 from rlplatform_client.games import DEFAULT_GAME
 
 if TYPE_CHECKING:
@@ -52,6 +59,7 @@ def up(
     algorithm: AlgorithmOpt = None,
     config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    max_transitions: MaxTransitionsOpt = None,
 ) -> None:
     """Start the embedded stack (moto, Spark ingest, an RLlib trainer and N clients per game) and train until
     every game reaches its target return."""
@@ -76,6 +84,7 @@ def up(
             algorithm=algorithm,
             trainer_config=config.resolve() if config else None,
             seed=seed,
+            max_transitions_per_game=max_transitions or DEFAULT_MAX_TRANSITIONS_PER_GAME,
         )
     )
     raise typer.Exit(0 if summary.get("error") is None else 1)
@@ -194,6 +203,7 @@ def ingest(
     metrics: Annotated[
         Path | None, typer.Option("--metrics", help="Append per-batch counts and latencies (JSON lines) here.")
     ] = None,
+    max_transitions: MaxTransitionsOpt = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the Spark Structured Streaming ingest job until SIGTERM/SIGINT."""
@@ -201,7 +211,7 @@ def ingest(
 
     configure_logging(log_level)
     with until_stopped():
-        job.run(load_settings(), checkpoint, master=master, metrics=metrics)
+        job.run(load_settings(max_transitions_per_game=max_transitions), checkpoint, master=master, metrics=metrics)
 
 
 @app.command()

@@ -10,6 +10,14 @@ from typing import Annotated
 
 import typer
 
+MaxTransitionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-transitions-per-game",
+        min=1_000,
+        help="Retention: transitions kept per game, the oldest dropped (default: RLP_MAX_TRANSITIONS_PER_GAME).",
+    ),
+]
 GameOpt = Annotated[str, typer.Option("--game", help="gymnasium game id, also the game_id on the wire.")]
 AlgorithmOpt = Annotated[
     str | None,

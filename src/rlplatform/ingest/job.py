@@ -116,16 +116,19 @@ def process_records(
     data waiting for the store stays bounded whatever the batch size.
 
     With ``settings``, a write to the store they name that finds it unreachable is retried, logged, until it
-    succeeds (``wait_for_store``); without, it raises. Returns the counts and the dead letters (one dict per
-    rejected record).
+    succeeds (``wait_for_store``), and each game written keeps at most ``settings.max_transitions_per_game``
+    transitions, the oldest dropped; without, a write raises and nothing is dropped. Returns the counts and the
+    dead letters (one dict per rejected record).
     """
     result = BatchResult(records=len(records))
     dead: list[dict] = []
     write = store.write if settings is None else lambda g, b: wait_for_store(settings, lambda: store.write(g, b))
+    written: set[str] = set()
     for part in _slices(records, slice_records, slice_bytes):
         parsed = parse_slice(part, bucket)
         for game_id, batch in parsed.batches.items():
             new = write(game_id, batch)
+            written.add(game_id)
             result.stored += new
             if new < len(batch):  # some keys were there already: a replay, or a client re-sending steps
                 conflicts = conflict_letters(game_id, batch, store.conflicting(game_id, batch))
@@ -135,6 +138,9 @@ def process_records(
         for letter in parsed.dead:
             result.rejected[letter["kind"]] += 1
         dead += parsed.dead
+    if settings is not None:
+        for game_id in written:
+            wait_for_store(settings, lambda g=game_id: store.retain(g, settings.max_transitions_per_game))
     return result, dead
 
 

@@ -78,6 +78,7 @@ class Stack:
             sqlite=SqliteSettings(path=run_dir / "experience.sqlite"),
             checkpoint_dir=run_dir / "checkpoints",
             ray_address=None,
+            max_transitions_per_game=cfg.max_transitions_per_game,
         )
         self.moto: aws.MotoServer | None = None
         self.supervisor = Supervisor(self.logs, self.env, cfg.max_restarts, cfg.restart_backoff)
@@ -268,8 +269,8 @@ def _observe(
     if g.spec is None:
         with contextlib.suppress(UnknownGameError):  # a declared game re-reads the bucket every few seconds
             g.spec = catalog.resolve(g.game)
-    stored = store.count(g.game)
-    g.ingest_rate, g.stored_rows = (stored - g.stored_rows) / dt, stored
+    stored = store.written(g.game)
+    g.ingest_rate, g.stored_rows, g.retained_rows = (stored - g.stored_rows) / dt, stored, store.count(g.game)
     _read_trainer(stack, g)
     _read_clients(stack, g, elapsed)
     if refresh_live:
@@ -326,7 +327,7 @@ def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
     with open_store(stack.settings) as store:
         for g in progress.games.values():
             _read_clients(stack, g, None)  # a retired game's curve ends where it stopped
-            while (stored := store.count(g.game)) < g.transitions_sent:
+            while (stored := store.written(g.game)) < g.transitions_sent:
                 g.stored_rows = stored
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
@@ -335,7 +336,7 @@ def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
                     )
                 stack.supervisor.check(stages=("ingest",), unlimited=True)
                 time.sleep(0.2)
-            g.stored_rows = stored
+            g.stored_rows, g.retained_rows = stored, store.count(g.game)
             g.live = store.live_returns(g.game)  # every acknowledged step counted
 
 

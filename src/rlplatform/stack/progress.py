@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlplatform.games import GameSpec, reward_threshold
+from rlplatform.settings import DEFAULT_MAX_TRANSITIONS_PER_GAME
 from rlplatform.store.base import LiveReturns
 from rlplatform_client.games import DEFAULT_GAME
 from rlplatform_client.retry import Backoff
@@ -31,6 +32,7 @@ class LaunchConfig:
     trainer_config: Path | None = None
     publish_every_updates: int | None = None
     learning_starts: int | None = None
+    max_transitions_per_game: int = DEFAULT_MAX_TRANSITIONS_PER_GAME
     drain_timeout_s: float = 120.0
     live_every_s: float = 10.0
     max_restarts: int = 3  # per restartable stage (ingest, each trainer); one more crash fails the run
@@ -48,7 +50,8 @@ class GameProgress:
     game: str
     target: float
     spec: GameSpec | None = None  # None until the game resolves (a gymnasium id, or declared by its clients)
-    stored_rows: int = 0
+    stored_rows: int = 0  # ever stored: reconciles with transitions_sent
+    retained_rows: int = 0  # stored and not yet dropped by retention: what the trainer samples from
     ingest_rate: float = 0.0
     algorithm: str | None = None
     updates: int = 0

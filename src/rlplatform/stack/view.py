@@ -27,7 +27,8 @@ def progress_table(progress: Progress, cfg: LaunchConfig) -> Table:
     table.add_row("stage restarts", _fmt_restarts(progress.restarts, cfg.max_restarts), *blank)
     rows = [
         ("ingested transitions/s", lambda g: f"{g.ingest_rate:,.0f}"),
-        ("stored rows", lambda g: f"{g.stored_rows:,}"),
+        ("stored transitions", lambda g: f"{g.stored_rows:,}"),
+        (f"retained (at most {cfg.max_transitions_per_game:,})", lambda g: f"{g.retained_rows:,}"),
         ("transitions sent (acked)", lambda g: f"{g.transitions_sent:,}"),
         ("learner updates", lambda g: f"{g.updates:,} ({g.algorithm or '-'})"),
         ("model version", lambda g: str(g.model_version)),
@@ -96,6 +97,7 @@ def _game_summary(g: GameProgress) -> dict:
         "model_pickup_s": _pickup(g.pickup_s),
         "transitions_sent": g.transitions_sent,
         "transitions_stored": g.stored_rows,
+        "transitions_retained": g.retained_rows,
         "model_versions": g.model_version,
         "learner_updates": g.updates,
         "algorithm": g.algorithm,

@@ -246,7 +246,12 @@ class ExperienceStore(abc.ABC):
 
     @abc.abstractmethod
     def count(self, game_id: str) -> int:
-        """Rows stored for the game (0 for an unknown game)."""
+        """Rows stored for the game and retained now (0 for an unknown game): what sampling draws from."""
+
+    @abc.abstractmethod
+    def written(self, game_id: str) -> int:
+        """Rows ever stored for the game, retained or dropped since (0 for an unknown game): what reconciles
+        with the transitions clients sent."""
 
     @abc.abstractmethod
     def retain(self, game_id: str, max_rows: int) -> int:

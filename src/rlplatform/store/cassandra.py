@@ -369,6 +369,10 @@ class CassandraStore(ExperienceStore):
             return 0
         return max(0, nxt - self._head(game_id, nxt - 1, game.rows_per_partition))
 
+    def written(self, game_id: str) -> int:
+        """Seqs handed out so far: the rows written, plus those of writes in flight and the holes (above)."""
+        return 0 if self._known_game(game_id) is None else self._next_seq(game_id)
+
     def retain(self, game_id: str, max_rows: int) -> int:
         """Delete the oldest rows beyond ``max_rows`` (TTL is the primary retention; this caps size too).
 

@@ -1,5 +1,8 @@
 """SQLite adapter (embedded profile): one WAL database, one table per game.
 
+The ``games`` table maps each game id to its table, named once at the game's first write
+(``infra.names.unique_name``: distinct for every distinct id); a store written before keeps its tables.
+
 Each game's table has a dense integer key ``seq`` (appends only: ignored duplicates take no key;
 retention deletes from the head), so uniform sampling draws random keys in [min, max] and reads them
 by primary key, and the row count is max - min + 1: no scan, whatever the size.
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlplatform.infra.names import slug
+from rlplatform.infra.names import unique_name
 from rlplatform.settings import Settings
 from rlplatform.store.base import (
     EpisodeSteps,
@@ -129,6 +132,14 @@ class SqliteStore(ExperienceStore):
             lo, hi = self._seq_range(game[0])
         return 0 if lo is None else hi - lo + 1
 
+    def written(self, game_id: str) -> int:
+        game = self._known_game(game_id)
+        if game is None:
+            return 0
+        with self._lock:  # seqs are dense from 1 and retention never drops the newest row
+            _, hi = self._seq_range(game[0])
+        return hi or 0
+
     def retain(self, game_id: str, max_rows: int) -> int:
         game = self._known_game(game_id)
         if game is None:
@@ -177,7 +188,7 @@ class SqliteStore(ExperienceStore):
         known = self._known_game(game_id)
         if known is not None:
             return known
-        table = "exp_" + slug(game_id)
+        table = unique_name("exp_", game_id)
         shapes = GameShapes.of(batch)
         with self._lock:
             self._conn.execute(
