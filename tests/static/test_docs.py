@@ -174,6 +174,20 @@ def test_every_documented_command_is_one_the_code_accepts(page: Path) -> None:
             assert argv[1].split("=")[0] in settings, f"{where}: {argv[1]} is not a setting"
 
 
+def test_the_code_layout_names_every_package_and_module() -> None:
+    """The layout in Concepts is the folder tree: every package and module of the platform appears in it."""
+    text = (DOCS / "concepts.md").read_text()
+    layout = text[text.index("## Code layout") :]
+    package = ROOT / "src" / "rlplatform"
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        folder = path.parent.relative_to(package)
+        assert path.name in layout, f"{path.relative_to(ROOT)} is not in the layout"
+        if folder.parts:
+            assert f"{folder.parts[0]}/" in layout, f"package {folder.parts[0]} is not in the layout"
+
+
 def test_the_commands_table_lists_exactly_the_cli_commands() -> None:
     """The overview table in Concepts names every command of the CLI, and no other."""
     text = (DOCS / "concepts.md").read_text()

@@ -70,6 +70,39 @@ def bench_updates(
     print(json.dumps(run_updates_bench(cfg)), flush=True)
 
 
+@bench_app.command("store")
+def bench_store(
+    store: Annotated[
+        str, typer.Option("--store", help="sqlite (a new file) or cassandra (RLP_CASSANDRA_*).")
+    ] = "sqlite",
+    transitions: Annotated[int, typer.Option("--transitions", help="Transitions written, in chunks.")] = 100_000,
+    chunk_steps: Annotated[int, typer.Option("--chunk-steps", help="Steps per write (a client chunk).")] = 256,
+    samples: Annotated[int, typer.Option("--samples", help="Samples of 256 draws with 2 followers each.")] = 200,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-store-<time>.")] = None,
+) -> None:
+    """The experience store alone, in-process: write and sample throughput, client CPU and requests per
+    transition."""
+    import time
+
+    from rlplatform.bench.store import BenchStoreError, StoreBenchConfig, check_options, run_store_bench
+
+    try:
+        check_options(store, transitions, chunk_steps, samples)
+    except BenchStoreError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
+    work = (work_dir or Path("runs") / time.strftime("bench-store-%Y%m%d-%H%M%S")).resolve()
+    cfg = StoreBenchConfig(
+        store=store, transitions=transitions, chunk_steps=chunk_steps, samples=samples, work_dir=work
+    )
+    try:
+        result = run_store_bench(cfg)
+    except BenchStoreError as exc:
+        typer.echo(f"bench store: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print(json.dumps(result), flush=True)
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long producers push.")] = 30.0,

@@ -17,7 +17,9 @@ needs ALLOW FILTERING, a secondary index or a materialized view):
     counters cannot carry a TTL and Keyspaces does not mix them with it.
 ``transition_keys ((game_id, episode_id), t) -> seq``
     The idempotency key. A write first reads the batch's keys (one single-partition range read per
-    episode), reserves seqs only for the new ones, writes their key rows, then the transition rows.
+    episode), reserves seqs only for the new ones, writes their key rows, then the transition rows. Both
+    writes go as unlogged batches of one partition's rows each (a chunk is one episode, and its seqs are
+    consecutive): one request per ``BATCH_STATEMENTS`` rows (Keyspaces' batch limit) instead of one per row.
     A redelivered key is not counted again; its row is re-upserted at its recorded seq, which repairs
     a write that died between the two phases.
 ``games (game_id)``
@@ -58,9 +60,9 @@ import numpy as np
 from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, Unavailable, WriteTimeout
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from rlplatform.settings import CassandraSettings, Settings
 from rlplatform.store.base import (
@@ -79,6 +81,11 @@ ROWS_PER_PARTITION = 1024
 CONCURRENCY = 64
 # Keys per ``seq IN ?`` read (Amazon Keyspaces caps IN lists at 100 values).
 IN_LIMIT = 100
+# Rows per write request: an unlogged batch of one partition's rows is one mutation, one request. Amazon
+# Keyspaces accepts at most 30 statements per batch; Cassandra fails a batch above batch_size_fail_threshold
+# (50 KiB by default), so a batch also stops before this many bytes of values.
+BATCH_STATEMENTS = 30
+BATCH_BYTES = 40 * 1024
 # Tables, in creation order. Experience tables carry a TTL; the other two are O(games) metadata.
 TABLES = ("games", "seq_alloc", "transitions", "transition_keys")
 TTL_TABLES = ("transitions", "transition_keys")
@@ -282,7 +289,7 @@ class CassandraStore(ExperienceStore):
         if new:
             first = self._reserve(game_id, len(new))
             placed += [(i, first + k) for k, i in enumerate(new)]
-            self._concurrent("insert_key", [(game_id, episodes[i], ts[i], first + k) for k, i in enumerate(new)])
+            self._batched("insert_key", [(game_id, episodes[i], ts[i], first + k) for k, i in enumerate(new)])
         if placed:
             now = datetime.now(UTC)
             reward = batch.reward.astype(np.float32).tolist()
@@ -290,7 +297,7 @@ class CassandraStore(ExperienceStore):
             truncated = batch.truncated.astype(bool).tolist()
             model_version = batch.model_version.astype(np.int64).tolist()
             rpp = game.rows_per_partition
-            self._concurrent(
+            self._batched(
                 "insert_row",
                 [
                     (game_id, s // rpp, s, episodes[i], ts[i], obs[i].tobytes(), action[i].tobytes(), reward[i])
@@ -424,6 +431,26 @@ class CassandraStore(ExperienceStore):
             self._session, self._stmts[name], params, concurrency=CONCURRENCY, raise_on_first_error=True
         )
         return [result for _, result in results]
+
+    def _batched(self, name: str, params: list[tuple]) -> None:
+        """Run a prepared write once per parameter tuple, as unlogged batches of one partition each (the first
+        two values are the partition key of both tables written this way), CONCURRENCY batches in flight."""
+        by_partition: dict[tuple, list[tuple]] = {}
+        for row in params:
+            by_partition.setdefault(row[:2], []).append(row)
+        statement, batches = self._stmts[name], []
+        for rows in by_partition.values():
+            count = size = 0
+            for row in rows:
+                row_bytes = sum(len(v) for v in row if isinstance(v, bytes | str))
+                if not batches or count == BATCH_STATEMENTS or (count and size + row_bytes > BATCH_BYTES):
+                    batches.append(BatchStatement(batch_type=BatchType.UNLOGGED))
+                    count = size = 0
+                batches[-1].add(statement, row)
+                count, size = count + 1, size + row_bytes
+        execute_concurrent(
+            self._session, [(b, None) for b in batches], concurrency=CONCURRENCY, raise_on_first_error=True
+        )
 
     def _next_seq(self, game_id: str) -> int:
         row = self._session.execute(self._stmts["select_next"], (game_id,)).one()

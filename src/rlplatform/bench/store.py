@@ -1,0 +1,188 @@
+"""``rlplatform bench store``: the experience store alone, in this process, used as ingest and the trainer use
+it. Writes of chunk-sized batches (fresh episodes, as clients send them), then learner-sized samples with
+n-step followers; for each, transitions/s, this process's CPU per transition (the client's side: the driver and
+its I/O threads for Cassandra, the whole engine for SQLite), and the requests the adapter sends per 1,000
+transitions with the bytes of their bound values (what Amazon Keyspaces bills by).
+
+The store is a fresh one: a new SQLite file in the work dir, or a ``bench_<hex>`` keyspace on the Cassandra
+the ``RLP_CASSANDRA_*`` settings name (``make cassandra`` starts one), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlplatform.bench.ingest import GAME, random_batch
+from rlplatform.settings import Settings
+from rlplatform.store import ExperienceStore, TransitionBatch
+from rlplatform.store.sqlite import SqliteStore
+
+STORES = ("sqlite", "cassandra")
+
+
+class BenchStoreError(ValueError):
+    """An option the bench cannot run with, naming it."""
+
+
+@dataclass(frozen=True)
+class StoreBenchConfig:
+    store: str = "sqlite"
+    transitions: int = 100_000
+    chunk_steps: int = 256  # steps per write: one client chunk (ingest writes a slice of several)
+    batch_size: int = 256  # draws per sample, as a learner update takes them
+    follow: int = 2  # followers per draw: 3-step returns, the DQN default
+    samples: int = 200
+    seed: int = 0
+    work_dir: Path = Path("runs/bench-store")
+
+
+def check_options(store: str, transitions: int, chunk_steps: int, samples: int) -> None:
+    if store not in STORES:
+        raise BenchStoreError(f"--store: one of {', '.join(STORES)}, got {store!r}")
+    if not 1 <= chunk_steps <= 1024:
+        raise BenchStoreError(f"--chunk-steps: 1..1024 (a chunk's limit), got {chunk_steps}")
+    if transitions < chunk_steps:
+        raise BenchStoreError(f"--transitions: at least one chunk ({chunk_steps}), got {transitions}")
+    if samples < 1:
+        raise BenchStoreError(f"--samples: at least 1, got {samples}")
+
+
+class RequestCounter:
+    """Requests the adapter sends and the bytes of their bound values: SQLite statements (its trace
+    callback), Cassandra requests (each response future the session creates, a batch counting once)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bound_bytes: int | None = 0
+
+    def attach(self, store: ExperienceStore) -> None:
+        if isinstance(store, SqliteStore):
+            store._conn.set_trace_callback(self._statement)
+            self.bound_bytes = None  # in-process: nothing crosses a wire
+            return
+        session = store._session  # type: ignore[attr-defined]
+        create = session._create_response_future
+
+        def counted(query: Any, *args: Any, **kwargs: Any) -> Any:
+            future = create(query, *args, **kwargs)
+            self.requests += 1
+            self.bound_bytes = (self.bound_bytes or 0) + _bound_bytes(future.message)
+            return future
+
+        session._create_response_future = counted
+
+    def _statement(self, _sql: str) -> None:
+        self.requests += 1
+
+    def reset(self) -> tuple[int, int | None]:
+        counts = self.requests, self.bound_bytes
+        self.requests = 0
+        self.bound_bytes = None if self.bound_bytes is None else 0
+        return counts
+
+
+def _bound_bytes(message: Any) -> int:
+    """Serialized bound values of an EXECUTE (``query_params``) or a BATCH (each query's params)."""
+    params = list(getattr(message, "query_params", None) or [])
+    for _, _, query_params in getattr(message, "queries", None) or []:
+        params += query_params or []
+    return sum(len(p) for p in params if isinstance(p, bytes | bytearray))
+
+
+@dataclass
+class Measured:
+    seconds: float
+    cpu_seconds: float
+    requests: int
+    bound_bytes: int | None
+
+
+def _measure(work: Callable[[], None], counter: RequestCounter) -> Measured:
+    counter.reset()
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    requests, bound = counter.reset()
+    return Measured(time.perf_counter() - wall, time.process_time() - cpu, requests, bound)
+
+
+@contextlib.contextmanager
+def _fresh_store(cfg: StoreBenchConfig) -> Iterator[ExperienceStore]:
+    if cfg.store == "sqlite":
+        path = cfg.work_dir / "store.sqlite"
+        path.unlink(missing_ok=True)
+        with SqliteStore(path) as store:
+            yield store
+        return
+    from rlplatform.store.cassandra import CassandraStore
+
+    keyspace = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        store = CassandraStore(Settings().cassandra.model_copy(update={"keyspace": keyspace}), connect_timeout=5.0)
+    except Exception as exc:  # noqa: BLE001 - unreachable or refused: say where it looked
+        where = Settings().cassandra
+        raise BenchStoreError(
+            f"--store cassandra: no Cassandra at {where.contact_points} port {where.port} ({exc}); start one "
+            "with `make cassandra` or point RLP_CASSANDRA_* at yours"
+        ) from None
+    try:
+        yield store
+    finally:
+        try:
+            store._session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        except Exception as exc:  # noqa: BLE001 - the measurement stands; say what is left behind
+            print(f"bench store: could not drop keyspace {keyspace} ({exc}); drop it by hand", file=sys.stderr)
+        store.close()
+
+
+def _per_transition(m: Measured, transitions: int) -> dict:
+    return {
+        "transitions_per_s": round(transitions / m.seconds),
+        "cpu_us_per_transition": round(m.cpu_seconds / transitions * 1e6, 1),
+        "requests_per_1000": round(m.requests / transitions * 1000, 2),
+        "bound_bytes_per_1000": None if m.bound_bytes is None else round(m.bound_bytes / transitions * 1000),
+    }
+
+
+def run_store_bench(cfg: StoreBenchConfig) -> dict:
+    """Write ``cfg.transitions`` in chunks, then draw ``cfg.samples`` samples; one result dict."""
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    chunks = [random_batch(cfg.chunk_steps, rng) for _ in range(cfg.transitions // cfg.chunk_steps)]
+    written = len(chunks) * cfg.chunk_steps
+    counter = RequestCounter()
+    with _fresh_store(cfg) as store:
+        counter.attach(store)
+        stored: list[int] = []
+        write = _measure(lambda: stored.extend(store.write(GAME, chunk) for chunk in chunks), counter)
+        if sum(stored) != written:
+            raise RuntimeError(f"the store took {sum(stored)} of {written} fresh transitions")
+        samples: list[TransitionBatch] = []
+        sample = _measure(
+            lambda: samples.extend(
+                store.sample(GAME, cfg.batch_size, rng, follow=cfg.follow) for _ in range(cfg.samples)
+            ),
+            counter,
+        )
+    drawn = cfg.samples * cfg.batch_size
+    return {
+        "store": cfg.store,
+        "transitions": written,
+        "chunk_steps": cfg.chunk_steps,
+        "write": _per_transition(write, written),
+        "sample": {
+            "batch_size": cfg.batch_size,
+            "follow": cfg.follow,
+            "batches_per_s": round(cfg.samples / sample.seconds, 1),
+            **_per_transition(sample, drawn),
+            "rows_read_per_batch": cfg.batch_size * (1 + cfg.follow),
+        },
+    }
