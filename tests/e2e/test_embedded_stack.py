@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from rlplatform.infra import processes
+from rlplatform.settings import Settings
 from rlplatform.stack.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients, stage
+from rlplatform.store.cassandra import CassandraStore
 from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
 from tests.support import client_stats, processes_mentioning, stream_transitions, wait_for
 
@@ -158,6 +160,30 @@ def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None
         assert len(tables) == 2 and all(
             conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] <= 2000 for (t,) in tables
         )
+
+
+def test_up_runs_the_whole_loop_on_cassandra(cassandra_settings: Settings, tmp_path: Path) -> None:
+    """`rlplatform up --store cassandra` against a running node: every stage uses it, in a keyspace of the
+    run's own, and the run reconciles; a node that does not answer is one clear error."""
+    cassandra = cassandra_settings.cassandra
+    env = {**os.environ, "RLP_CASSANDRA_CONTACT_POINTS": cassandra.contact_points}
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "rlplatform", "up", "--store", "cassandra", "--clients", "1", "--run-dir"]
+    argv += [str(run_dir), "--target-return", "1000", "--max-minutes", "1", "--client-steps-per-second", "200"]
+    proc = subprocess.run(argv, env={**env, "RLP_CASSANDRA_PORT": str(cassandra.port)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["error"] is None and summary["drained"] is True, summary
+    result = summary["games"][GAME]
+    assert result["transitions_sent"] == result["transitions_stored"] > 0 and result["learner_updates"] > 0
+    own = cassandra.model_copy(update={"keyspace": "up_run"})
+    with CassandraStore(own) as store:
+        assert store.count(GAME) == result["transitions_retained"] == result["transitions_sent"]
+
+    argv[argv.index(str(run_dir))] = str(tmp_path / "unreachable")
+    proc = subprocess.run(argv, env={**env, "RLP_CASSANDRA_PORT": "1"}, capture_output=True, text=True)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 1 and "make cassandra" in summary["error"], summary
 
 
 def test_ctrl_c_stops_the_stack_cleanly_and_reconciles(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from rlplatform.bench.updates import BenchUpdatesError, check_options, random_play
 from rlplatform.cli import app
 from rlplatform.games import game_spec
+from rlplatform.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,19 @@ def test_the_command_prints_both_rates_and_their_ratio(tmp_path: Path) -> None:
     assert out["algorithm"] == "DQN" and out["transitions"] == 1000
     assert out["updates_per_s_store"] > 0 and out["updates_per_s_memory"] > 0
     assert out["ratio"] == pytest.approx(out["updates_per_s_store"] / out["updates_per_s_memory"], rel=0.01)
+
+
+def test_the_store_side_can_be_cassandra(
+    cassandra_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learner fed from a real Cassandra node (a fresh keyspace, dropped afterwards)."""
+    monkeypatch.setenv("RLP_CASSANDRA_CONTACT_POINTS", cassandra_settings.cassandra.contact_points)
+    monkeypatch.setenv("RLP_CASSANDRA_PORT", str(cassandra_settings.cassandra.port))
+    args = ["bench", "updates", "--store", "cassandra", "--updates", "10", "--rounds", "1", "--steps", "1000"]
+    result = CliRunner().invoke(app, [*args, "--work-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert out["store"] == "cassandra" and out["transitions"] == 1000 and out["updates_per_s_store"] > 0
 
 
 def test_the_command_refuses_a_bad_option_before_running() -> None:

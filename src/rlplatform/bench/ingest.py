@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from rlplatform.bench.cpu_meter import CpuMeter, executor_pids
+from rlplatform.bench.harness import fresh_store
 from rlplatform.infra import aws, processes
-from rlplatform.settings import Settings, SqliteSettings, settings_env
-from rlplatform.store import ExperienceStore, TransitionBatch
+from rlplatform.settings import Settings, settings_env
+from rlplatform.store import ExperienceStore, StoreUnreachable, TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client.games import DEFAULT_GAME
 
@@ -299,16 +300,6 @@ def _check_cassandra(target: Target) -> None:
     cluster.shutdown()
 
 
-def _open_cassandra(target: Target, keyspace: str) -> ExperienceStore:
-    """The Cassandra the RLP_CASSANDRA_* settings name, in ``keyspace`` (created)."""
-    from rlplatform.store.cassandra import CassandraStore
-
-    try:
-        return CassandraStore(Settings().cassandra.model_copy(update={"keyspace": keyspace}), connect_timeout=5.0)
-    except Exception as exc:  # noqa: BLE001 - unreachable or refused: either way this target cannot run
-        raise _cassandra_error(target, exc) from None
-
-
 @contextlib.contextmanager
 def _kinesis_for(target: Target) -> Iterator[aws.Emulator]:
     """This process's SDK pointed at the target's Kinesis (moto started here and stopped at the end)."""
@@ -320,30 +311,6 @@ def _kinesis_for(target: Target) -> Iterator[aws.Emulator]:
         yield emulator
     finally:
         emulator.stop()  # type: ignore[attr-defined]
-
-
-@contextlib.contextmanager
-def _store_for(target: Target, work: Path, run_id: str) -> Iterator[tuple[Settings, ExperienceStore]]:
-    """Fresh storage for one run (a new SQLite file, or a ``bench_<hex>`` keyspace dropped at the end): the
-    settings that point the ingest job at it, and an open store."""
-    if target.store == "sqlite":
-        path = work / "experience.sqlite"
-        path.unlink(missing_ok=True)
-        settings = Settings(store="sqlite", sqlite=SqliteSettings(path=path))
-        with SqliteStore(path) as store:
-            yield settings, store
-        return
-    keyspace = f"bench_{run_id}"
-    store = _open_cassandra(target, keyspace)
-    settings = Settings(store="cassandra", cassandra=store.settings)  # type: ignore[attr-defined]
-    try:
-        yield settings, store
-    finally:
-        try:
-            store._session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001 - the measurement stands; say what is left behind
-            print(f"bench: could not drop keyspace {keyspace} ({exc}); drop it by hand", file=sys.stderr)
-        store.close()
 
 
 @contextlib.contextmanager
@@ -369,7 +336,10 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
     producers: list = []
     with contextlib.ExitStack() as stack:
         emulator = stack.enter_context(_kinesis_for(target))
-        settings, store = stack.enter_context(_store_for(target, work, run_id))
+        try:
+            settings, store = stack.enter_context(fresh_store(target.store, work))
+        except StoreUnreachable as exc:
+            raise BenchTargetError(f"{target.label}: {exc}") from None
         if target.store == "sqlite":
             result["store_ceiling_per_s"] = round(store_ceiling(work / "ceiling.sqlite"))
         else:

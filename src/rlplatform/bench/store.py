@@ -4,29 +4,25 @@ n-step followers; for each, transitions/s, this process's CPU per transition (th
 its I/O threads for Cassandra, the whole engine for SQLite), and the requests the adapter sends per 1,000
 transitions with the bytes of their bound values (what Amazon Keyspaces bills by).
 
-The store is a fresh one: a new SQLite file in the work dir, or a ``bench_<hex>`` keyspace on the Cassandra
-the ``RLP_CASSANDRA_*`` settings name (``make cassandra`` starts one), dropped at the end.
+The store is a fresh one (``harness.fresh_store``): a new SQLite file in the work dir, or a ``bench_<hex>``
+keyspace on the Cassandra the ``RLP_CASSANDRA_*`` settings name (``make cassandra`` starts one), dropped at
+the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlplatform.bench.harness import fresh_store
 from rlplatform.bench.ingest import GAME, random_batch
-from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
-
-STORES = ("sqlite", "cassandra")
 
 
 class BenchStoreError(ValueError):
@@ -45,9 +41,7 @@ class StoreBenchConfig:
     work_dir: Path = Path("runs/bench-store")
 
 
-def check_options(store: str, transitions: int, chunk_steps: int, samples: int) -> None:
-    if store not in STORES:
-        raise BenchStoreError(f"--store: one of {', '.join(STORES)}, got {store!r}")
+def check_options(transitions: int, chunk_steps: int, samples: int) -> None:
     if not 1 <= chunk_steps <= 1024:
         raise BenchStoreError(f"--chunk-steps: 1..1024 (a chunk's limit), got {chunk_steps}")
     if transitions < chunk_steps:
@@ -114,35 +108,6 @@ def _measure(work: Callable[[], None], counter: RequestCounter) -> Measured:
     return Measured(time.perf_counter() - wall, time.process_time() - cpu, requests, bound)
 
 
-@contextlib.contextmanager
-def _fresh_store(cfg: StoreBenchConfig) -> Iterator[ExperienceStore]:
-    if cfg.store == "sqlite":
-        path = cfg.work_dir / "store.sqlite"
-        path.unlink(missing_ok=True)
-        with SqliteStore(path) as store:
-            yield store
-        return
-    from rlplatform.store.cassandra import CassandraStore
-
-    keyspace = f"bench_{uuid.uuid4().hex[:12]}"
-    try:
-        store = CassandraStore(Settings().cassandra.model_copy(update={"keyspace": keyspace}), connect_timeout=5.0)
-    except Exception as exc:  # noqa: BLE001 - unreachable or refused: say where it looked
-        where = Settings().cassandra
-        raise BenchStoreError(
-            f"--store cassandra: no Cassandra at {where.contact_points} port {where.port} ({exc}); start one "
-            "with `make cassandra` or point RLP_CASSANDRA_* at yours"
-        ) from None
-    try:
-        yield store
-    finally:
-        try:
-            store._session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-        except Exception as exc:  # noqa: BLE001 - the measurement stands; say what is left behind
-            print(f"bench store: could not drop keyspace {keyspace} ({exc}); drop it by hand", file=sys.stderr)
-        store.close()
-
-
 def _per_transition(m: Measured, transitions: int) -> dict:
     return {
         "transitions_per_s": round(transitions / m.seconds),
@@ -159,7 +124,7 @@ def run_store_bench(cfg: StoreBenchConfig) -> dict:
     chunks = [random_batch(cfg.chunk_steps, rng) for _ in range(cfg.transitions // cfg.chunk_steps)]
     written = len(chunks) * cfg.chunk_steps
     counter = RequestCounter()
-    with _fresh_store(cfg) as store:
+    with fresh_store(cfg.store, cfg.work_dir) as (_, store):
         counter.attach(store)
         stored: list[int] = []
         write = _measure(lambda: stored.extend(store.write(GAME, chunk) for chunk in chunks), counter)

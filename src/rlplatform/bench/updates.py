@@ -29,9 +29,9 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
 
+from rlplatform.bench.harness import fresh_store
 from rlplatform.games import GameSpec, UnknownGameError, game_spec
 from rlplatform.store import TransitionBatch
-from rlplatform.store.sqlite import SqliteStore
 from rlplatform.train.algorithms import Algorithm, algorithm_class
 from rlplatform.train.trainer import learner_update, sample_transitions
 
@@ -48,6 +48,7 @@ class UpdatesBenchConfig:
     rounds: int = 3
     steps: int = 20_000  # transitions of random play on both sides
     seed: int = 0
+    store: str = "sqlite"  # the store side's adapter (harness.fresh_store)
 
 
 def check_options(game: str, updates: int, rounds: int, steps: int) -> GameSpec:
@@ -133,7 +134,7 @@ def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
     updates = 0
 
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    with SqliteStore(cfg.work_dir / f"updates-{uuid.uuid4().hex[:8]}.sqlite") as store:
+    with fresh_store(cfg.store, cfg.work_dir) as (_, store):
         store.write(cfg.game, transitions)
 
         def from_store() -> None:
@@ -156,6 +157,7 @@ def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
     rates = {side: statistics.median(values) for side, values in rounds.items()}
     return {
         "game": cfg.game,
+        "store": cfg.store,
         "algorithm": algorithm.name,
         "batch_size": hp.batch_size,
         "transitions": len(transitions),

@@ -14,6 +14,7 @@ from rlplatform.cli.common import (
     ConfigOpt,
     GameOpt,
     MaxTransitionsOpt,
+    StoreName,
     configure_logging,
     until_stopped,
 )
@@ -60,6 +61,14 @@ def up(
     config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     max_transitions: MaxTransitionsOpt = None,
+    store: Annotated[
+        StoreName,
+        typer.Option(
+            "--store",
+            help="sqlite (a file in the run dir) or cassandra (a keyspace of the run's own on the cluster "
+            "RLP_CASSANDRA_* names, e.g. `make cassandra`).",
+        ),
+    ] = StoreName.sqlite,
 ) -> None:
     """Start the embedded stack (moto, Spark ingest, an RLlib trainer and N clients per game) and train until
     every game reaches its target return."""
@@ -85,6 +94,7 @@ def up(
             trainer_config=config.resolve() if config else None,
             seed=seed,
             max_transitions_per_game=max_transitions or DEFAULT_MAX_TRANSITIONS_PER_GAME,
+            store=store.value,
         )
     )
     raise typer.Exit(0 if summary.get("error") is None else 1)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rlplatform.cli.common import configure_logging
+from rlplatform.cli.common import StoreName, configure_logging
 from rlplatform.infra import processes
 from rlplatform_client.games import DEFAULT_GAME
 
@@ -51,6 +51,9 @@ def bench_updates(
     updates: Annotated[int, typer.Option("--updates", help="Measured updates per side per round.")] = 300,
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds, alternating the sides.")] = 3,
     steps: Annotated[int, typer.Option("--steps", help="Transitions of random play both sides sample from.")] = 20_000,
+    store: Annotated[
+        StoreName, typer.Option("--store", help="The store side: sqlite (a new file) or cassandra (RLP_CASSANDRA_*).")
+    ] = StoreName.sqlite,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-updates-<time>.")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
 ) -> None:
@@ -58,6 +61,7 @@ def bench_updates(
     import time
 
     from rlplatform.bench.updates import BenchUpdatesError, UpdatesBenchConfig, check_options, run_updates_bench
+    from rlplatform.store import StoreUnreachable
 
     configure_logging(log_level)
     try:
@@ -66,15 +70,20 @@ def bench_updates(
         option, _, reason = str(exc).partition(": ")
         raise typer.BadParameter(reason, param_hint=option) from None
     work = work_dir or Path("runs") / time.strftime("bench-updates-%Y%m%d-%H%M%S")
-    cfg = UpdatesBenchConfig(game=game, work_dir=work, updates=updates, rounds=rounds, steps=steps)
-    print(json.dumps(run_updates_bench(cfg)), flush=True)
+    cfg = UpdatesBenchConfig(game=game, work_dir=work, updates=updates, rounds=rounds, steps=steps, store=store.value)
+    try:
+        result = run_updates_bench(cfg)
+    except StoreUnreachable as exc:
+        typer.echo(f"bench updates: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print(json.dumps(result), flush=True)
 
 
 @bench_app.command("store")
 def bench_store(
     store: Annotated[
-        str, typer.Option("--store", help="sqlite (a new file) or cassandra (RLP_CASSANDRA_*).")
-    ] = "sqlite",
+        StoreName, typer.Option("--store", help="sqlite (a new file) or cassandra (RLP_CASSANDRA_*).")
+    ] = StoreName.sqlite,
     transitions: Annotated[int, typer.Option("--transitions", help="Transitions written, in chunks.")] = 100_000,
     chunk_steps: Annotated[int, typer.Option("--chunk-steps", help="Steps per write (a client chunk).")] = 256,
     samples: Annotated[int, typer.Option("--samples", help="Samples of 256 draws with 2 followers each.")] = 200,
@@ -85,19 +94,20 @@ def bench_store(
     import time
 
     from rlplatform.bench.store import BenchStoreError, StoreBenchConfig, check_options, run_store_bench
+    from rlplatform.store import StoreUnreachable
 
     try:
-        check_options(store, transitions, chunk_steps, samples)
+        check_options(transitions, chunk_steps, samples)
     except BenchStoreError as exc:
         option, _, reason = str(exc).partition(": ")
         raise typer.BadParameter(reason, param_hint=option) from None
     work = (work_dir or Path("runs") / time.strftime("bench-store-%Y%m%d-%H%M%S")).resolve()
     cfg = StoreBenchConfig(
-        store=store, transitions=transitions, chunk_steps=chunk_steps, samples=samples, work_dir=work
+        store=store.value, transitions=transitions, chunk_steps=chunk_steps, samples=samples, work_dir=work
     )
     try:
         result = run_store_bench(cfg)
-    except BenchStoreError as exc:
+    except StoreUnreachable as exc:
         typer.echo(f"bench store: {exc}", err=True)
         raise typer.Exit(2) from None
     print(json.dumps(result), flush=True)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from rlplatform.settings import Settings
 
 MaxTransitionsOpt = Annotated[
     int | None,
@@ -18,6 +22,8 @@ MaxTransitionsOpt = Annotated[
         help="Retention: transitions kept per game, the oldest dropped (default: RLP_MAX_TRANSITIONS_PER_GAME).",
     ),
 ]
+# The store adapters RLP_STORE accepts, as a command-line choice.
+StoreName = enum.Enum("StoreName", {name: name for name in typing.get_args(Settings.model_fields["store"].annotation)})
 GameOpt = Annotated[str, typer.Option("--game", help="gymnasium game id, also the game_id on the wire.")]
 AlgorithmOpt = Annotated[
     str | None,

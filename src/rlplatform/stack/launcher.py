@@ -35,11 +35,11 @@ from rich.live import Live
 from rlplatform.games import GameCatalog, UnknownGameError, game_spec
 from rlplatform.infra import aws
 from rlplatform.infra.names import slug
-from rlplatform.settings import Settings, SqliteSettings, settings_env
+from rlplatform.settings import CassandraSettings, Settings, SqliteSettings, settings_env
 from rlplatform.stack.progress import GameProgress, LaunchConfig, Progress
 from rlplatform.stack.supervisor import Supervisor
 from rlplatform.stack.view import progress_table, summary, write_outputs
-from rlplatform.store import ExperienceStore, open_store
+from rlplatform.store import ExperienceStore, open_reachable, open_store
 from rlplatform.store.base import LiveReturns
 from rlplatform.train.evaluate import evaluate
 from rlplatform_client.models import ModelError
@@ -71,11 +71,13 @@ class Stack:
         self.run_dir = run_dir
         self.logs = run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        # The embedded profile whatever RLP_* the shell has: this stack is self-contained.
+        # The embedded profile whatever RLP_* the shell has: this stack is self-contained. With Cassandra, the
+        # cluster is the user's (RLP_CASSANDRA_*), the keyspace this run's own, so runs never mix their rows.
         self.settings = Settings(
             profile="embedded",
-            store="sqlite",
+            store=cfg.store,
             sqlite=SqliteSettings(path=run_dir / "experience.sqlite"),
+            cassandra=CassandraSettings(keyspace=f"up_{slug(run_dir.name)}"[:48]),
             checkpoint_dir=run_dir / "checkpoints",
             ray_address=None,
             max_transitions_per_game=cfg.max_transitions_per_game,
@@ -99,6 +101,7 @@ class Stack:
         self.moto = aws.MotoServer.start()
         self.moto.apply_env()  # the launcher itself reads the store count and the registry
         aws.bootstrap(self.settings)
+        open_reachable(self.settings).close()  # an unreachable store is one clear error, not stages restarting
         self._write_client_env()
         python = sys.executable
         spawn = self.supervisor.spawn

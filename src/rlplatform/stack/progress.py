@@ -33,6 +33,8 @@ class LaunchConfig:
     publish_every_updates: int | None = None
     learning_starts: int | None = None
     max_transitions_per_game: int = DEFAULT_MAX_TRANSITIONS_PER_GAME
+    # "sqlite": a file in the run dir; "cassandra": a keyspace of this run's own on the cluster RLP_CASSANDRA_* names.
+    store: str = "sqlite"
     drain_timeout_s: float = 120.0
     live_every_s: float = 10.0
     max_restarts: int = 3  # per restartable stage (ingest, each trainer); one more crash fails the run

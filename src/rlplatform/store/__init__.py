@@ -45,6 +45,24 @@ def unavailable_errors(settings: Settings) -> tuple[type[BaseException], ...]:
     return adapter(settings.store).unavailable_errors()
 
 
+class StoreUnreachable(ConnectionError):
+    """The store the settings name does not answer (``open_reachable``)."""
+
+
+def open_reachable(settings: Settings) -> ExperienceStore:
+    """``open_store``, with "not reachable now" turned into one ``StoreUnreachable`` that says where it looked:
+    for commands that should stop at once (``rlplatform up``, the benches) rather than wait like a stage."""
+    try:
+        return open_store(settings)
+    except unavailable_errors(settings) as exc:
+        hint = (
+            "; `make cassandra` starts a local node, RLP_CASSANDRA_* say where" if settings.store == "cassandra" else ""
+        )
+        raise StoreUnreachable(
+            f"the {settings.store} store at {store_endpoint(settings)} does not answer ({exc}){hint}"
+        ) from None
+
+
 def wait_for_store(settings: Settings, call: Callable[[], T], **retry_options: Any) -> T:
     """``call()`` (a call to the store the settings name), waiting out that store being unreachable: logged,
     with backoff, until it answers. Every other error propagates. ``retry_options`` go to
@@ -61,9 +79,11 @@ def wait_for_store(settings: Settings, call: Callable[[], T], **retry_options: A
 
 __all__ = [
     "STORES",
+    "StoreUnreachable",
     "ExperienceStore",
     "TransitionBatch",
     "adapter",
+    "open_reachable",
     "open_store",
     "store_endpoint",
     "unavailable_errors",
