@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -61,7 +62,6 @@ def bench_updates(
     import time
 
     from rlplatform.bench.updates import BenchUpdatesError, UpdatesBenchConfig, check_options, run_updates_bench
-    from rlplatform.store import StoreUnreachable
 
     configure_logging(log_level)
     try:
@@ -71,12 +71,7 @@ def bench_updates(
         raise typer.BadParameter(reason, param_hint=option) from None
     work = work_dir or Path("runs") / time.strftime("bench-updates-%Y%m%d-%H%M%S")
     cfg = UpdatesBenchConfig(game=game, work_dir=work, updates=updates, rounds=rounds, steps=steps, store=store.value)
-    try:
-        result = run_updates_bench(cfg)
-    except StoreUnreachable as exc:
-        typer.echo(f"bench updates: {exc}", err=True)
-        raise typer.Exit(2) from None
-    print(json.dumps(result), flush=True)
+    _print_result("updates", lambda: run_updates_bench(cfg))
 
 
 @bench_app.command("store")
@@ -94,7 +89,6 @@ def bench_store(
     import time
 
     from rlplatform.bench.store import BenchStoreError, StoreBenchConfig, check_options, run_store_bench
-    from rlplatform.store import StoreUnreachable
 
     try:
         check_options(transitions, chunk_steps, samples)
@@ -105,12 +99,7 @@ def bench_store(
     cfg = StoreBenchConfig(
         store=store.value, transitions=transitions, chunk_steps=chunk_steps, samples=samples, work_dir=work
     )
-    try:
-        result = run_store_bench(cfg)
-    except StoreUnreachable as exc:
-        typer.echo(f"bench store: {exc}", err=True)
-        raise typer.Exit(2) from None
-    print(json.dumps(result), flush=True)
+    _print_result("store", lambda: run_store_bench(cfg))
 
 
 @bench_app.command("ingest")
@@ -196,5 +185,17 @@ def bench_ingest(
         )
     except BenchTargetError as exc:
         typer.echo(f"bench ingest: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print(json.dumps(result), flush=True)
+
+
+def _print_result(bench: str, run: Callable[[], dict]) -> None:
+    """Run a bench and print its result as the last line; a store that does not answer is exit 2, one line."""
+    from rlplatform.store import StoreUnreachable
+
+    try:
+        result = run()
+    except StoreUnreachable as exc:
+        typer.echo(f"bench {bench}: {exc}", err=True)
         raise typer.Exit(2) from None
     print(json.dumps(result), flush=True)
