@@ -294,6 +294,20 @@ def test_continuous_actions_round_trip(store: ExperienceStore) -> None:
     np.testing.assert_array_equal(sample.action[:, 0], actions[sample.t, 0])
 
 
+def test_one_write_of_many_episodes_and_of_large_rows(store: ExperienceStore) -> None:
+    """What ingest hands the store after a backlog: one write holding 200 episodes (a key partition each), and
+    a game whose rows are larger than a whole batch may be (8,192-float observations: 64 KiB per row)."""
+    many = TransitionBatch.concat([make_batch(8, seed=i) for i in range(200)])
+    assert store.write(GAME, many) == 1_600
+    assert store.count(GAME) == 1_600 and store.write(GAME, many) == 0
+    big = make_batch(40)
+    wide = np.repeat(big.obs, 2_048, axis=1)  # [40, 8192] float32
+    assert store.write("Wide-v0", TransitionBatch(**{**big.__dict__, "obs": wide, "next_obs": wide + 1})) == 40
+    sample = store.sample("Wide-v0", 16, np.random.default_rng(0))
+    assert sample.obs.shape == (16, 8_192)
+    np.testing.assert_array_equal(sample.next_obs, sample.obs + 1)
+
+
 def _acrobot_batch(n: int) -> TransitionBatch:
     b = make_batch(n)
     obs6 = np.zeros((n, 6), dtype=np.float32)

@@ -83,9 +83,9 @@ CONCURRENCY = 64
 IN_LIMIT = 100
 # Rows per write request: an unlogged batch of one partition's rows is one mutation, one request. Amazon
 # Keyspaces accepts at most 30 statements per batch; Cassandra fails a batch above batch_size_fail_threshold
-# (50 KiB by default), so a batch also stops before this many bytes of values.
+# (50 KiB by default, counted with each cell's overhead), so a batch also stops before this many bytes of values.
 BATCH_STATEMENTS = 30
-BATCH_BYTES = 40 * 1024
+BATCH_BYTES = 32 * 1024
 # Tables, in creation order. Experience tables carry a TTL; the other two are O(games) metadata.
 TABLES = ("games", "seq_alloc", "transitions", "transition_keys")
 TTL_TABLES = ("transitions", "transition_keys")
@@ -434,23 +434,25 @@ class CassandraStore(ExperienceStore):
 
     def _batched(self, name: str, params: list[tuple]) -> None:
         """Run a prepared write once per parameter tuple, as unlogged batches of one partition each (the first
-        two values are the partition key of both tables written this way), CONCURRENCY batches in flight."""
+        two values are the partition key of both tables written this way), CONCURRENCY requests in flight. A
+        row whose values alone exceed ``BATCH_BYTES`` goes as a statement of its own."""
         by_partition: dict[tuple, list[tuple]] = {}
         for row in params:
             by_partition.setdefault(row[:2], []).append(row)
-        statement, batches = self._stmts[name], []
+        statement, requests = self._stmts[name], []
         for rows in by_partition.values():
-            count = size = 0
+            batch, count, size = None, 0, 0  # a batch never spans two partitions
             for row in rows:
                 row_bytes = sum(len(v) for v in row if isinstance(v, bytes | str))
-                if not batches or count == BATCH_STATEMENTS or (count and size + row_bytes > BATCH_BYTES):
-                    batches.append(BatchStatement(batch_type=BatchType.UNLOGGED))
-                    count = size = 0
-                batches[-1].add(statement, row)
+                if row_bytes > BATCH_BYTES:
+                    requests.append((statement, row))
+                    continue
+                if batch is None or count == BATCH_STATEMENTS or size + row_bytes > BATCH_BYTES:
+                    batch, count, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0, 0
+                    requests.append((batch, None))
+                batch.add(statement, row)
                 count, size = count + 1, size + row_bytes
-        execute_concurrent(
-            self._session, [(b, None) for b in batches], concurrency=CONCURRENCY, raise_on_first_error=True
-        )
+        execute_concurrent(self._session, requests, concurrency=CONCURRENCY, raise_on_first_error=True)
 
     def _next_seq(self, game_id: str) -> int:
         row = self._session.execute(self._stmts["select_next"], (game_id,)).one()
