@@ -47,3 +47,13 @@ def test_live_play_judges_the_newest_trained_version_over_enough_episodes() -> N
     assert not live_target_reached({0: live(0, 100, 5.0), 3: live(3, 19, 9.5)}, 8.0, 20)  # too few episodes
     assert not live_target_reached({2: live(2, 50, 9.0), 3: live(3, 30, 7.9)}, 8.0, 20)  # newest, not best
     assert live_target_reached({2: live(2, 50, 6.0), 3: live(3, 20, 8.0)}, 8.0, 20)
+
+
+def test_retention_bound_comes_from_the_option_else_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up --max-transitions-per-game` wins; without it, RLP_MAX_TRANSITIONS_PER_GAME, as its help says."""
+    launched = []
+    monkeypatch.setattr("rlplatform.stack.launcher.run_stack", lambda cfg: launched.append(cfg) or {"error": None})
+    monkeypatch.setenv("RLP_MAX_TRANSITIONS_PER_GAME", "5000")
+    assert CliRunner().invoke(app, ["up"]).exit_code == 0
+    assert CliRunner().invoke(app, ["up", "--max-transitions-per-game", "2000"]).exit_code == 0
+    assert [cfg.max_transitions_per_game for cfg in launched] == [5000, 2000]

@@ -21,7 +21,7 @@ import numpy as np
 
 from rlplatform.bench.harness import fresh_store
 from rlplatform.bench.ingest import GAME, random_batch
-from rlplatform.store import ExperienceStore, TransitionBatch
+from rlplatform.store import ExperienceStore
 from rlplatform.store.sqlite import SqliteStore
 
 
@@ -100,7 +100,7 @@ class Measured:
     bound_bytes: int | None
 
 
-def _measure(work: Callable[[], None], counter: RequestCounter) -> Measured:
+def _measure(work: Callable[[], object], counter: RequestCounter) -> Measured:
     counter.reset()
     wall, cpu = time.perf_counter(), time.process_time()
     work()
@@ -130,11 +130,8 @@ def run_store_bench(cfg: StoreBenchConfig) -> dict:
         write = _measure(lambda: stored.extend(store.write(GAME, chunk) for chunk in chunks), counter)
         if sum(stored) != written:
             raise RuntimeError(f"the store took {sum(stored)} of {written} fresh transitions")
-        samples: list[TransitionBatch] = []
         sample = _measure(
-            lambda: samples.extend(
-                store.sample(GAME, cfg.batch_size, rng, follow=cfg.follow) for _ in range(cfg.samples)
-            ),
+            lambda: [store.sample(GAME, cfg.batch_size, rng, follow=cfg.follow) for _ in range(cfg.samples)],
             counter,
         )
     drawn = cfg.samples * cfg.batch_size

@@ -3,9 +3,9 @@
 Both sides drive one RLlib learner (the game's default algorithm, the pipeline's hyperparameters) with the
 same transitions, in this process, on an otherwise idle machine:
 
-- store: the trainer's own step (``train.trainer``): a uniform SQLite sample of ``batch_size`` draws from the
-  newest ``replay_window`` rows with their followers -> ``n_step``-step transitions -> RLlib's train batch ->
-  ``LearnerGroup.update``;
+- store: the trainer's own step (``train.trainer``): a uniform sample (SQLite, or Cassandra with ``--store``) of
+  ``batch_size`` draws from the newest ``replay_window`` rows with their followers -> ``n_step``-step
+  transitions -> RLlib's train batch -> ``LearnerGroup.update``;
 - memory: RLlib's own DQN/SAC training step: ``EpisodeReplayBuffer.sample(num_items=batch_size, n_step=n_step)``
   of episodes -> the learner connector -> ``LearnerGroup.update``.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -19,11 +19,8 @@ from rlplatform.cli.common import (
     until_stopped,
 )
 from rlplatform.cli.games import games_app
-from rlplatform.settings import DEFAULT_MAX_TRANSITIONS_PER_GAME, load_settings
+from rlplatform.settings import load_settings
 from rlplatform_client.games import DEFAULT_GAME
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RL bots from real play.")
 app.add_typer(games_app, name="games")
@@ -93,7 +90,8 @@ def up(
             algorithm=algorithm,
             trainer_config=config.resolve() if config else None,
             seed=seed,
-            max_transitions_per_game=max_transitions or DEFAULT_MAX_TRANSITIONS_PER_GAME,
+            # as the option says: RLP_MAX_TRANSITIONS_PER_GAME where the option is not given
+            max_transitions_per_game=load_settings(max_transitions_per_game=max_transitions).max_transitions_per_game,
             store=store.value,
         )
     )
