@@ -43,9 +43,16 @@ def _cassandra(request: pytest.FixtureRequest, tmp_path: Path, **kwargs: object)
     return store
 
 
+def _cassandra_small_partitions(request: pytest.FixtureRequest, tmp_path: Path) -> ExperienceStore:
+    """Cassandra with partitions of two blocks: every test's rows span partitions and blocks, as a large
+    table's do (a game's own partitions hold up to 32,768 steps)."""
+    return _cassandra(request, tmp_path, rows_per_partition=64)
+
+
 ADAPTERS: dict[str, Callable[[pytest.FixtureRequest, Path], ExperienceStore]] = {
     "sqlite": _sqlite,
     "cassandra": _cassandra,
+    "cassandra-small-partitions": _cassandra_small_partitions,
 }
 
 
@@ -325,3 +332,25 @@ def test_cassandra_sampling_rides_out_a_large_write_in_flight(request: pytest.Fi
         assert len(batch) == 128 and set(batch.t.tolist()) <= set(range(50))
     finally:
         store.close()
+
+
+def test_cassandra_refuses_a_keyspace_in_the_layout_before_segments(request: pytest.FixtureRequest) -> None:
+    """A keyspace written one row per step (tables ``transitions``, ``transition_keys``) is not read as if it
+    were empty: opening it fails, naming the keyspace and what to do."""
+    from rlplatform.store.cassandra import CassandraStore, LegacyLayoutError, keyspace_cql
+
+    settings: Settings = request.getfixturevalue("cassandra_settings")
+    legacy = settings.cassandra.model_copy(update={"keyspace": f"legacy_{uuid.uuid4().hex[:8]}"})
+    admin = CassandraStore(settings.cassandra)
+    try:
+        admin._session.execute(keyspace_cql(legacy), timeout=120)
+        admin._session.execute(
+            f"CREATE TABLE {legacy.keyspace}.transitions (game_id text, chunk bigint, seq bigint,"
+            " PRIMARY KEY ((game_id, chunk), seq))",
+            timeout=120,
+        )
+        with pytest.raises(LegacyLayoutError, match=rf"{legacy.keyspace}.*RLP_CASSANDRA_KEYSPACE.*DROP TABLE"):
+            CassandraStore(legacy)
+    finally:
+        admin._session.execute(f"DROP KEYSPACE IF EXISTS {legacy.keyspace}", timeout=120)
+        admin.close()

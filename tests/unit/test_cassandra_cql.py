@@ -12,6 +12,7 @@ from rlplatform.settings import CassandraSettings, Settings
 from rlplatform.store import open_store
 from rlplatform.store.cassandra import (
     KEYSPACE_EXISTS_CQL,
+    KEYSPACE_TABLES_CQL,
     KEYSPACES_TABLE_STATUS_CQL,
     TTL_TABLES,
     CassandraUnavailable,
@@ -23,10 +24,15 @@ from rlplatform.store.cassandra import (
 KS = "rlp"
 DDL = {**schema_cql(KS), **{f"{t} (keyspaces)": c for t, c in schema_cql(KS, keyspaces_service=True).items()}}
 DML = statements(KS, ttl_seconds=3600)
-PROBES = {"keyspace_exists": KEYSPACE_EXISTS_CQL, "keyspaces_table_status": KEYSPACES_TABLE_STATUS_CQL}
+PROBES = {
+    "keyspace_exists": KEYSPACE_EXISTS_CQL,
+    "keyspace_tables": KEYSPACE_TABLES_CQL,
+    "keyspaces_table_status": KEYSPACES_TABLE_STATUS_CQL,
+}
 # Partition keys of the system tables the schema probes read.
 SYSTEM_PARTITION_KEYS = {
     "system_schema.keyspaces": ["keyspace_name"],
+    "system_schema.tables": ["keyspace_name"],
     "system_schema_mcs.tables": ["keyspace_name"],
 }
 

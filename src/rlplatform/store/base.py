@@ -82,20 +82,30 @@ class GameShapes:
 
     def to_batch(self, rows: list[tuple]) -> TransitionBatch:
         """A batch from stored rows ``(episode_id, t, obs bytes, action bytes, reward, next_obs bytes,
-        terminated, truncated, model_version)``, as every adapter reads them."""
-        n = len(rows)
+        terminated, truncated, model_version)``, as the SQLite adapter reads them."""
         cols = list(zip(*rows, strict=True)) if rows else [()] * 9
-        action = np.frombuffer(b"".join(cols[3]), dtype=self.action_dtype).reshape(n, self.action_dim)
-        return TransitionBatch(
+        return self.columns(
             episode_id=np.array(cols[0], dtype=object),
             t=np.array(cols[1], dtype=np.int64),
-            obs=np.frombuffer(b"".join(cols[2]), dtype=np.float32).reshape(n, self.obs_dim),
-            action=action[:, 0] if self.action_dtype == np.int64 and self.action_dim == 1 else action,
+            obs=b"".join(cols[2]),
+            action=b"".join(cols[3]),
             reward=np.array(cols[4], dtype=np.float32),
-            next_obs=np.frombuffer(b"".join(cols[5]), dtype=np.float32).reshape(n, self.obs_dim),
+            next_obs=b"".join(cols[5]),
             terminated=np.array(cols[6], dtype=bool),
             truncated=np.array(cols[7], dtype=bool),
             model_version=np.array(cols[8], dtype=np.int64),
+        )
+
+    def columns(self, *, obs: bytes, action: bytes, next_obs: bytes, **rest: np.ndarray) -> TransitionBatch:
+        """A batch from the stored bytes of ``obs``, ``action`` and ``next_obs`` (rows back to back, in the
+        stored dtypes) and the other columns as arrays."""
+        n = len(rest["t"])
+        action_2d = np.frombuffer(action, dtype=self.action_dtype).reshape(n, self.action_dim)
+        return TransitionBatch(
+            obs=np.frombuffer(obs, dtype=np.float32).reshape(n, self.obs_dim),
+            action=action_2d[:, 0] if self.action_dtype == np.int64 and self.action_dim == 1 else action_2d,
+            next_obs=np.frombuffer(next_obs, dtype=np.float32).reshape(n, self.obs_dim),
+            **rest,
         )
 
     def placeholder_row(self) -> tuple:

@@ -3,52 +3,65 @@
 Schema (one keyspace, four tables; every query names a full partition key with equality, so none
 needs ALLOW FILTERING, a secondary index or a materialized view):
 
-``transitions ((game_id, chunk), seq)``
-    The rows. Like the SQLite adapter, each game has a dense sequence ``seq`` (0, 1, 2, ... in write
-    order) and row ``seq`` lives in partition ``chunk = seq // rows_per_partition`` (1024 by default),
-    so partitions stay bounded and every row has a known address. Uniform sampling therefore draws
-    random integers in ``[lo, hi]`` and reads them by primary key (``chunk = ? AND seq IN ?``, at most
-    100 keys per read, one read per touched partition): no scan, no token-range walk, whatever the
-    size. ``window`` is ``[hi - window + 1, hi]``. Draws that hit a missing ``seq`` (see holes below)
-    are redrawn, so the result stays uniform over the rows that exist.
+``segments ((game_id, chunk), block, start)``
+    The steps. Each game has a dense sequence ``seq`` (0, 1, 2, ... in write order, as in the SQLite
+    adapter). A stored row is a *segment* (``segments.py``): up to ``block_steps`` (32) steps with
+    consecutive seqs, of one episode, inside one block ``seq // block_steps``, its columns the run's
+    arrays as bytes. A chunk of 256 steps is ~8 rows, not 256: that is what makes writes cheap in
+    requests, client CPU and server mutations. Block ``b`` lives in partition ``chunk = b *
+    block_steps // rows_per_partition`` (fixed per game at its first write so a partition holds ~4 MiB,
+    at most 32,768 steps): bounded partitions, and every step has a known address. Uniform sampling draws
+    random seqs in ``[lo, hi]``, reads their blocks by primary key (``chunk = ? AND block IN ?``, one
+    read per touched partition) and takes each draw's step from its segment: no scan, no token-range
+    walk, whatever the size. ``window`` is ``[hi - window + 1, hi]``. Draws that hit a missing seq (see
+    holes below) are redrawn, so the result stays uniform over the steps that exist.
 ``seq_alloc (game_id)``
     ``next_seq`` = hi + 1. A writer reserves a block of ``k`` seqs with one compare-and-set
-    (``UPDATE ... IF next_seq = ?``, a lightweight transaction) per batch, not per row. No counters:
+    (``UPDATE ... IF next_seq = ?``, a lightweight transaction) per write, not per row. No counters:
     counters cannot carry a TTL and Keyspaces does not mix them with it.
-``transition_keys ((game_id, episode_id), t) -> seq``
-    The idempotency key. A write first reads the batch's keys (one single-partition range read per
-    episode), reserves seqs only for the new ones, writes their key rows, then the transition rows. Both
-    writes go as unlogged batches of one partition's rows each (a chunk is one episode, and its seqs are
-    consecutive): one request per ``BATCH_STATEMENTS`` rows (Keyspaces' batch limit) instead of one per row.
-    A redelivered key is not counted again; its row is re-upserted at its recorded seq, which repairs
-    a write that died between the two phases.
+``episode_runs ((game_id, episode_id), t_last) -> t_first, seq_first``
+    The idempotency keys: per episode, runs of steps ``t_first..t_last`` stored at seqs ``seq_first..``.
+    A write first reads the runs of its episodes that end at or after its lowest step (one
+    single-partition read per episode), reserves seqs only for the steps not recorded, writes their runs
+    (one row per episode per write, as a chunk arrives), then the segments. A redelivered step is not
+    counted again; if its segment is missing (a writer died between the two phases) it is written at its
+    recorded seq, which repairs that write.
 ``games (game_id)``
-    obs_dim, action dtype/dim and rows_per_partition, fixed by the game's first write (LWT insert).
+    obs_dim, action dtype/dim, rows_per_partition and block_steps, fixed by the game's first write (LWT).
 
-Retention is TTL: every ``transitions`` and ``transition_keys`` row is written ``USING TTL``
+Amazon Keyspaces quotas, and where the code respects them: a row is at most 1 MB (``SEGMENT_BYTES``
+caps a segment's values at half of it); a batch holds at most 30 statements (``BATCH_STATEMENTS``, and
+``BATCH_BYTES`` keeps it under Cassandra's batch size limit too), of one partition each; an ``IN`` list
+holds at most 100 values (``IN_LIMIT``); a connection serves up to 3,000 requests/s, and a write of 256
+steps is ~5 requests. A partition takes at most 1,000 write units/s (1 KB each): writes go to the newest
+partition of a game, so one game's ingest is bounded there by ~1 MB/s of stored steps (~15,000 CartPole
+steps/s); reads spread over every partition.
+
+Retention is TTL: every ``segments`` and ``episode_runs`` row is written ``USING TTL``
 ``RLP_CASSANDRA_TTL_SECONDS``, so the cluster drops it that long after it was written, with no delete
 traffic from us (TimeWindowCompactionStrategy is the natural compaction for these tables; it is not
 set here because Keyspaces rejects compaction options). Because seqs are handed out in write order,
-expiry eats the sequence from its head: the oldest live row ``lo`` is found with a binary search over
-the partitions (``SELECT seq ... WHERE game_id = ? AND chunk = ? AND seq >= ? LIMIT 1``), log2(#chunks)
+expiry eats the sequence from its head: the oldest live step ``lo`` is found with a binary search over
+the partitions (``... WHERE game_id = ? AND chunk = ? AND block >= ? LIMIT 1``), log2(#chunks)
 single-row reads at most and one read in the steady state (a per-store hint remembers the head once a
 second observation, a minute later, has confirmed it). ``count`` is ``hi - lo + 1``.
-``retain(game_id, max_rows)`` is also supported (a capacity-bounded buffer on top of TTL): it deletes
-whole partitions below the cut and a clustering range in the boundary partition.
+``retain(game_id, max_rows)`` bounds the size too: it deletes whole partitions and blocks below the cut,
+and rewrites the one segment the cut splits (its kept steps get a fresh TTL).
 
 Known approximations (documented, not hidden):
   * Holes: seqs reserved but never written (a writer died after reserving; two writers raced on the
-    same new key and both reserved a seq), and seqs of a write in flight (reserved, rows not yet written).
-    Sampling redraws them, then fills up among the rows it found; ``count`` includes them.
-  * Two writers that write the same new key at the same moment both count and store it (the key
-    read and the key write are not one transaction; an LWT per row would fix it at ~4x the cost).
-  * A key whose row was removed by ``retain`` stays until its TTL: a redelivery of it is ignored.
+    same new step and both reserved a seq), and seqs of a write in flight (reserved, rows not yet written).
+    Sampling redraws them, then fills up among the steps it found; ``count`` includes them.
+  * Two writers that write the same new step at the same moment both count and store it (the key
+    read and the key write are not one transaction; an LWT per write would fix it at ~4x the cost).
+  * A key whose step was removed by ``retain`` stays until its TTL: a redelivery of it is ignored.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -65,21 +78,19 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from rlplatform.settings import CassandraSettings, Settings
-from rlplatform.store.base import (
-    EpisodeSteps,
-    ExperienceStore,
-    GameShapes,
-    TransitionBatch,
-    episode_steps_of,
-    followed_seqs,
-    t_ranges,
-)
+from rlplatform.store.base import EpisodeSteps, ExperienceStore, GameShapes, TransitionBatch, episode_steps_of
+from rlplatform.store.segments import TERMINATED, TRUNCATED, Pool, encode, split_runs, step_bytes
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_PARTITION = 1024
+BLOCK_STEPS = 32
+# A partition holds this many bytes of steps (rows_per_partition, fixed per game), and at most MAX_BLOCKS blocks.
+PARTITION_BYTES = 4 * 1024 * 1024
+MAX_BLOCKS = 1024
+# Values of one segment row: half of Amazon Keyspaces' 1 MB row limit (a wide game's segments hold fewer steps).
+SEGMENT_BYTES = 512 * 1024
 CONCURRENCY = 64
-# Keys per ``seq IN ?`` read (Amazon Keyspaces caps IN lists at 100 values).
+# Blocks per ``block IN ?`` read (Amazon Keyspaces caps IN lists at 100 values).
 IN_LIMIT = 100
 # Rows per write request: an unlogged batch of one partition's rows is one mutation, one request. Amazon
 # Keyspaces accepts at most 30 statements per batch; Cassandra fails a batch above batch_size_fail_threshold
@@ -87,10 +98,12 @@ IN_LIMIT = 100
 BATCH_STATEMENTS = 30
 BATCH_BYTES = 32 * 1024
 # Tables, in creation order. Experience tables carry a TTL; the other two are O(games) metadata.
-TABLES = ("games", "seq_alloc", "transitions", "transition_keys")
-TTL_TABLES = ("transitions", "transition_keys")
-_ROW_COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
-# Redraw rounds for draws that hit missing seqs; then the draws still missing are made among the rows found.
+TABLES = ("games", "seq_alloc", "segments", "episode_runs")
+TTL_TABLES = ("segments", "episode_runs")
+# Tables of the layout before segments (one row per step), which this adapter does not read.
+LEGACY_TABLES = ("transitions", "transition_keys")
+_SEGMENT_COLUMNS = "start, episode_id, t, obs, action, reward, next_obs, flags, model_version"
+# Redraw rounds for draws that hit missing seqs; then the draws still missing are made among the steps found.
 _SAMPLE_ROUNDS = 16
 # A head observation is trusted as a search hint once a second one, this much later, confirms it
 # (by then every write that was in flight at the first observation has landed or failed).
@@ -125,14 +138,14 @@ def schema_cql(keyspace: str, keyspaces_service: bool = False) -> dict[str, str]
     ks = keyspace
     return {
         "games": f"CREATE TABLE IF NOT EXISTS {ks}.games (game_id text PRIMARY KEY, obs_dim int, action_dtype text,"
-        " action_dim int, rows_per_partition int)",
+        " action_dim int, rows_per_partition int, block_steps int)",
         "seq_alloc": f"CREATE TABLE IF NOT EXISTS {ks}.seq_alloc (game_id text PRIMARY KEY, next_seq bigint,"
         " writer uuid)",
-        "transitions": f"CREATE TABLE IF NOT EXISTS {ks}.transitions (game_id text, chunk bigint, seq bigint,"
-        " episode_id text, t int, obs blob, action blob, reward float, next_obs blob, terminated boolean,"
-        f" truncated boolean, model_version bigint, written_at timestamp, PRIMARY KEY ((game_id, chunk), seq)){ttl}",
-        "transition_keys": f"CREATE TABLE IF NOT EXISTS {ks}.transition_keys (game_id text, episode_id text, t int,"
-        f" seq bigint, PRIMARY KEY ((game_id, episode_id), t)){ttl}",
+        "segments": f"CREATE TABLE IF NOT EXISTS {ks}.segments (game_id text, chunk bigint, block bigint,"
+        " start bigint, episode_id text, t blob, obs blob, action blob, reward blob, next_obs blob, flags blob,"
+        f" model_version blob, written_at timestamp, PRIMARY KEY ((game_id, chunk), block, start)){ttl}",
+        "episode_runs": f"CREATE TABLE IF NOT EXISTS {ks}.episode_runs (game_id text, episode_id text,"
+        f" t_last bigint, t_first bigint, seq_first bigint, PRIMARY KEY ((game_id, episode_id), t_last)){ttl}",
     }
 
 
@@ -140,30 +153,33 @@ def statements(keyspace: str, ttl_seconds: int) -> dict[str, str]:
     """Every DML statement the adapter runs (all prepared), by name."""
     ks, ttl = keyspace, int(ttl_seconds)
     return {
-        "insert_game": f"INSERT INTO {ks}.games (game_id, obs_dim, action_dtype, action_dim, rows_per_partition)"
-        " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
-        "select_game": f"SELECT obs_dim, action_dtype, action_dim, rows_per_partition FROM {ks}.games"
+        "insert_game": f"INSERT INTO {ks}.games (game_id, obs_dim, action_dtype, action_dim, rows_per_partition,"
+        " block_steps) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+        "select_game": f"SELECT obs_dim, action_dtype, action_dim, rows_per_partition, block_steps FROM {ks}.games"
         " WHERE game_id = ?",
         "select_next": f"SELECT next_seq, writer FROM {ks}.seq_alloc WHERE game_id = ?",
         "init_next": f"INSERT INTO {ks}.seq_alloc (game_id, next_seq, writer) VALUES (?, ?, ?) IF NOT EXISTS",
         "advance_next": f"UPDATE {ks}.seq_alloc SET next_seq = ?, writer = ? WHERE game_id = ? IF next_seq = ?",
-        "select_keys": f"SELECT t, seq FROM {ks}.transition_keys WHERE game_id = ? AND episode_id = ? AND t >= ?"
-        " AND t <= ?",
-        "insert_key": f"INSERT INTO {ks}.transition_keys (game_id, episode_id, t, seq) VALUES (?, ?, ?, ?)"
-        f" USING TTL {ttl}",
-        "insert_row": f"INSERT INTO {ks}.transitions (game_id, chunk, seq, {_ROW_COLUMNS}, written_at)"
+        "select_runs": f"SELECT t_last, t_first, seq_first FROM {ks}.episode_runs WHERE game_id = ? AND episode_id = ?"
+        " AND t_last >= ?",
+        "insert_run": f"INSERT INTO {ks}.episode_runs (game_id, episode_id, t_last, t_first, seq_first)"
+        f" VALUES (?, ?, ?, ?, ?) USING TTL {ttl}",
+        "insert_segment": f"INSERT INTO {ks}.segments (game_id, chunk, block, {_SEGMENT_COLUMNS}, written_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL {ttl}",
-        "select_rows": f"SELECT seq, {_ROW_COLUMNS} FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq IN ?",
-        "select_chunk_steps": "SELECT episode_id, t, reward, terminated, truncated, model_version"
-        f" FROM {ks}.transitions WHERE game_id = ? AND chunk = ?",
-        "first_seq": f"SELECT seq FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq >= ? LIMIT 1",
-        "delete_chunk": f"DELETE FROM {ks}.transitions WHERE game_id = ? AND chunk = ?",
-        "delete_head": f"DELETE FROM {ks}.transitions WHERE game_id = ? AND chunk = ? AND seq <= ?",
+        "select_blocks": f"SELECT {_SEGMENT_COLUMNS} FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block IN ?",
+        "select_block": f"SELECT {_SEGMENT_COLUMNS} FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block = ?",
+        "select_chunk_steps": "SELECT episode_id, t, reward, flags, model_version"
+        f" FROM {ks}.segments WHERE game_id = ? AND chunk = ?",
+        "first_start": f"SELECT start FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block >= ? LIMIT 1",
+        "delete_chunk": f"DELETE FROM {ks}.segments WHERE game_id = ? AND chunk = ?",
+        "delete_blocks_below": f"DELETE FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block < ?",
+        "delete_segment": f"DELETE FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block = ? AND start = ?",
     }
 
 
-# Schema probes (not prepared; run at startup only). Partition key of both tables: keyspace_name.
+# Schema probes (not prepared; run at startup only). Partition key of these tables: keyspace_name.
 KEYSPACE_EXISTS_CQL = "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s"
+KEYSPACE_TABLES_CQL = "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s"
 KEYSPACES_TABLE_STATUS_CQL = (
     "SELECT table_name, status FROM system_schema_mcs.tables WHERE keyspace_name = %s AND table_name = %s"
 )
@@ -171,9 +187,23 @@ KEYSPACES_TABLE_STATUS_CQL = (
 _LWT = ("insert_game", "init_next", "advance_next")
 
 
+class LegacyLayoutError(RuntimeError):
+    """The keyspace holds experience in a layout this version does not read."""
+
+
 @dataclass(frozen=True)
 class _Game(GameShapes):
     rows_per_partition: int
+    block_steps: int
+
+    def chunk_of_block(self, block: int) -> int:
+        return block * self.block_steps // self.rows_per_partition
+
+
+def rows_per_partition_for(shapes: GameShapes, block_steps: int = BLOCK_STEPS) -> int:
+    """Steps per partition for a game: ``PARTITION_BYTES`` of its steps, whole blocks, 1..MAX_BLOCKS of them."""
+    blocks = PARTITION_BYTES // (block_steps * step_bytes(shapes))
+    return block_steps * min(MAX_BLOCKS, max(1, blocks))
 
 
 def bootstrap_keyspace(settings: CassandraSettings) -> None:
@@ -189,14 +219,17 @@ class CassandraStore(ExperienceStore):
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
         ttl_seconds: int | None = None,
-        rows_per_partition: int = ROWS_PER_PARTITION,
+        rows_per_partition: int | None = None,
     ) -> None:
-        """``ttl_seconds`` overrides ``settings.ttl_seconds`` (tests use a few seconds)."""
+        """``ttl_seconds`` overrides ``settings.ttl_seconds`` and ``rows_per_partition`` (a multiple of
+        ``BLOCK_STEPS``) the size a new game's partitions get (tests use a few seconds and small partitions)."""
         self.settings = settings
         self.keyspace = settings.keyspace
         self.ttl_seconds = int(ttl_seconds if ttl_seconds is not None else settings.ttl_seconds)
         if self.ttl_seconds < 1:
             raise ValueError(f"ttl_seconds must be >= 1, got {self.ttl_seconds}")
+        if rows_per_partition is not None and (rows_per_partition < 1 or rows_per_partition % BLOCK_STEPS):
+            raise ValueError(f"rows_per_partition: a positive multiple of {BLOCK_STEPS}, got {rows_per_partition}")
         self.rows_per_partition = rows_per_partition
         self.keyspaces_service = is_keyspaces(settings)
         self._cluster, self._session = _connect(settings, connect_timeout, request_timeout)
@@ -218,7 +251,8 @@ class CassandraStore(ExperienceStore):
     # -- schema -------------------------------------------------------------------------------------
 
     def ensure_schema(self) -> None:
-        """Create the keyspace (if allowed) and the tables, if missing; idempotent."""
+        """Create the keyspace (if allowed) and the tables, if missing; idempotent. ``LegacyLayoutError`` for
+        a keyspace written in the layout before segments."""
         ks = self.keyspace
         try:
             self._session.execute(keyspace_cql(self.settings), timeout=_DDL_TIMEOUT_S)
@@ -231,10 +265,24 @@ class CassandraStore(ExperienceStore):
             log.warning("cassandra: CREATE KEYSPACE %s failed (%s); it exists, continuing", ks, exc)
         if self.keyspaces_service:  # keyspace creation is asynchronous on Keyspaces
             self._wait(self._keyspace_exists, f"keyspace {ks} to exist")
+        self._refuse_legacy_layout()
         for table, ddl in schema_cql(ks, self.keyspaces_service).items():
             self._session.execute(ddl, timeout=_DDL_TIMEOUT_S)
             if self.keyspaces_service:  # so is table creation: wait until ACTIVE before first use
                 self._wait(lambda t=table: self._keyspaces_table_active(t), f"table {ks}.{table} to be ACTIVE")
+
+    def _refuse_legacy_layout(self) -> None:
+        tables = {row.table_name for row in self._session.execute(KEYSPACE_TABLES_CQL, (self.keyspace,))}
+        legacy = sorted(tables & set(LEGACY_TABLES))
+        if legacy:
+            ks = self.keyspace
+            drops = " ".join(f"DROP TABLE {ks}.{t};" for t in (*legacy, "games", "seq_alloc") if t in tables)
+            raise LegacyLayoutError(
+                f"cassandra: keyspace {ks!r} holds experience in the layout of before segments (tables"
+                f" {', '.join(legacy)}: one row per step), which this version does not read. Point"
+                f" RLP_CASSANDRA_KEYSPACE at a new keyspace, or, once that experience is no longer needed, drop"
+                f" its tables ({drops}) and start again"
+            )
 
     def _keyspace_exists(self) -> bool:
         return self._session.execute(KEYSPACE_EXISTS_CQL, (self.keyspace,)).one() is not None
@@ -259,52 +307,50 @@ class CassandraStore(ExperienceStore):
         game = self._game(game_id, batch)
         obs, next_obs, action = game.arrays(game_id, batch)
         episodes = [str(e) for e in batch.episode_id.tolist()]
-        ts = [int(t) for t in batch.t.tolist()]
+        ts = batch.t.astype(np.int64).tolist()
 
-        # 1. Which keys exist already: one single-partition range read per episode of the batch.
-        existing = self._seqs_of_keys(game_id, batch)
-
-        new: list[int] = []  # batch indices of keys seen for the first time (first occurrence wins)
-        repair: list[tuple[int, int]] = []  # (index, seq) of redelivered keys, re-upserted in place
+        # 1. Which steps are recorded already: one single-partition read per episode of the batch.
+        recorded = self._recorded_seqs(game_id, episodes, ts)
+        new_by_episode: dict[str, list[int]] = {}  # batch rows of steps seen for the first time, per episode
+        repair: list[tuple[int, int]] = []  # (row, seq) of redelivered steps whose segment may be missing
         seen: set[tuple[str, int]] = set()
         head = self._head_hint.get(game_id, 0)
         for i, key in enumerate(zip(episodes, ts, strict=True)):
             if key in seen:
                 continue
             seen.add(key)
-            if key in existing:
-                if existing[key] >= head:
-                    repair.append((i, existing[key]))
-            else:
-                new.append(i)
+            seq = recorded.get(key)
+            if seq is None:
+                new_by_episode.setdefault(key[0], []).append(i)
+            elif seq >= head:
+                repair.append((i, seq))
 
-        # A redelivered key whose row is there keeps it (the first content stays, as in every adapter); one
-        # whose row is missing (a writer died between recording the key and writing the row) is repaired.
+        # A redelivered step whose segment is there keeps it (the first content stays, as in every adapter); one
+        # whose segment is missing (a writer died between recording the runs and writing the segments) is repaired.
         if repair:
-            present = self._fetch(game_id, game.rows_per_partition, [s for _, s in repair])
-            repair = [(i, s) for i, s in repair if s not in present]
+            pool = self._pool(game, game_id, [s for _, s in repair])
+            held = pool.index(np.array([s for _, s in repair], dtype=np.int64)) >= 0
+            repair = [r for r, h in zip(repair, held.tolist(), strict=True) if not h]
 
-        # 2. Reserve seqs for the new keys, 3. record the keys, 4. write the rows (new + repaired).
-        placed = list(repair)
+        # 2. Reserve seqs for the new steps (each episode's consecutively), 3. record their runs, 4. write segments.
+        placed = repair
+        new = [i for rows in new_by_episode.values() for i in rows]
         if new:
             first = self._reserve(game_id, len(new))
-            placed += [(i, first + k) for k, i in enumerate(new)]
-            self._batched("insert_key", [(game_id, episodes[i], ts[i], first + k) for k, i in enumerate(new)])
+            placed = placed + [(i, first + k) for k, i in enumerate(new)]
+            self._batched("insert_run", _runs(game_id, episodes, ts, new, first))
         if placed:
+            placed.sort(key=lambda p: p[1])
+            rows = np.array([i for i, _ in placed], dtype=np.int64)
+            seqs = np.array([s for _, s in placed], dtype=np.int64)
+            max_steps = max(1, SEGMENT_BYTES // step_bytes(game))
             now = datetime.now(UTC)
-            reward = batch.reward.astype(np.float32).tolist()
-            terminated = batch.terminated.astype(bool).tolist()
-            truncated = batch.truncated.astype(bool).tolist()
-            model_version = batch.model_version.astype(np.int64).tolist()
-            rpp = game.rows_per_partition
-            self._batched(
-                "insert_row",
-                [
-                    (game_id, s // rpp, s, episodes[i], ts[i], obs[i].tobytes(), action[i].tobytes(), reward[i])
-                    + (next_obs[i].tobytes(), terminated[i], truncated[i], model_version[i], now)
-                    for i, s in placed
-                ],
-            )
+            segments = []
+            for run in split_runs(rows, seqs, batch.episode_id[rows], game.block_steps, max_steps):
+                block = run.start // game.block_steps
+                values = encode(run, batch, obs, next_obs, action)
+                segments.append((game_id, game.chunk_of_block(block), block, run.start, *values, now))
+            self._batched("insert_segment", segments)
         return len(new)
 
     def _sample(
@@ -313,37 +359,40 @@ class CassandraStore(ExperienceStore):
         game = self._known_game(game_id)
         if game is None:
             raise LookupError(f"no transitions stored for game {game_id!r}")
-        drawn: list[int] = []
-        found: dict[int, tuple] = {}
+        drawn = np.empty(0, dtype=np.int64)
+        blocks: dict[int, list[tuple]] = {}  # block -> its segments, read once per sample
         lo = hi = 0
         for _ in range(_SAMPLE_ROUNDS):
             hi = self._next_seq(game_id) - 1
-            lo = self._head(game_id, hi, game.rows_per_partition)
+            lo = self._head(game, game_id, hi)
             if lo > hi:
                 raise LookupError(f"no transitions stored for game {game_id!r}")
             if window is not None:
                 lo = max(lo, hi - window + 1)
             draws = rng.integers(lo, hi + 1, size=n - len(drawn))
-            found.update(self._fetch(game_id, game.rows_per_partition, followed_seqs(draws, follow)))
-            # A draw can miss: a hole, a row written a moment from now, or one that just expired. Redraw it.
-            drawn += [s for s in draws.tolist() if s in found]
+            pool = self._pool(game, game_id, _followed(draws, follow), blocks)
+            # A draw can miss: a hole, a step written a moment from now, or one that just expired. Redraw it.
+            drawn = np.concatenate([drawn, draws[pool.index(draws) >= 0]])
             if len(drawn) == n:
-                return game.to_batch(game.with_followers(drawn, found, follow))
-        if not drawn:
-            raise LookupError(f"{game_id}: no row readable in seq [{lo}, {hi}] (writes in flight, holes or expiry)")
+                return pool.take(pool.index(_followed(drawn, follow).reshape(-1)))
+        if not len(drawn):
+            raise LookupError(f"{game_id}: no step readable in seq [{lo}, {hi}] (writes in flight, holes or expiry)")
         # Most of [lo, hi] is missing right now: typically one large batch whose seqs are reserved and whose
-        # rows are being written (a backlog drained at start). Fill up among the rows found rather than fail.
-        log.info("%s: %d of %d draws missed in seq [%d, %d]; drawn among the %d rows found", game_id,
+        # segments are being written (a backlog drained at start). Fill up among the steps found rather than fail.
+        log.info("%s: %d of %d draws missed in seq [%d, %d]; drawn among the %d steps found", game_id,
                  n - len(drawn), n, lo, hi, len(drawn))  # fmt: skip
-        drawn += [drawn[i] for i in rng.integers(0, len(drawn), size=n - len(drawn)).tolist()]
-        return game.to_batch(game.with_followers(drawn, found, follow))
+        drawn = np.concatenate([drawn, drawn[rng.integers(0, len(drawn), size=n - len(drawn))]])
+        return pool.take(pool.index(_followed(drawn, follow).reshape(-1)))
 
     def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
         game = self._known_game(game_id)
         if game is None:
             return batch[:0]
-        seqs = sorted(set(self._seqs_of_keys(game_id, batch).values()))
-        return game.to_batch(list(self._fetch(game_id, game.rows_per_partition, seqs).values()))
+        seqs = sorted(set(self._recorded_seqs(game_id, [str(e) for e in batch.episode_id.tolist()],
+                                              batch.t.astype(np.int64).tolist()).values()))  # fmt: skip
+        pool = self._pool(game, game_id, seqs)
+        index = pool.index(np.array(seqs, dtype=np.int64))
+        return pool.take(index[index >= 0])
 
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
@@ -351,21 +400,20 @@ class CassandraStore(ExperienceStore):
             return episode_steps_of([])
         rpp = game.rows_per_partition
         hi = self._next_seq(game_id) - 1
-        lo = self._head(game_id, hi, rpp)
+        lo = self._head(game, game_id, hi)
         if lo > hi:
             return episode_steps_of([])
         pages = self._concurrent("select_chunk_steps", [(game_id, c) for c in range(lo // rpp, hi // rpp + 1)])
-        rows = [(r.episode_id, r.t, r.reward, r.terminated or r.truncated, r.model_version) for p in pages for r in p]
-        return episode_steps_of(rows)
-
-    def _seqs_of_keys(self, game_id: str, batch: TransitionBatch) -> dict[tuple[str, int], int]:
-        """``(episode_id, t) -> seq`` of the batch's keys that are recorded already."""
-        ranges = t_ranges(batch)
-        found: dict[tuple[str, int], int] = {}
-        results = self._concurrent("select_keys", [(game_id, e, lo, hi) for e, (lo, hi) in ranges.items()])
-        for e, rows in zip(ranges, results, strict=True):
-            found.update(((e, row.t), row.seq) for row in rows)
-        return found
+        segments = [row for page in pages for row in page]
+        lengths = [len(s.t) // 8 for s in segments]
+        flags = np.frombuffer(b"".join(s.flags for s in segments), dtype=np.uint8)
+        return EpisodeSteps(
+            episode_id=np.repeat(np.array([s.episode_id for s in segments], dtype=object), lengths),
+            t=np.frombuffer(b"".join(s.t for s in segments), dtype="<i8").astype(np.int64),
+            reward=np.frombuffer(b"".join(s.reward for s in segments), dtype="<f4").astype(np.float32),
+            ended=(flags & (TERMINATED | TRUNCATED)) > 0,
+            model_version=np.frombuffer(b"".join(s.model_version for s in segments), dtype="<i8").astype(np.int64),
+        )
 
     def count(self, game_id: str) -> int:
         game = self._known_game(game_id)
@@ -374,17 +422,18 @@ class CassandraStore(ExperienceStore):
         nxt = self._next_seq(game_id)
         if nxt == 0:
             return 0
-        return max(0, nxt - self._head(game_id, nxt - 1, game.rows_per_partition))
+        return max(0, nxt - self._head(game, game_id, nxt - 1))
 
     def written(self, game_id: str) -> int:
-        """Seqs handed out so far: the rows written, plus those of writes in flight and the holes (above)."""
+        """Seqs handed out so far: the steps written, plus those of writes in flight and the holes (above)."""
         return 0 if self._known_game(game_id) is None else self._next_seq(game_id)
 
     def retain(self, game_id: str, max_rows: int) -> int:
-        """Delete the oldest rows beyond ``max_rows`` (TTL is the primary retention; this caps size too).
+        """Delete the oldest steps beyond ``max_rows`` (TTL is the primary retention; this caps size too).
 
-        Whole partitions below the cut get a partition delete, the boundary one a clustering range delete:
-        O(partitions) tombstones, not one per row.
+        Whole partitions below the cut get a partition delete, whole blocks below it in the boundary partition
+        one clustering range delete, and the segment the cut splits is rewritten with its kept steps only:
+        O(partitions) tombstones, not one per step.
         """
         if max_rows < 0:
             raise ValueError(f"max_rows must be >= 0, got {max_rows}")
@@ -392,19 +441,21 @@ class CassandraStore(ExperienceStore):
         if game is None:
             return 0
         hi = self._next_seq(game_id) - 1
-        rpp = game.rows_per_partition
-        lo = self._head(game_id, hi, rpp)
-        cut = hi - max_rows
+        rpp, bs = game.rows_per_partition, game.block_steps
+        lo = self._head(game, game_id, hi)
+        cut = hi - max_rows  # the newest seq to drop
         if hi < 0 or cut < lo:
             return 0
-        last_full = (cut + 1) // rpp - 1  # partitions whose every seq is <= cut
-        self._concurrent("delete_chunk", [(game_id, c) for c in range(lo // rpp, last_full + 1)])
-        if (cut + 1) % rpp:
-            self._concurrent("delete_head", [(game_id, cut // rpp, cut)])
-        with self._hint_lock:  # we deleted them: everything below cut + 1 is gone for sure
-            self._head_hint[game_id] = max(self._head_hint.get(game_id, 0), cut + 1)
+        keep = cut + 1
+        self._concurrent("delete_chunk", [(game_id, c) for c in range(lo // rpp, keep // rpp)])
+        if keep % rpp >= bs:
+            self._concurrent("delete_blocks_below", [(game_id, keep // rpp, keep // bs)])
+        if keep % bs:
+            self._split_block(game, game_id, keep)
+        with self._hint_lock:  # we deleted them: everything below keep is gone for sure
+            self._head_hint[game_id] = max(self._head_hint.get(game_id, 0), keep)
             self._head_seen.pop(game_id, None)
-        return cut - lo + 1
+        return keep - lo
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CassandraStore:
@@ -454,6 +505,60 @@ class CassandraStore(ExperienceStore):
                 count, size = count + 1, size + row_bytes
         execute_concurrent(self._session, requests, concurrency=CONCURRENCY, raise_on_first_error=True)
 
+    def _recorded_seqs(self, game_id: str, episodes: list[str], ts: list[int]) -> dict[tuple[str, int], int]:
+        """``(episode_id, t) -> seq`` of the given steps that are recorded already: per episode, one read of
+        its runs that end at or after its lowest step here."""
+        lowest: dict[str, int] = {}
+        highest: dict[str, int] = {}
+        for e, t in zip(episodes, ts, strict=True):
+            lowest[e] = min(lowest.get(e, t), t)
+            highest[e] = max(highest.get(e, t), t)
+        results = self._concurrent("select_runs", [(game_id, e, lo) for e, lo in lowest.items()])
+        found: dict[tuple[str, int], int] = {}
+        for e, runs in zip(lowest, results, strict=True):
+            for run in runs:  # only the part of a run inside this batch's steps of the episode
+                for t in range(max(run.t_first, lowest[e]), min(run.t_last, highest[e]) + 1):
+                    found[(e, t)] = run.seq_first + t - run.t_first
+        return found
+
+    def _pool(self, game: _Game, game_id: str, seqs, blocks: dict[int, list[tuple]] | None = None) -> Pool:
+        """The segments of the blocks that hold ``seqs``, read by primary key (per partition, ``block IN``
+        lists of at most IN_LIMIT); ``blocks`` caches what was read before and gains what is read now."""
+        blocks = {} if blocks is None else blocks
+        wanted = sorted({int(s) // game.block_steps for s in np.asarray(seqs).reshape(-1).tolist()} - set(blocks))
+        by_chunk: dict[int, list[int]] = {}
+        for b in wanted:
+            by_chunk.setdefault(game.chunk_of_block(b), []).append(b)
+            blocks[b] = []
+        params = [
+            (game_id, chunk, keys[i : i + IN_LIMIT])
+            for chunk, keys in by_chunk.items()
+            for i in range(0, len(keys), IN_LIMIT)
+        ]
+        for rows in self._concurrent("select_blocks", params):
+            for row in rows:
+                blocks[row.start // game.block_steps].append(tuple(row))
+        return Pool(game, [segment for segments in blocks.values() for segment in segments])
+
+    def _split_block(self, game: _Game, game_id: str, keep: int) -> None:
+        """Drop the steps below seq ``keep`` from its block: segments wholly below go, the one ``keep`` splits
+        is written again from ``keep`` on (before its old row goes, so no reader sees a gap)."""
+        block = keep // game.block_steps
+        chunk = game.chunk_of_block(block)
+        for row in self._session.execute(self._stmts["select_block"], (game_id, chunk, block)):
+            if row.start >= keep:
+                continue
+            n = len(row.t) // 8
+            if row.start + n > keep:
+                k = keep - row.start  # steps to drop from the front
+                cols = (row.t, row.obs, row.action, row.reward, row.next_obs, row.flags, row.model_version)
+                kept = [col[len(col) // n * k :] for col in cols]
+                now = datetime.now(UTC)
+                self._session.execute(
+                    self._stmts["insert_segment"], (game_id, chunk, block, keep, row.episode_id, *kept, now)
+                )
+            self._session.execute(self._stmts["delete_segment"], (game_id, chunk, block, row.start))
+
     def _next_seq(self, game_id: str) -> int:
         row = self._session.execute(self._stmts["select_next"], (game_id,)).one()
         return 0 if row is None or row.next_seq is None else row.next_seq
@@ -485,11 +590,12 @@ class CassandraStore(ExperienceStore):
                 time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
         raise RuntimeError(f"{game_id}: could not reserve {k} sequence numbers (seq_alloc too contended)")
 
-    def _first_live(self, game_id: str, chunk: int, floor: int) -> int | None:
-        row = self._session.execute(self._stmts["first_seq"], (game_id, chunk, floor)).one()
-        return None if row is None else row.seq
+    def _first_live(self, game_id: str, chunk: int, floor: int, block_steps: int) -> int | None:
+        """The first stored seq at or after ``floor`` in partition ``chunk`` (floor is a segment's start)."""
+        row = self._session.execute(self._stmts["first_start"], (game_id, chunk, floor // block_steps)).one()
+        return None if row is None else max(row.start, floor)
 
-    def _head(self, game_id: str, hi: int, rpp: int) -> int:
+    def _head(self, game: _Game, game_id: str, hi: int) -> int:
         """The oldest live seq (``hi + 1`` when none): TTL expiry and retain() remove the sequence's head.
 
         Probes the hinted partition, then binary-searches the partitions above it for the first one that
@@ -499,13 +605,14 @@ class CassandraStore(ExperienceStore):
             hint = self._head_hint.get(game_id, 0)
         if hint > hi:
             return hint
+        rpp, bs = game.rows_per_partition, game.block_steps
         lo_chunk, hi_chunk = hint // rpp, hi // rpp
-        head = self._first_live(game_id, lo_chunk, hint)
+        head = self._first_live(game_id, lo_chunk, hint, bs)
         if head is None:
             a, b, head = lo_chunk + 1, hi_chunk, hi + 1
             while a <= b:
                 mid = (a + b) // 2
-                found = self._first_live(game_id, mid, hint)
+                found = self._first_live(game_id, mid, hint, bs)
                 if found is None:
                     a = mid + 1
                 else:
@@ -526,30 +633,13 @@ class CassandraStore(ExperienceStore):
                 self._head_hint[game_id] = max(self._head_hint.get(game_id, 0), confirmed)
                 self._head_seen[game_id] = (now, head)
 
-    def _fetch(self, game_id: str, rpp: int, seqs: list[int]) -> dict[int, tuple]:
-        """Rows by seq, read by primary key: per partition, ``seq IN`` lists of at most IN_LIMIT."""
-        by_chunk: dict[int, list[int]] = {}
-        for s in seqs:
-            by_chunk.setdefault(s // rpp, []).append(s)
-        params = [
-            (game_id, chunk, keys[i : i + IN_LIMIT])
-            for chunk, keys in by_chunk.items()
-            for i in range(0, len(keys), IN_LIMIT)
-        ]
-        found: dict[int, tuple] = {}
-        for rows in self._concurrent("select_rows", params):
-            for row in rows:
-                found[row.seq] = tuple(row)[1:]
-        return found
-
     def _known_game(self, game_id: str) -> _Game | None:
         if game_id not in self._games:
             row = self._session.execute(self._stmts["select_game"], (game_id,)).one()
             if row is None:
                 return None
-            self._games[game_id] = _Game(
-                row.obs_dim, np.dtype(row.action_dtype), row.action_dim, row.rows_per_partition
-            )
+            shapes = (row.obs_dim, np.dtype(row.action_dtype), row.action_dim)
+            self._games[game_id] = _Game(*shapes, row.rows_per_partition, row.block_steps)
         return self._games[game_id]
 
     def _game(self, game_id: str, batch: TransitionBatch) -> _Game:
@@ -558,14 +648,33 @@ class CassandraStore(ExperienceStore):
         if known is not None:
             return known
         shapes = GameShapes.of(batch)
+        rpp = self.rows_per_partition or rows_per_partition_for(shapes)
         self._session.execute(
             self._stmts["insert_game"],
-            (game_id, shapes.obs_dim, shapes.action_dtype.str, shapes.action_dim, self.rows_per_partition),
+            (game_id, shapes.obs_dim, shapes.action_dtype.str, shapes.action_dim, rpp, BLOCK_STEPS),
         )
         game = self._known_game(game_id)
         if game is None:
             raise RuntimeError(f"{game_id}: game row missing right after its insert")
         return game
+
+
+def _runs(game_id: str, episodes: list[str], ts: list[int], rows: list[int], first: int) -> list[tuple]:
+    """``episode_runs`` rows ``(game_id, episode_id, t_last, t_first, seq_first)`` for batch rows ``rows``
+    stored at seqs ``first, first + 1, ...``: a run ends where the episode changes or a step is skipped."""
+    runs: list[tuple] = []
+    for k, i in enumerate(rows):
+        e, t = episodes[i], ts[i]
+        if runs and runs[-1][1] == e and runs[-1][2] == t - 1:
+            runs[-1] = (game_id, e, t, runs[-1][3], runs[-1][4])
+        else:
+            runs.append((game_id, e, t, t, first + k))
+    return runs
+
+
+def _followed(draws: np.ndarray, follow: int) -> np.ndarray:
+    """int64[len(draws), 1 + follow]: each draw's seq and the ``follow`` seqs after it."""
+    return draws[:, None] + np.arange(follow + 1, dtype=np.int64)
 
 
 def _contact_points(settings: CassandraSettings) -> list[str]:
@@ -607,6 +716,9 @@ def _connect(settings: CassandraSettings, connect_timeout: float, request_timeou
         ssl_context=ssl_context,
         connect_timeout=connect_timeout,
         control_connection_timeout=connect_timeout,
+        # The driver sends a request larger than its 8 KiB buffer in pieces; with Nagle's algorithm on, the
+        # second piece waits for the server's delayed ACK (~40 ms per segment write of a chunk).
+        sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
     try:
         return cluster, cluster.connect()
