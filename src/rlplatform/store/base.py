@@ -113,17 +113,6 @@ class GameShapes:
         zeros = bytes(4 * self.obs_dim)
         return ("", -1, zeros, bytes(self.action_dtype.itemsize * self.action_dim), 0.0, zeros, False, False, -1)
 
-    def with_followers(self, draws: list[int], found: dict[int, tuple], follow: int) -> list[tuple]:
-        """Per draw (a seq that is in ``found``) its row, then the rows at the next ``follow`` seqs, a
-        placeholder where one is not in ``found``: the layout ``ExperienceStore.sample`` returns."""
-        placeholder = self.placeholder_row()
-        return [found.get(s + j, placeholder) for s in draws for j in range(follow + 1)]
-
-
-def followed_seqs(draws: np.ndarray, follow: int) -> list[int]:
-    """The distinct seqs to read for ``draws`` and their ``follow`` followers each."""
-    return np.unique(draws[:, None] + np.arange(follow + 1)).tolist()
-
 
 @dataclass(frozen=True)
 class EpisodeSteps:
@@ -292,15 +281,6 @@ class ExperienceStore(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def t_ranges(batch: TransitionBatch) -> dict[str, tuple[int, int]]:
-    """Per episode of the batch, the lowest and highest step index: one range read per episode."""
-    ranges: dict[str, tuple[int, int]] = {}
-    for episode_id, t in zip(batch.episode_id.tolist(), batch.t.tolist(), strict=True):
-        lo, hi = ranges.get(episode_id, (t, t))
-        ranges[episode_id] = (min(lo, t), max(hi, t))
-    return ranges
 
 
 def episode_steps_of(rows: list[tuple]) -> EpisodeSteps:

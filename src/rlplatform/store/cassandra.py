@@ -388,8 +388,8 @@ class CassandraStore(ExperienceStore):
         game = self._known_game(game_id)
         if game is None:
             return batch[:0]
-        seqs = sorted(set(self._recorded_seqs(game_id, [str(e) for e in batch.episode_id.tolist()],
-                                              batch.t.astype(np.int64).tolist()).values()))  # fmt: skip
+        episodes, ts = [str(e) for e in batch.episode_id.tolist()], batch.t.astype(np.int64).tolist()
+        seqs = sorted(set(self._recorded_seqs(game_id, episodes, ts).values()))
         pool = self._pool(game, game_id, seqs)
         index = pool.index(np.array(seqs, dtype=np.int64))
         return pool.take(index[index >= 0])
@@ -686,13 +686,14 @@ def _connect(settings: CassandraSettings, connect_timeout: float, request_timeou
     if not hosts:
         raise ValueError("RLP_CASSANDRA_CONTACT_POINTS: no host given")
     profile = ExecutionProfile(
+        # Token-aware: a single-partition request goes straight to a replica. Without RLP_CASSANDRA_LOCAL_DC the
+        # driver takes the contact points' data centre as the local one.
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc or None)),
         # LOCAL_QUORUM reads and writes: read-your-writes, and what Keyspaces requires for writes.
         consistency_level=ConsistencyLevel.LOCAL_QUORUM,
         serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
         request_timeout=request_timeout,
     )
-    if settings.local_dc:
-        profile.load_balancing_policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc))
     auth_provider = None
     if settings.sigv4:
         import boto3

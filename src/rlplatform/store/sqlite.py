@@ -24,8 +24,6 @@ from rlplatform.store.base import (
     GameShapes,
     TransitionBatch,
     episode_steps_of,
-    followed_seqs,
-    t_ranges,
 )
 
 _COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
@@ -88,7 +86,7 @@ class SqliteStore(ExperienceStore):
             if window is not None:
                 lo = max(lo, hi - window + 1)
             rowids = rng.integers(lo, hi + 1, size=n)
-            wanted = followed_seqs(rowids, follow)
+            wanted = _followed_seqs(rowids, follow)
             placeholders = ",".join("?" * len(wanted))
             found = self._conn.execute(
                 f"SELECT seq, {_COLUMNS} FROM {table} WHERE seq IN ({placeholders})", wanted
@@ -96,7 +94,7 @@ class SqliteStore(ExperienceStore):
         by_rowid = {row[0]: row[1:] for row in found}
         # A rowid can vanish between the range read and the fetch only through retention; redraw those.
         drawn = [r for r in rowids.tolist() if r in by_rowid]
-        batch = shapes.to_batch(shapes.with_followers(drawn, by_rowid, follow))
+        batch = shapes.to_batch(_with_followers(shapes, drawn, by_rowid, follow))
         if len(drawn) < n:
             return TransitionBatch.concat([batch, self.sample(game_id, n - len(drawn), rng, window, follow)])
         return batch
@@ -108,7 +106,7 @@ class SqliteStore(ExperienceStore):
         table, shapes = game
         rows: list[tuple] = []
         with self._lock:
-            for episode_id, (lo, hi) in t_ranges(batch).items():
+            for episode_id, (lo, hi) in _t_ranges(batch).items():
                 rows += self._conn.execute(
                     f"SELECT {_COLUMNS} FROM {table} WHERE episode_id = ? AND t BETWEEN ? AND ?", (episode_id, lo, hi)
                 ).fetchall()
@@ -205,3 +203,24 @@ class SqliteStore(ExperienceStore):
         game = self._known_game(game_id)
         assert game is not None
         return game
+
+
+def _followed_seqs(draws: np.ndarray, follow: int) -> list[int]:
+    """The distinct seqs to read for ``draws`` and their ``follow`` followers each."""
+    return np.unique(draws[:, None] + np.arange(follow + 1)).tolist()
+
+
+def _with_followers(shapes: GameShapes, draws: list[int], found: dict[int, tuple], follow: int) -> list[tuple]:
+    """Per draw (a seq that is in ``found``) its row, then the rows at the next ``follow`` seqs, a
+    placeholder where one is not in ``found``: the layout ``ExperienceStore.sample`` returns."""
+    placeholder = shapes.placeholder_row()
+    return [found.get(s + j, placeholder) for s in draws for j in range(follow + 1)]
+
+
+def _t_ranges(batch: TransitionBatch) -> dict[str, tuple[int, int]]:
+    """Per episode of the batch, the lowest and highest step index: one range read per episode."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for episode_id, t in zip(batch.episode_id.tolist(), batch.t.tolist(), strict=True):
+        lo, hi = ranges.get(episode_id, (t, t))
+        ranges[episode_id] = (min(lo, t), max(hi, t))
+    return ranges
