@@ -23,7 +23,7 @@ from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform.train.algorithms import AlgorithmConfigError
 from rlplatform.train.algorithms.dqn import DQN
-from rlplatform.train.trainer import Trainer, TrainerConfig
+from rlplatform.train.trainer import PrefetchingSampler, Trainer, TrainerConfig
 from rlplatform_client.models import ModelManifest, latest_key, publish_model, sha256_hex
 from rlplatform_client.retry import Backoff
 from rlplatform_client.subscriber import ModelMissingError
@@ -195,3 +195,36 @@ def test_trainer_stops_while_waiting_for_an_unreachable_store(
         trainer.run(stop)
     assert f"store (sqlite) unreachable at {settings.sqlite.path}, retrying in 1 s" in caplog.text
     assert "stopped while store (sqlite) was unreachable" in caplog.text and trainer.status.updates == 0
+
+
+def test_the_prefetching_sampler_hands_out_samples_in_draw_order_one_read_ahead() -> None:
+    drawn: list[int] = []
+    first_taken = threading.Event()
+
+    def draw() -> int:
+        if len(drawn) == 1:  # the read-ahead of the second sample starts only once the first is taken
+            assert first_taken.wait(10)
+        drawn.append(len(drawn))
+        return drawn[-1]
+
+    with PrefetchingSampler(draw) as sampler:
+        assert sampler.take() == 0
+        first_taken.set()
+        assert [sampler.take() for _ in range(3)] == [1, 2, 3]
+    # In order, and at most one sample read ahead (cancelled at close if it had not started).
+    assert drawn[:4] == [0, 1, 2, 3] and len(drawn) <= 5
+
+
+def test_the_prefetching_sampler_raises_a_read_ahead_error_on_the_next_take() -> None:
+    calls = iter([1, None])
+
+    def draw() -> int:
+        value = next(calls)
+        if value is None:
+            raise LookupError("no transitions stored")
+        return value
+
+    with PrefetchingSampler(draw) as sampler:
+        assert sampler.take() == 1
+        with pytest.raises(LookupError, match="no transitions stored"):
+            sampler.take()

@@ -33,7 +33,7 @@ from rlplatform.bench.harness import fresh_store
 from rlplatform.games import GameSpec, UnknownGameError, game_spec
 from rlplatform.store import TransitionBatch
 from rlplatform.train.algorithms import Algorithm, algorithm_class
-from rlplatform.train.trainer import learner_update, sample_transitions
+from rlplatform.train.trainer import PrefetchingSampler, learner_update, sample_transitions
 
 
 class BenchUpdatesError(ValueError):
@@ -134,13 +134,16 @@ def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
     updates = 0
 
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    with fresh_store(cfg.store, cfg.work_dir) as (_, store):
+    with (
+        fresh_store(cfg.store, cfg.work_dir) as (_, store),
+        PrefetchingSampler(lambda: sample_transitions(store, cfg.game, hp, rng)) as sampler,
+    ):
         store.write(cfg.game, transitions)
 
-        def from_store() -> None:
+        def from_store() -> None:  # as the trainer does: the next sample is read during this update
             nonlocal updates
             updates += 1
-            batch, steps = sample_transitions(store, cfg.game, hp, rng)
+            batch, steps = sampler.take()
             learner_update(learner_group, algorithm, batch, steps, updates)
 
         def from_memory() -> None:

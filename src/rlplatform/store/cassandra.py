@@ -14,7 +14,9 @@ needs ALLOW FILTERING, a secondary index or a materialized view):
     random seqs in ``[lo, hi]``, reads their blocks by primary key (``chunk = ? AND block IN ?``, one
     read per touched partition) and takes each draw's step from its segment: no scan, no token-range
     walk, whatever the size. ``window`` is ``[hi - window + 1, hi]``. Draws that hit a missing seq (see
-    holes below) are redrawn, so the result stays uniform over the steps that exist.
+    holes below) are redrawn, so the result stays uniform over the steps that exist. ``[lo, hi]`` is read
+    at most once a second per game (``_BOUNDS_TTL_S``; at once after a write or retain through the same
+    store): another process's new steps become sampleable within that second.
 ``seq_alloc (game_id)``
     ``next_seq`` = hi + 1. A writer reserves a block of ``k`` seqs with one compare-and-set
     (``UPDATE ... IF next_seq = ?``, a lightweight transaction) per write, not per row. No counters:
@@ -108,6 +110,9 @@ _SAMPLE_ROUNDS = 16
 # A head observation is trusted as a search hint once a second one, this much later, confirms it
 # (by then every write that was in flight at the first observation has landed or failed).
 _HEAD_SETTLE_S = 60.0
+# A sample reads the seq bounds at most this often: another writer's steps become sampleable within this long
+# (this store's own writes and retain() refresh them at once).
+_BOUNDS_TTL_S = 1.0
 _DDL_TIMEOUT_S = 120.0
 
 
@@ -246,6 +251,7 @@ class CassandraStore(ExperienceStore):
         self._games: dict[str, _Game] = {}
         self._head_hint: dict[str, int] = {}
         self._head_seen: dict[str, tuple[float, int]] = {}
+        self._bounds: dict[str, tuple[float, int, int]] = {}  # game -> (read at, lo, hi) for sampling
         self._hint_lock = threading.Lock()
 
     # -- schema -------------------------------------------------------------------------------------
@@ -351,6 +357,7 @@ class CassandraStore(ExperienceStore):
                 values = encode(run, batch, obs, next_obs, action)
                 segments.append((game_id, game.chunk_of_block(block), block, run.start, *values, now))
             self._batched("insert_segment", segments)
+        self._bounds.pop(game_id, None)
         return len(new)
 
     def _sample(
@@ -362,9 +369,8 @@ class CassandraStore(ExperienceStore):
         drawn = np.empty(0, dtype=np.int64)
         blocks: dict[int, list[tuple]] = {}  # block -> its segments, read once per sample
         lo = hi = 0
-        for _ in range(_SAMPLE_ROUNDS):
-            hi = self._next_seq(game_id) - 1
-            lo = self._head(game, game_id, hi)
+        for round_ in range(_SAMPLE_ROUNDS):
+            lo, hi = self._sample_bounds(game, game_id, fresh=round_ > 0)
             if lo > hi:
                 raise LookupError(f"no transitions stored for game {game_id!r}")
             if window is not None:
@@ -455,6 +461,7 @@ class CassandraStore(ExperienceStore):
         with self._hint_lock:  # we deleted them: everything below keep is gone for sure
             self._head_hint[game_id] = max(self._head_hint.get(game_id, 0), keep)
             self._head_seen.pop(game_id, None)
+        self._bounds.pop(game_id, None)
         return keep - lo
 
     @classmethod
@@ -558,6 +565,17 @@ class CassandraStore(ExperienceStore):
                     self._stmts["insert_segment"], (game_id, chunk, block, keep, row.episode_id, *kept, now)
                 )
             self._session.execute(self._stmts["delete_segment"], (game_id, chunk, block, row.start))
+
+    def _sample_bounds(self, game: _Game, game_id: str, fresh: bool) -> tuple[int, int]:
+        """``(lo, hi)``: the oldest and newest seq to draw from, read at most every ``_BOUNDS_TTL_S`` unless
+        ``fresh`` (two requests saved on most samples: a learner samples tens of times a second)."""
+        now = time.monotonic()
+        read_at, lo, hi = self._bounds.get(game_id, (-_BOUNDS_TTL_S, 0, -1))
+        if fresh or now - read_at >= _BOUNDS_TTL_S:
+            hi = self._next_seq(game_id) - 1
+            lo = self._head(game, game_id, hi)
+            self._bounds[game_id] = (now, lo, hi)
+        return lo, hi
 
     def _next_seq(self, game_id: str) -> int:
         row = self._session.execute(self._stmts["select_next"], (game_id,)).one()

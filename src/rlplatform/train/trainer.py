@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -150,9 +151,9 @@ class Trainer:
         self.checkpoint_dir = Path(settings.checkpoint_dir) / cfg.game_id
         self._restore()
 
-    def train_step(self, store: ExperienceStore) -> float:
-        """One learner update on a uniform store sample; returns the loss."""
-        batch, steps = self._store(lambda: sample_transitions(store, self.cfg.game_id, self.hp, self.rng))
+    def train_step(self, sampler: PrefetchingSampler) -> float:
+        """One learner update on a uniform store sample (read while the previous update ran); returns the loss."""
+        batch, steps = sampler.take()
         self.status.updates += 1
         return learner_update(self.learner_group, self.algorithm, batch, steps, self.status.updates)
 
@@ -214,17 +215,20 @@ class Trainer:
 
     def _train(self, store: ExperienceStore, max_updates: int | None) -> None:
         last_count_at = 0.0
-        while not self.stop.is_set() and (max_updates is None or self.status.updates < max_updates):
-            if time.monotonic() - last_count_at > 1.0:
-                self.status.stored_rows = self._store(lambda: store.count(self.cfg.game_id))
-                last_count_at = time.monotonic()
-                self._write_status()
-            if not self._may_update():
-                self.stop.wait(0.2)
-                continue
-            self.status.loss = self.train_step(store)
-            if self.status.updates % self.publish_every == 0:
-                self.publish()
+        with PrefetchingSampler(
+            lambda: self._store(lambda: sample_transitions(store, self.cfg.game_id, self.hp, self.rng))
+        ) as sampler:
+            while not self.stop.is_set() and (max_updates is None or self.status.updates < max_updates):
+                if time.monotonic() - last_count_at > 1.0:
+                    self.status.stored_rows = self._store(lambda: store.count(self.cfg.game_id))
+                    last_count_at = time.monotonic()
+                    self._write_status()
+                if not self._may_update():
+                    self.stop.wait(0.2)
+                    continue
+                self.status.loss = self.train_step(sampler)
+                if self.status.updates % self.publish_every == 0:
+                    self.publish()
         if self.status.updates > 0 and self.status.published_at is None:
             self.publish()
 
@@ -284,6 +288,29 @@ class Trainer:
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self.status)))
         os.replace(tmp, self.status_path)
+
+
+class PrefetchingSampler:
+    """Reads the next sample while the learner trains on the current one, so a store across the network
+    (Cassandra) costs the learner its decoding, not its round trips. One sample in flight at a time, drawn
+    in order: the draws are the ones sampling in line would make."""
+
+    def __init__(self, draw: Callable[[], T]) -> None:
+        self._draw = draw
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-prefetch")
+        self._next: Future[T] | None = None
+
+    def take(self) -> T:
+        """The sample read ahead (or, the first time, one read now); starts reading the next."""
+        current = self._draw() if self._next is None else self._next.result()
+        self._next = self._thread.submit(self._draw)
+        return current
+
+    def __enter__(self) -> PrefetchingSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
 
 
 def sample_transitions(
