@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rlplatform.bench.store import StoreBenchConfig, run_store_bench
+from rlplatform.bench.store import StoreBenchConfig, _local_cassandra, run_store_bench
 from rlplatform.cli import app
 from rlplatform.settings import Settings
 
@@ -21,6 +21,7 @@ def test_sqlite_run_reports_writes_samples_and_statements(tmp_path: Path) -> Non
     assert write["transitions_per_s"] > 0 and write["cpu_us_per_transition"] > 0
     assert write["requests_per_1000"] >= 1000  # one INSERT per row today
     assert write["bound_bytes_per_1000"] is None  # nothing crosses a wire
+    assert write["server_cpu_us_per_transition"] is None  # the engine runs in this process
     assert sample["batches_per_s"] > 0 and sample["rows_read_per_batch"] == 256 * 3
     assert 0 < sample["requests_per_1000"] < 1000
 
@@ -42,6 +43,10 @@ def test_cassandra_run_counts_requests_and_bound_bytes(
     # obs and next_obs alone are 2 x 4 float32 per CartPole transition
     assert write["bound_bytes_per_1000"] >= 1000 * 2 * 4 * 4
     assert result["sample"]["requests_per_1000"] > 0
+    if _local_cassandra():  # the node's own CPU, read from /proc, is charged too
+        assert write["server_cpu_us_per_transition"] > 0 and result["sample"]["server_cpu_us_per_transition"] > 0
+    else:
+        assert write["server_cpu_us_per_transition"] is None
 
 
 def test_cli_names_the_option_it_refuses() -> None:

@@ -1,5 +1,5 @@
 """CPU time of processes on this machine, from ``/proc``: what ``rlplatform bench ingest`` charges to the Spark
-driver and to the executors, per transition."""
+driver and to the executors, and ``rlplatform bench store`` to a Cassandra node, per transition."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rlplatform.infra.processes import proc_stat
 _TICK = os.sysconf("SC_CLK_TCK")
 # A Spark executor's JVM; its Python workers (which read, parse and write) are its descendants.
 EXECUTOR_MAIN = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
+CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -39,14 +40,24 @@ def with_descendants(pids: Iterable[int]) -> set[int]:
     return found
 
 
-def executor_pids() -> set[int]:
-    """Every Spark executor on this machine with its descendants."""
-    jvms = []
+def _running(main_class: str) -> list[int]:
+    """Processes on this machine whose command line names ``main_class``."""
+    pids = []
     for entry in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
-            if entry.name.isdigit() and EXECUTOR_MAIN.encode() in (entry / "cmdline").read_bytes():
-                jvms.append(int(entry.name))
-    return with_descendants(jvms)
+            if entry.name.isdigit() and main_class.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+    return pids
+
+
+def executor_pids() -> set[int]:
+    """Every Spark executor on this machine with its descendants."""
+    return with_descendants(_running(EXECUTOR_MAIN))
+
+
+def cassandra_pids() -> set[int]:
+    """Every Cassandra node running on this machine (none when the cluster is elsewhere)."""
+    return set(_running(CASSANDRA_MAIN))
 
 
 class CpuMeter:

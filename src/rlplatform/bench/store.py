@@ -1,7 +1,8 @@
 """``rlplatform bench store``: the experience store alone, in this process, used as ingest and the trainer use
 it. Writes of chunk-sized batches (fresh episodes, as clients send them), then learner-sized samples with
 n-step followers; for each, transitions/s, this process's CPU per transition (the client's side: the driver and
-its I/O threads for Cassandra, the whole engine for SQLite), and the requests the adapter sends per 1,000
+its I/O threads for Cassandra, the whole engine for SQLite), a Cassandra node's CPU when it runs on this
+machine, and the requests the adapter sends per 1,000
 transitions with the bytes of their bound values (what Amazon Keyspaces bills by).
 
 The store is a fresh one (``harness.fresh_store``): a new SQLite file in the work dir, or a ``bench_<hex>``
@@ -19,10 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from rlplatform.bench.cpu_meter import CpuMeter, cassandra_pids
 from rlplatform.bench.harness import fresh_store
 from rlplatform.bench.ingest import GAME, random_batch
+from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore
 from rlplatform.store.sqlite import SqliteStore
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class BenchStoreError(ValueError):
@@ -96,25 +101,39 @@ def _bound_bytes(message: Any) -> int:
 class Measured:
     seconds: float
     cpu_seconds: float
+    server_cpu_seconds: float | None
     requests: int
     bound_bytes: int | None
 
 
-def _measure(work: Callable[[], object], counter: RequestCounter) -> Measured:
+def _measure(work: Callable[[], object], counter: RequestCounter, server: CpuMeter | None) -> Measured:
     counter.reset()
+    if server is not None:
+        server.start()
     wall, cpu = time.perf_counter(), time.process_time()
     work()
+    seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     requests, bound = counter.reset()
-    return Measured(time.perf_counter() - wall, time.process_time() - cpu, requests, bound)
+    return Measured(seconds, cpu_seconds, None if server is None else server.seconds(), requests, bound)
 
 
 def _per_transition(m: Measured, transitions: int) -> dict:
     return {
         "transitions_per_s": round(transitions / m.seconds),
         "cpu_us_per_transition": round(m.cpu_seconds / transitions * 1e6, 1),
+        "server_cpu_us_per_transition": (
+            None if m.server_cpu_seconds is None else round(m.server_cpu_seconds / transitions * 1e6, 1)
+        ),
         "requests_per_1000": round(m.requests / transitions * 1000, 2),
         "bound_bytes_per_1000": None if m.bound_bytes is None else round(m.bound_bytes / transitions * 1000),
     }
+
+
+def _local_cassandra() -> bool:
+    """The Cassandra the settings name runs on this machine, where its CPU can be read (SQLite runs in this
+    process; a remote node's CPU is not seen)."""
+    hosts = {h.strip() for h in Settings().cassandra.contact_points.split(",")}
+    return hosts <= LOOPBACK and bool(cassandra_pids())
 
 
 def run_store_bench(cfg: StoreBenchConfig) -> dict:
@@ -124,15 +143,17 @@ def run_store_bench(cfg: StoreBenchConfig) -> dict:
     chunks = [random_batch(cfg.chunk_steps, rng) for _ in range(cfg.transitions // cfg.chunk_steps)]
     written = len(chunks) * cfg.chunk_steps
     counter = RequestCounter()
+    server = CpuMeter(cassandra_pids) if cfg.store == "cassandra" and _local_cassandra() else None
     with fresh_store(cfg.store, cfg.work_dir) as (_, store):
         counter.attach(store)
         stored: list[int] = []
-        write = _measure(lambda: stored.extend(store.write(GAME, chunk) for chunk in chunks), counter)
+        write = _measure(lambda: stored.extend(store.write(GAME, chunk) for chunk in chunks), counter, server)
         if sum(stored) != written:
             raise RuntimeError(f"the store took {sum(stored)} of {written} fresh transitions")
         sample = _measure(
             lambda: [store.sample(GAME, cfg.batch_size, rng, follow=cfg.follow) for _ in range(cfg.samples)],
             counter,
+            server,
         )
     drawn = cfg.samples * cfg.batch_size
     return {
