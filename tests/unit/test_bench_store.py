@@ -34,19 +34,20 @@ def test_cassandra_run_counts_requests_and_bound_bytes(
     cassandra = cassandra_settings.cassandra
     monkeypatch.setenv("RLP_CASSANDRA_CONTACT_POINTS", cassandra.contact_points)
     monkeypatch.setenv("RLP_CASSANDRA_PORT", str(cassandra.port))
-    cfg = StoreBenchConfig(store="cassandra", transitions=1_024, chunk_steps=256, samples=5, work_dir=tmp_path)
+    cfg = StoreBenchConfig(store="cassandra", transitions=4_096, chunk_steps=256, samples=20, work_dir=tmp_path)
 
     result = run_store_bench(cfg)
 
     write = result["write"]
-    assert result["transitions"] == 1_024 and write["requests_per_1000"] > 0
+    assert result["transitions"] == 4_096 and write["requests_per_1000"] > 0
     # obs and next_obs alone are 2 x 4 float32 per CartPole transition
     assert write["bound_bytes_per_1000"] >= 1000 * 2 * 4 * 4
     assert result["sample"]["requests_per_1000"] > 0
-    if _local_cassandra():  # the node's own CPU, read from /proc, is charged too
-        assert write["server_cpu_us_per_transition"] > 0 and result["sample"]["server_cpu_us_per_transition"] > 0
+    server_cpu = [write["server_cpu_us_per_transition"], result["sample"]["server_cpu_us_per_transition"]]
+    if _local_cassandra():  # the node's own CPU, read from /proc in clock ticks, is charged too
+        assert None not in server_cpu and sum(server_cpu) > 0
     else:
-        assert write["server_cpu_us_per_transition"] is None
+        assert server_cpu == [None, None]
 
 
 def test_cli_names_the_option_it_refuses() -> None:
