@@ -209,6 +209,34 @@ def test_sample_follow_brings_each_draws_next_stored_rows(store: ExperienceStore
     assert set(drawn.t[drawn.episode_id == second.episode_id[0]].tolist()) == set(range(25))  # draws stay uniform
 
 
+def test_read_seqs_returns_every_stored_step_once_in_write_order(store: ExperienceStore) -> None:
+    """What a replay mirror reads: seq_bounds spans the stored steps, read_seqs returns them in write order,
+    any sub-range alone, and nothing below the bounds after retention."""
+    assert store.seq_bounds(GAME) == (0, -1)
+    first, second = make_batch(70, seed=0), make_batch(45, seed=1)
+    store.write(GAME, first)
+    store.write(GAME, second)
+    lo, hi = store.seq_bounds(GAME)
+    assert hi - lo + 1 == store.count(GAME) == 115
+    seqs, rows = store.read_seqs(GAME, lo, hi)
+    written = TransitionBatch.concat([first, second])
+    np.testing.assert_array_equal(seqs, np.arange(lo, hi + 1))
+    assert rows.episode_id.tolist() == written.episode_id.tolist()
+    np.testing.assert_array_equal(rows.t, written.t)
+    np.testing.assert_array_equal(rows.obs, written.obs)
+    np.testing.assert_array_equal(rows.action, written.action)
+    np.testing.assert_array_equal(rows.terminated, written.terminated)
+    middle_seqs, middle = store.read_seqs(GAME, lo + 60, lo + 80)
+    np.testing.assert_array_equal(middle_seqs, np.arange(lo + 60, lo + 81))
+    np.testing.assert_array_equal(middle.obs, written.obs[60:81])
+    store.retain(GAME, 30)
+    lo_after, hi_after = store.seq_bounds(GAME)
+    assert (lo_after, hi_after) == (hi - 29, hi)
+    kept_seqs, kept = store.read_seqs(GAME, lo, hi)
+    np.testing.assert_array_equal(kept_seqs, np.arange(hi - 29, hi + 1))
+    np.testing.assert_array_equal(kept.obs, written.obs[-30:])
+
+
 def test_sample_unknown_game_is_a_clear_error(store: ExperienceStore) -> None:
     with pytest.raises(LookupError, match="no transitions stored"):
         store.sample("Nope-v0", 8, np.random.default_rng(0))

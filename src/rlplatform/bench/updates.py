@@ -3,9 +3,10 @@
 Both sides drive one RLlib learner (the game's default algorithm, the pipeline's hyperparameters) with the
 same transitions, in this process, on an otherwise idle machine:
 
-- store: the trainer's own step (``train.trainer``): a uniform sample (SQLite, or Cassandra with ``--store``) of
-  ``batch_size`` draws from the newest ``replay_window`` rows with their followers -> ``n_step``-step
-  transitions -> RLlib's train batch -> ``LearnerGroup.update``;
+- store: the trainer's own step (``train.trainer``): its replay mirror of the store (SQLite, or Cassandra with
+  ``--store``), refreshed from it as in training, draws ``batch_size`` steps from the newest ``replay_window``
+  with their followers -> ``n_step``-step transitions -> RLlib's train batch -> ``LearnerGroup.update``, the
+  next sample read while an update runs;
 - memory: RLlib's own DQN/SAC training step: ``EpisodeReplayBuffer.sample(num_items=batch_size, n_step=n_step)``
   of episodes -> the learner connector -> ``LearnerGroup.update``.
 
@@ -33,6 +34,7 @@ from rlplatform.bench.harness import fresh_store
 from rlplatform.games import GameSpec, UnknownGameError, game_spec
 from rlplatform.store import TransitionBatch
 from rlplatform.train.algorithms import Algorithm, algorithm_class
+from rlplatform.train.mirror import ReplayMirror
 from rlplatform.train.trainer import PrefetchingSampler, learner_update, sample_transitions
 
 
@@ -134,11 +136,10 @@ def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
     updates = 0
 
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    with (
-        fresh_store(cfg.store, cfg.work_dir) as (_, store),
-        PrefetchingSampler(lambda: sample_transitions(store, cfg.game, hp, rng)) as sampler,
-    ):
+    with fresh_store(cfg.store, cfg.work_dir) as (_, store):
         store.write(cfg.game, transitions)
+        mirror = ReplayMirror(store, cfg.game, hp.replay_window)
+        sampler = PrefetchingSampler(lambda: sample_transitions(mirror, hp, rng))
 
         def from_store() -> None:  # as the trainer does: the next sample is read during this update
             nonlocal updates
@@ -153,9 +154,10 @@ def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
             learner_group.update(episodes=sampled, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: updates})
 
         rounds: dict[str, list[float]] = {"store": [], "memory": []}
-        for _ in range(cfg.rounds):
-            rounds["store"].append(updates_per_second(from_store, cfg.updates))
-            rounds["memory"].append(updates_per_second(from_memory, cfg.updates))
+        with sampler:
+            for _ in range(cfg.rounds):
+                rounds["store"].append(updates_per_second(from_store, cfg.updates))
+                rounds["memory"].append(updates_per_second(from_memory, cfg.updates))
     learner_group.shutdown()
     rates = {side: statistics.median(values) for side, values in rounds.items()}
     return {

@@ -244,6 +244,19 @@ class ExperienceStore(abc.ABC):
         """``EpisodeSteps`` of every stored step of the game (empty arrays for an unknown game)."""
 
     @abc.abstractmethod
+    def seq_bounds(self, game_id: str) -> tuple[int, int]:
+        """``(lo, hi)``: the seqs of the oldest retained and the newest stored step, ``(0, -1)`` when none.
+
+        Every adapter numbers a game's stored steps 0 or 1, 2, 3, ... in write order (its ``seq``); steps below
+        ``lo`` were dropped by retention or expiry."""
+
+    @abc.abstractmethod
+    def read_seqs(self, game_id: str, first: int, last: int) -> tuple[np.ndarray, TransitionBatch]:
+        """The stored steps whose seqs are in ``[first, last]``, in seq order: ``seqs`` int64[k] and their rows.
+        A seq with no step (dropped, a hole, or reserved by a write still in flight) is absent. What a replay
+        mirror (``rlplatform.train.mirror``) reads each step with, once."""
+
+    @abc.abstractmethod
     def count(self, game_id: str) -> int:
         """Rows stored for the game and retained now (0 for an unknown game): what sampling draws from."""
 

@@ -173,6 +173,8 @@ def statements(keyspace: str, ttl_seconds: int) -> dict[str, str]:
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL {ttl}",
         "select_blocks": f"SELECT {_SEGMENT_COLUMNS} FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block IN ?",
         "select_block": f"SELECT {_SEGMENT_COLUMNS} FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block = ?",
+        "select_block_range": f"SELECT {_SEGMENT_COLUMNS} FROM {ks}.segments WHERE game_id = ? AND chunk = ?"
+        " AND block >= ? AND block <= ?",
         "select_chunk_steps": "SELECT episode_id, t, reward, flags, model_version"
         f" FROM {ks}.segments WHERE game_id = ? AND chunk = ?",
         "first_start": f"SELECT start FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block >= ? LIMIT 1",
@@ -420,6 +422,29 @@ class CassandraStore(ExperienceStore):
             ended=(flags & (TERMINATED | TRUNCATED)) > 0,
             model_version=np.frombuffer(b"".join(s.model_version for s in segments), dtype="<i8").astype(np.int64),
         )
+
+    def seq_bounds(self, game_id: str) -> tuple[int, int]:
+        game = self._known_game(game_id)
+        if game is None:
+            return 0, -1
+        hi = self._next_seq(game_id) - 1
+        return (self._head(game, game_id, hi), hi) if hi >= 0 else (0, -1)
+
+    def read_seqs(self, game_id: str, first: int, last: int) -> tuple[np.ndarray, TransitionBatch]:
+        """One range read of blocks per partition the seqs span, paged by the driver."""
+        game = self._known_game(game_id)
+        if game is None:
+            raise LookupError(f"no transitions stored for game {game_id!r}")
+        bs, blocks_per_chunk = game.block_steps, game.rows_per_partition // game.block_steps
+        first_block, last_block = first // bs, last // bs
+        ranges = []  # (game_id, chunk, its first block, its last block) within [first_block, last_block]
+        for chunk in range(game.chunk_of_block(first_block), game.chunk_of_block(last_block) + 1):
+            lo, hi = chunk * blocks_per_chunk, (chunk + 1) * blocks_per_chunk - 1
+            ranges.append((game_id, chunk, max(first_block, lo), min(last_block, hi)))
+        pool = Pool(game, [tuple(row) for rows in self._concurrent("select_block_range", ranges) for row in rows])
+        wanted = np.arange(first, last + 1, dtype=np.int64)
+        index = pool.index(wanted)
+        return wanted[index >= 0], pool.take(index[index >= 0])
 
     def count(self, game_id: str) -> int:
         game = self._known_game(game_id)

@@ -122,6 +122,25 @@ class SqliteStore(ExperienceStore):
             ).fetchall()
         return episode_steps_of(rows)
 
+    def seq_bounds(self, game_id: str) -> tuple[int, int]:
+        game = self._known_game(game_id)
+        if game is None:
+            return 0, -1
+        with self._lock:
+            lo, hi = self._seq_range(game[0])
+        return (0, -1) if lo is None else (lo, hi)
+
+    def read_seqs(self, game_id: str, first: int, last: int) -> tuple[np.ndarray, TransitionBatch]:
+        game = self._known_game(game_id)
+        if game is None:
+            raise LookupError(f"no transitions stored for game {game_id!r}")
+        table, shapes = game
+        with self._lock:
+            found = self._conn.execute(
+                f"SELECT seq, {_COLUMNS} FROM {table} WHERE seq BETWEEN ? AND ? ORDER BY seq", (first, last)
+            ).fetchall()
+        return np.array([row[0] for row in found], dtype=np.int64), shapes.to_batch([row[1:] for row in found])
+
     def count(self, game_id: str) -> int:
         game = self._known_game(game_id)
         if game is None:

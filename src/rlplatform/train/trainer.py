@@ -46,6 +46,7 @@ from rlplatform.train.algorithms import (
     known_algorithm,
 )
 from rlplatform.train.evaluate import evaluate_onnx
+from rlplatform.train.mirror import ReplayMirror
 from rlplatform.train.n_step import n_step_transitions
 from rlplatform_client.games import DEFAULT_GAME
 from rlplatform_client.models import ModelError, ModelManifest
@@ -215,9 +216,8 @@ class Trainer:
 
     def _train(self, store: ExperienceStore, max_updates: int | None) -> None:
         last_count_at = 0.0
-        with PrefetchingSampler(
-            lambda: self._store(lambda: sample_transitions(store, self.cfg.game_id, self.hp, self.rng))
-        ) as sampler:
+        mirror = ReplayMirror(store, self.cfg.game_id, self.hp.replay_window)
+        with PrefetchingSampler(lambda: self._store(lambda: sample_transitions(mirror, self.hp, self.rng))) as sampler:
             while not self.stop.is_set() and (max_updates is None or self.status.updates < max_updates):
                 if time.monotonic() - last_count_at > 1.0:
                     self.status.stored_rows = self._store(lambda: store.count(self.cfg.game_id))
@@ -314,11 +314,12 @@ class PrefetchingSampler:
 
 
 def sample_transitions(
-    store: ExperienceStore, game_id: str, hp: Hyperparameters, rng: np.random.Generator
+    mirror: ReplayMirror, hp: Hyperparameters, rng: np.random.Generator
 ) -> tuple[TransitionBatch, np.ndarray]:
-    """``hp.batch_size`` uniform draws from the newest ``hp.replay_window`` rows as ``hp.n_step``-step
-    transitions, and the steps each one sums (``train.n_step``)."""
-    rows = store.sample(game_id, hp.batch_size, rng, window=hp.replay_window, follow=hp.n_step - 1)
+    """``hp.batch_size`` uniform draws from the newest ``hp.replay_window`` stored steps (the mirror's
+    capacity) as ``hp.n_step``-step transitions, and the steps each one sums (``train.n_step``)."""
+    mirror.refresh_if_due()
+    rows = mirror.sample(hp.batch_size, rng, follow=hp.n_step - 1)
     return n_step_transitions(rows, hp.n_step, hp.gamma)
 
 
