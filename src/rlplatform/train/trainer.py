@@ -1,10 +1,11 @@
-"""The trainer: an RLlib Learner updated from store samples, publishing ONNX models to S3.
+"""The trainer: an RLlib Learner updated from samples of the store, publishing ONNX models to S3.
 
 The algorithm is a plug-in (``rlplatform.train.algorithms``), chosen per game: the default for its
 action space, a trainer config file, or ``--algorithm``. RLlib owns the algorithm (losses, optimizers,
 target networks); this module only feeds it. One training step, top to bottom: sample ``batch_size``
-transitions uniformly from the store, each with the rows stored after it -> ``n_step``-step transitions
--> the algorithm's train batch -> ``LearnerGroup.update``. Every
+transitions uniformly from the replay mirror (``train.mirror``: the newest ``replay_window`` stored steps,
+each read from the store once), each with the steps stored after it -> ``n_step``-step transitions -> the
+algorithm's train batch -> ``LearnerGroup.update``; the next sample is drawn while the update runs. Every
 ``publish_every_updates`` updates the policy is exported to ONNX, evaluated greedily on a local env
 (for the manifest only, never for training data), the learner state is checkpointed (so a restarted
 trainer resumes), and the model is published with its manifest.
