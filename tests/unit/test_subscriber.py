@@ -8,6 +8,8 @@ import pytest
 from moto import mock_aws
 from onnx import TensorProto, helper, numpy_helper
 
+from rlplatform_client import ModelFitError  # exported for games to catch
+from rlplatform_client.games import GameSpec
 from rlplatform_client.models import (
     ManifestError,
     ModelError,
@@ -164,6 +166,76 @@ def test_pointer_for_another_game_is_refused(s3: Any) -> None:
     with pytest.raises(ManifestError, match="game_id"):
         sub.poll()
     assert not sub.has_model
+
+
+def matmul_model(obs_dim: int, width: int) -> bytes:
+    """obs [None, obs_dim] -> MatMul(zeros [obs_dim, width]) -> q [None, width]: another game's model."""
+    w = numpy_helper.from_array(np.zeros((obs_dim, width), dtype=np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["obs", "W"], ["q"])],
+        "other_q",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [None, obs_dim])],
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [None, width])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+ACROBOT_SPACES = ({"type": "box", "shape": [6], "dtype": "float32"}, {"type": "discrete", "n": 3})
+
+
+def _held_v1(s3: Any, **kwargs: Any) -> ModelSubscriber:
+    sub = ModelSubscriber(BUCKET, GAME, s3=s3, **kwargs)
+    v1 = tiny_model(PICK_FIRST)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    assert sub.poll() is True
+    return sub
+
+
+@pytest.mark.parametrize(
+    ("obs_dim", "width", "reason"),
+    [(6, 3, r"does not run on a float32\[1, 4\] observation"), (4, 3, r"output 'q' is \[1, 3\].*needs \[1, 2\]")],
+)
+def test_a_model_of_another_shape_under_this_games_manifest_is_refused_before_the_swap(
+    s3: Any, obs_dim: int, width: int, reason: str
+) -> None:
+    """Another game's model with its true digest, behind a manifest that claims this game's spaces: the client
+    keeps the model it has and keeps acting (the first act after the swap used to raise in the game)."""
+    sub = _held_v1(s3)
+    other = matmul_model(obs_dim, width)
+    publish_model(s3, BUCKET, manifest_for(2, other), other)
+    with pytest.raises(ModelFitError, match=reason + ".*keeping model v1"):
+        sub.poll()
+    assert (sub.version, sub.rejected_loads) == (1, 1)
+    assert sub.act(np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)) == 0
+
+
+def test_a_manifest_with_other_spaces_is_refused_against_the_spec_and_against_the_model_held(s3: Any) -> None:
+    acrobot = matmul_model(6, 3)
+    manifest = ModelManifest.create(
+        GAME, 2, acrobot, algorithm="dqn", learner_step=1, observation_space=ACROBOT_SPACES[0],
+        action_space=ACROBOT_SPACES[1],
+    )  # fmt: skip
+    spec = GameSpec(GAME, 4, 2)
+    fresh = ModelSubscriber(BUCKET, GAME, s3=s3, spec=spec)  # no model yet: the spec decides
+    held = _held_v1(s3)  # no spec: the model held decides
+    publish_model(s3, BUCKET, manifest, acrobot)
+    with pytest.raises(ModelFitError, match=r"spaces differ from game 'CartPole-v1'.s spec: observation_space"):
+        fresh.poll()
+    with pytest.raises(ModelFitError, match=r"spaces differ from the model held \(v1\).*action_space"):
+        held.poll()
+    assert (fresh.has_model, held.version) == (False, 1)
+
+
+def test_a_model_that_fits_the_spec_loads(s3: Any) -> None:
+    sub = ModelSubscriber(BUCKET, GAME, s3=s3, spec=GameSpec(GAME, 4, 2))
+    v1 = tiny_model(PICK_FIRST)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    assert sub.poll() is True and sub.version == 1
+    with pytest.raises(ValueError, match="spec is for game 'Acrobot-v1'"):
+        ModelSubscriber(BUCKET, GAME, s3=s3, spec=GameSpec("Acrobot-v1", 6, 3))
 
 
 def _manifest_doc() -> dict:

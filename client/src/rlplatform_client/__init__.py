@@ -22,7 +22,14 @@ from .models import (
     sha256_hex,
 )
 from .producer import BufferFullError, ExperienceProducer
-from .subscriber import ModelIntegrityError, ModelLoadError, ModelMissingError, ModelSubscriber, NoModelError
+from .subscriber import (
+    ModelFitError,
+    ModelIntegrityError,
+    ModelLoadError,
+    ModelMissingError,
+    ModelSubscriber,
+    NoModelError,
+)
 
 __version__ = "0.1.0"
 
@@ -39,6 +46,7 @@ __all__ = [
     "GameSpecError",
     "ManifestError",
     "ModelError",
+    "ModelFitError",
     "ModelIntegrityError",
     "ModelLoadError",
     "ModelManifest",

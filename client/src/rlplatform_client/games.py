@@ -138,6 +138,22 @@ class GameSpec:
             raise GameSpecError(f"action_space.low[{bad[0]}]", f"{low[bad[0]]} exceeds high {high[bad[0]]}")
         return cls(game_id, obs_dim, None, low, high, simulator)
 
+    @classmethod
+    def from_gym_spaces(cls, game_id: str, observation_space: Any, action_space: Any) -> GameSpec:
+        """The spec of a game played through gymnasium spaces: a flat ``Box`` observation, a ``Discrete`` or a
+        1-D ``Box`` action (the game is its own simulator); ``GameSpecError`` for any other."""
+        import gymnasium as gym
+
+        if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+            raise GameSpecError("observation_space", f"{game_id!r} has no flat Box observation space")
+        obs_dim = int(observation_space.shape[0])
+        if isinstance(action_space, gym.spaces.Discrete):
+            return cls(game_id, obs_dim, int(action_space.n), simulator=game_id)
+        if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            low, high = tuple(action_space.low.tolist()), tuple(action_space.high.tolist())
+            return cls(game_id, obs_dim, None, low, high, simulator=game_id)
+        raise GameSpecError("action_space", f"{game_id!r} has an unsupported action space {action_space}")
+
     def differences(self, other: GameSpec) -> list[str]:
         """What differs between two specs, one readable line per field (empty when equal)."""
         mine, theirs = self.to_document(), other.to_document()

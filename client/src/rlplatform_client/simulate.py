@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .games import GameSpec
 from .models import ModelError
 from .producer import BufferFullError, ExperienceProducer
 from .stopping import die_with_parent, set_on_signals
@@ -184,7 +185,8 @@ class BotClient:
         self.producer = ExperienceProducer(
             self.cfg.stream, self.cfg.game, self.client_id, chunk_steps=self.cfg.chunk_steps
         )
-        self.subscriber = ModelSubscriber(self.cfg.bucket, self.cfg.game)
+        spec = GameSpec.from_gym_spaces(self.cfg.game, env.observation_space, env.action_space)
+        self.subscriber = ModelSubscriber(self.cfg.bucket, self.cfg.game, spec=spec)
         flushed = False
         try:
             self._play(env)

@@ -7,6 +7,12 @@ whose code is ``"304"`` (``"NotModified"`` is accepted too, for S3-compatible st
 Why verify sha256: a truncated or tampered download must never replace a working policy. On mismatch
 ``poll`` raises ``ModelIntegrityError`` and the previously loaded model stays in service.
 
+Why check the fit: a model with the right digest can still be another game's (a pointer naming it, a manifest
+claiming this game's spaces). Before a swap the model runs once on an observation of the game's shape and its
+outputs must have the game's action width; its manifest's spaces must be the game's (``spec``) or, without a
+spec, those of the model held (a game's spaces never change). A misfit raises ``ModelFitError`` and the held
+model stays: the first ``act`` after such a swap would otherwise raise inside the game.
+
 Why back off on a missing model: a pointer naming an object that does not exist may be fixed by the
 object appearing later, so it is retried, but only after an exponential, jittered, capped delay; until
 then polls cost one conditional GET of the pointer (a 304), and a new pointer (new ETag) is tried at once.
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import ClientError
 
+from .games import GameSpec
 from .models import (
     INPUT_NAME,
     ManifestError,
@@ -51,6 +58,10 @@ class ModelIntegrityError(ModelError):
 
 class ModelLoadError(ModelError):
     """Verified model bytes could not be loaded or break the ONNX convention; the model was not loaded."""
+
+
+class ModelFitError(ModelLoadError):
+    """A verified model that does not fit the game: other spaces, or outputs of another shape."""
 
 
 class ModelMissingError(ModelError):
@@ -105,6 +116,9 @@ class _MissingModel:
 class ModelSubscriber:
     """Keeps the newest verified model for ``game_id`` from ``bucket``. Thread-safe.
 
+    ``spec``: the game's spec (what the client plays); every model must fit it. Without it the first model
+    loaded sets the spaces every later one must have.
+
     ``poll`` may run in one thread while others call ``act``: the swap is a single reference
     assignment under a lock, and each ``act`` uses the model that was current when it started.
     """
@@ -114,6 +128,7 @@ class ModelSubscriber:
         bucket: str,
         game_id: str,
         *,
+        spec: GameSpec | None = None,
         s3: Any = None,
         intra_op_num_threads: int = 1,
         backoff: Backoff = MISSING_MODEL_BACKOFF,
@@ -123,8 +138,11 @@ class ModelSubscriber:
             import boto3  # Lazy: callers that inject a client need no AWS config.
 
             s3 = boto3.client("s3")  # Endpoint from AWS_ENDPOINT_URL[_S3] if set.
+        if spec is not None and spec.game_id != game_id:
+            raise ValueError(f"spec is for game {spec.game_id!r}, the subscriber for {game_id!r}")
         self.bucket = bucket
         self.game_id = game_id
+        self.spec = spec
         self._s3 = s3
         self._threads = intra_op_num_threads
         self._lock = threading.Lock()  # Guards _loaded and counters.
@@ -242,7 +260,45 @@ class ModelSubscriber:
             raise ModelLoadError(
                 f"{manifest.onnx_key}: the manifest names sample output {sample_name!r}, the model has {outputs}"
             )
+        self._check_fit(manifest, session, [output_name] if sample_name is None else [output_name, sample_name])
         return _Loaded(manifest, session, output_name, sample_name)
+
+    def _check_fit(self, manifest: ModelManifest, session: Any, outputs: list[str]) -> None:
+        """``ModelFitError`` unless the manifest's spaces are the game's and the model maps one observation of
+        the game's shape to outputs of its action width."""
+        keep = f"; keeping model v{self.version}"
+        if self.spec is not None:
+            expected, against = self.spec.manifest_spaces(), f"game {self.game_id!r}'s spec"
+        else:
+            held = self.manifest
+            expected = None if held is None else (held.observation_space, held.action_space)
+            against = "" if held is None else f"the model held (v{held.version})"
+        if expected is not None:
+            names = ("observation_space", "action_space")
+            got = (manifest.observation_space, manifest.action_space)
+            diffs = [
+                f"{name}: {g} != {e}"
+                for name, g, e in zip(names, got, expected, strict=True)
+                if _same(g, bounds=name == "action_space") != _same(e, bounds=name == "action_space")
+            ]
+            if diffs:
+                raise ModelFitError(f"{manifest.onnx_key}: spaces differ from {against}: {'; '.join(diffs)}{keep}")
+        obs_dim = int(manifest.observation_space["shape"][0])
+        space = manifest.action_space
+        width = int(space["n"]) if space["type"] == "discrete" else int(space["shape"][0])
+        try:
+            results = session.run(outputs, {INPUT_NAME: np.zeros((1, obs_dim), dtype=np.float32)})
+        except Exception as exc:  # onnxruntime's own types (InvalidArgument, Fail, ...)
+            reason = " ".join(str(exc).split())  # onnxruntime's message spans lines
+            raise ModelFitError(
+                f"{manifest.onnx_key}: does not run on a float32[1, {obs_dim}] observation: {reason}{keep}"
+            ) from exc
+        for name, result in zip(outputs, results, strict=True):
+            if np.shape(result) != (1, width):
+                raise ModelFitError(
+                    f"{manifest.onnx_key}: output {name!r} is {list(np.shape(result))} for one observation, the"
+                    f" {space['type']} action space needs [1, {width}]{keep}"
+                )
 
     # ------------------------------------------------------------------ inference
 
@@ -298,3 +354,12 @@ class ModelSubscriber:
     def has_model(self) -> bool:
         with self._lock:
             return self._loaded is not None
+
+
+def _same(space: dict, bounds: bool) -> tuple:
+    """What makes two spaces the same: the type and shape (or n), and with ``bounds`` a box's bounds (an action
+    box's); not how a publisher spelled the rest (an observation box's unbounded ``low``/``high``, its dtype)."""
+    if space.get("type") == "discrete":
+        return ("discrete", space.get("n"))
+    limits = (tuple(space.get("low") or ()), tuple(space.get("high") or ())) if bounds else ()
+    return ("box", tuple(space.get("shape") or ()), limits)

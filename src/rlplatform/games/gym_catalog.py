@@ -7,7 +7,7 @@ import functools
 
 import gymnasium as gym
 
-from rlplatform.games.spec import GameSpec, UnknownGameError
+from rlplatform.games.spec import GameSpec, GameSpecError, UnknownGameError
 
 
 def game_spec(game_id: str) -> GameSpec:
@@ -36,14 +36,10 @@ def _resolve(game_id: str) -> GameSpec | str:
             env.close()
     except Exception as exc:  # noqa: BLE001 - gymnasium and env packages raise anything (DependencyNotInstalled, ...)
         return f"{game_id!r} cannot be built here: {type(exc).__name__}: {exc}"[:500]
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        return f"{game_id!r} has no flat Box observation space"
-    if isinstance(act_space, gym.spaces.Discrete):
-        return GameSpec(game_id, obs_space.shape[0], int(act_space.n), simulator=game_id)
-    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
-        low, high = tuple(act_space.low.tolist()), tuple(act_space.high.tolist())
-        return GameSpec(game_id, obs_space.shape[0], None, low, high, simulator=game_id)
-    return f"{game_id!r} has an unsupported action space {act_space}"
+    try:
+        return GameSpec.from_gym_spaces(game_id, obs_space, act_space)
+    except GameSpecError as exc:
+        return exc.reason
 
 
 def reward_threshold(game_id: str) -> float | None:
