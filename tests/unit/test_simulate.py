@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from rlplatform_client.cli import app
+from rlplatform_client.games import GameSpec
 from rlplatform_client.models import ModelManifest, latest_key, publish_model
 from rlplatform_client.simulate import (
     BotClient,
@@ -168,3 +169,48 @@ def test_bot_client_explores_with_the_models_own_sample_when_it_has_one() -> Non
     output = {"name": "action", "kind": "action", "sample": "action_sample"}
     _, actions = choices_with(action_model(sample=1.25), output, n=50)
     assert actions.dtype == np.float32 and np.all(actions == 1.25)  # no noise of its own on top
+
+
+def test_a_client_keeps_playing_its_model_when_the_pointer_names_one_that_does_not_fit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another game's model (obs [None, 4]) with its true digest behind a Pendulum manifest: the client's poll
+    logs the refusal, keeps v1 and goes on choosing actions."""
+    cfg = SimConfig(game="Pendulum-v1", clients=1, stream="exp", bucket="models-bkt", episodes_per_client=1)
+    spaces = {
+        "observation_space": {"type": "box", "shape": [3], "dtype": "float32"},
+        "action_space": {"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]},
+    }
+    good, other = action_model(), _model_with_obs_dim(4)
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models-bkt")
+        client = BotClient(cfg, 0, os.getppid(), threading.Event())
+        env = import_gymnasium().make("Pendulum-v1")
+        spec = GameSpec.from_gym_spaces("Pendulum-v1", env.observation_space, env.action_space)
+        client.subscriber = ModelSubscriber("models-bkt", "Pendulum-v1", s3=s3, spec=spec)
+        for version, data in ((1, good), (2, other)):
+            manifest = ModelManifest.create(
+                "Pendulum-v1", version, data, algorithm="SAC", learner_step=version,
+                output={"name": "action", "kind": "action"}, **spaces,
+            )  # fmt: skip
+            publish_model(s3, "models-bkt", manifest, data)
+            client._poll()
+        assert client.subscriber.version == 1 and client.subscriber.rejected_loads == 1
+        assert "does not run on a float32[1, 3] observation" in caplog.text
+        obs, _ = env.reset(seed=0)
+        assert np.all(np.abs(client._choose(env, obs)) <= 2.0)
+
+
+def _model_with_obs_dim(obs_dim: int) -> bytes:
+    w = numpy_helper.from_array(np.zeros((obs_dim, 1), np.float32), name="W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["obs", "W"], ["action"])],
+        "other_game",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, [None, obs_dim])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, [None, 1])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
