@@ -178,7 +178,9 @@ def read_declared(s3: Any, bucket: str, game_id: str) -> GameSpec | None:
 
 
 def declare_game(bucket: str, spec: GameSpec, *, s3: Any = None) -> bool:
-    """Declare ``spec`` in the bucket's catalog; idempotent, so a game client may call it at every start.
+    """Declare ``spec`` in the bucket's catalog: the operator's action (a shipped game reads its spec and holds
+    no credentials that write the catalog); idempotent, so test clients of the embedded profile may call it at
+    every start.
 
     True if it was new, False if declared already with the same spec. Raises ``GameSpecConflict`` naming the
     differences when the id is declared with another spec.
