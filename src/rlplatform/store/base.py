@@ -256,9 +256,10 @@ class ExperienceStore(abc.ABC):
         A seq with no step (dropped, a hole, or reserved by a write still in flight) is absent. What a replay
         mirror (``rlplatform.train.mirror``) reads each step with, once."""
 
-    @abc.abstractmethod
     def count(self, game_id: str) -> int:
         """Rows stored for the game and retained now (0 for an unknown game): what sampling draws from."""
+        lo, hi = self.seq_bounds(game_id)
+        return max(0, hi - lo + 1)
 
     @abc.abstractmethod
     def written(self, game_id: str) -> int:

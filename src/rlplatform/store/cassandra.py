@@ -81,7 +81,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from rlplatform.settings import CassandraSettings, Settings
 from rlplatform.store.base import EpisodeSteps, ExperienceStore, GameShapes, TransitionBatch, episode_steps_of
-from rlplatform.store.segments import TERMINATED, TRUNCATED, Pool, encode, split_runs, step_bytes
+from rlplatform.store.segments import Pool, encode, episode_steps, split_runs, step_bytes, steps_in
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ class CassandraStore(ExperienceStore):
         blocks: dict[int, list[tuple]] = {}  # block -> its segments, read once per sample
         lo = hi = 0
         for round_ in range(_SAMPLE_ROUNDS):
-            lo, hi = self._sample_bounds(game, game_id, fresh=round_ > 0)
+            lo, hi = self._sample_bounds(game_id, fresh=round_ > 0)
             if lo > hi:
                 raise LookupError(f"no transitions stored for game {game_id!r}")
             if window is not None:
@@ -398,9 +398,7 @@ class CassandraStore(ExperienceStore):
             return batch[:0]
         episodes, ts = [str(e) for e in batch.episode_id.tolist()], batch.t.astype(np.int64).tolist()
         seqs = sorted(set(self._recorded_seqs(game_id, episodes, ts).values()))
-        pool = self._pool(game, game_id, seqs)
-        index = pool.index(np.array(seqs, dtype=np.int64))
-        return pool.take(index[index >= 0])
+        return self._pool(game, game_id, seqs).held(seqs)[1]
 
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
@@ -412,16 +410,7 @@ class CassandraStore(ExperienceStore):
         if lo > hi:
             return episode_steps_of([])
         pages = self._concurrent("select_chunk_steps", [(game_id, c) for c in range(lo // rpp, hi // rpp + 1)])
-        segments = [row for page in pages for row in page]
-        lengths = [len(s.t) // 8 for s in segments]
-        flags = np.frombuffer(b"".join(s.flags for s in segments), dtype=np.uint8)
-        return EpisodeSteps(
-            episode_id=np.repeat(np.array([s.episode_id for s in segments], dtype=object), lengths),
-            t=np.frombuffer(b"".join(s.t for s in segments), dtype="<i8").astype(np.int64),
-            reward=np.frombuffer(b"".join(s.reward for s in segments), dtype="<f4").astype(np.float32),
-            ended=(flags & (TERMINATED | TRUNCATED)) > 0,
-            model_version=np.frombuffer(b"".join(s.model_version for s in segments), dtype="<i8").astype(np.int64),
-        )
+        return episode_steps([row for page in pages for row in page])
 
     def seq_bounds(self, game_id: str) -> tuple[int, int]:
         game = self._known_game(game_id)
@@ -442,18 +431,7 @@ class CassandraStore(ExperienceStore):
             lo, hi = chunk * blocks_per_chunk, (chunk + 1) * blocks_per_chunk - 1
             ranges.append((game_id, chunk, max(first_block, lo), min(last_block, hi)))
         pool = Pool(game, [tuple(row) for rows in self._concurrent("select_block_range", ranges) for row in rows])
-        wanted = np.arange(first, last + 1, dtype=np.int64)
-        index = pool.index(wanted)
-        return wanted[index >= 0], pool.take(index[index >= 0])
-
-    def count(self, game_id: str) -> int:
-        game = self._known_game(game_id)
-        if game is None:
-            return 0
-        nxt = self._next_seq(game_id)
-        if nxt == 0:
-            return 0
-        return max(0, nxt - self._head(game, game_id, nxt - 1))
+        return pool.held(np.arange(first, last + 1, dtype=np.int64))
 
     def written(self, game_id: str) -> int:
         """Seqs handed out so far: the steps written, plus those of writes in flight and the holes (above)."""
@@ -580,7 +558,7 @@ class CassandraStore(ExperienceStore):
         for row in self._session.execute(self._stmts["select_block"], (game_id, chunk, block)):
             if row.start >= keep:
                 continue
-            n = len(row.t) // 8
+            n = steps_in(row.t)
             if row.start + n > keep:
                 k = keep - row.start  # steps to drop from the front
                 cols = (row.t, row.obs, row.action, row.reward, row.next_obs, row.flags, row.model_version)
@@ -591,14 +569,13 @@ class CassandraStore(ExperienceStore):
                 )
             self._session.execute(self._stmts["delete_segment"], (game_id, chunk, block, row.start))
 
-    def _sample_bounds(self, game: _Game, game_id: str, fresh: bool) -> tuple[int, int]:
+    def _sample_bounds(self, game_id: str, fresh: bool) -> tuple[int, int]:
         """``(lo, hi)``: the oldest and newest seq to draw from, read at most every ``_BOUNDS_TTL_S`` unless
         ``fresh`` (two requests saved on most samples: a learner samples tens of times a second)."""
         now = time.monotonic()
         read_at, lo, hi = self._bounds.get(game_id, (-_BOUNDS_TTL_S, 0, -1))
         if fresh or now - read_at >= _BOUNDS_TTL_S:
-            hi = self._next_seq(game_id) - 1
-            lo = self._head(game, game_id, hi)
+            lo, hi = self.seq_bounds(game_id)
             self._bounds[game_id] = (now, lo, hi)
         return lo, hi
 

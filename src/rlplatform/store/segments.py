@@ -12,11 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlplatform.store.base import GameShapes, TransitionBatch
+from rlplatform.store.base import EpisodeSteps, GameShapes, TransitionBatch
 
 TERMINATED, TRUNCATED = np.uint8(1), np.uint8(2)  # bits of a segment's ``flags`` byte per step
-# Bytes per step besides obs, next_obs and action: t (int64), reward (float32), flags (uint8), model_version (int64).
-_FIXED_STEP_BYTES = 8 + 4 + 1 + 8
+# Stored dtypes of the per-step columns besides obs, next_obs and action (flags: one uint8).
+_T, _REWARD, _VERSION = np.dtype("<i8"), np.dtype("<f4"), np.dtype("<i8")
+_FIXED_STEP_BYTES = _T.itemsize + _REWARD.itemsize + 1 + _VERSION.itemsize
+
+
+def steps_in(t: bytes) -> int:
+    """Steps in a segment, from its ``t`` column."""
+    return len(t) // _T.itemsize
 
 
 def step_bytes(shapes: GameShapes) -> int:
@@ -57,13 +63,13 @@ def encode(run: Run, batch: TransitionBatch, obs: np.ndarray, next_obs: np.ndarr
     flags = np.where(batch.terminated[r], TERMINATED, 0) | np.where(batch.truncated[r], TRUNCATED, 0)
     return (
         str(batch.episode_id[r[0]]),
-        batch.t[r].astype("<i8").tobytes(),
+        batch.t[r].astype(_T).tobytes(),
         obs[r].tobytes(),
         action[r].tobytes(),
-        batch.reward[r].astype("<f4").tobytes(),
+        batch.reward[r].astype(_REWARD).tobytes(),
         next_obs[r].tobytes(),
         flags.astype(np.uint8).tobytes(),
-        batch.model_version[r].astype("<i8").tobytes(),
+        batch.model_version[r].astype(_VERSION).tobytes(),
     )
 
 
@@ -75,23 +81,22 @@ class Pool:
 
     def __init__(self, shapes: GameShapes, segments: list[tuple]) -> None:
         segments = sorted(segments, key=lambda s: s[0])
-        self._shapes = shapes
         cols = list(zip(*segments, strict=True)) if segments else [()] * 9
-        lengths = np.array([len(t) // 8 for t in cols[2]], dtype=np.int64)
+        lengths = np.array([steps_in(t) for t in cols[2]], dtype=np.int64)
         self._starts = np.array(cols[0], dtype=np.int64)
         self._ends = self._starts + lengths
         self._offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         flags = np.frombuffer(b"".join(cols[7]), dtype=np.uint8)
         rows = shapes.columns(
             episode_id=np.repeat(np.array(cols[1], dtype=object), lengths),
-            t=np.frombuffer(b"".join(cols[2]), dtype="<i8"),
+            t=np.frombuffer(b"".join(cols[2]), dtype=_T),
             obs=b"".join(cols[3]),
             action=b"".join(cols[4]),
-            reward=np.frombuffer(b"".join(cols[5]), dtype="<f4"),
+            reward=np.frombuffer(b"".join(cols[5]), dtype=_REWARD),
             next_obs=b"".join(cols[6]),
             terminated=(flags & TERMINATED) > 0,
             truncated=(flags & TRUNCATED) > 0,
-            model_version=np.frombuffer(b"".join(cols[8]), dtype="<i8"),
+            model_version=np.frombuffer(b"".join(cols[8]), dtype=_VERSION),
         )
         # One placeholder row after the stored ones: what a seq that is not stored maps to in ``take``.
         self._rows = TransitionBatch.concat([rows, shapes.to_batch([shapes.placeholder_row()])])
@@ -111,3 +116,23 @@ class Pool:
     def take(self, index: np.ndarray) -> TransitionBatch:
         """The rows at ``index`` (from ``index()``); a placeholder that continues no episode where it is -1."""
         return self._rows[np.where(index < 0, len(self._rows) - 1, index)]
+
+    def held(self, seqs: np.ndarray) -> tuple[np.ndarray, TransitionBatch]:
+        """The seqs (int64[k]) this pool holds, in the given order, and their rows."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        index = self.index(seqs)
+        return seqs[index >= 0], self.take(index[index >= 0])
+
+
+def episode_steps(segments: list) -> EpisodeSteps:
+    """``EpisodeSteps`` of read segments that carry ``episode_id``, ``t``, ``reward``, ``flags`` and
+    ``model_version`` (the live-returns columns, read without the observations)."""
+    lengths = [steps_in(s.t) for s in segments]
+    flags = np.frombuffer(b"".join(s.flags for s in segments), dtype=np.uint8)
+    return EpisodeSteps(
+        episode_id=np.repeat(np.array([s.episode_id for s in segments], dtype=object), lengths),
+        t=np.frombuffer(b"".join(s.t for s in segments), dtype=_T).astype(np.int64),
+        reward=np.frombuffer(b"".join(s.reward for s in segments), dtype=_REWARD).astype(np.float32),
+        ended=(flags & (TERMINATED | TRUNCATED)) > 0,
+        model_version=np.frombuffer(b"".join(s.model_version for s in segments), dtype=_VERSION).astype(np.int64),
+    )

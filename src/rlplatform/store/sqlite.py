@@ -141,14 +141,6 @@ class SqliteStore(ExperienceStore):
             ).fetchall()
         return np.array([row[0] for row in found], dtype=np.int64), shapes.to_batch([row[1:] for row in found])
 
-    def count(self, game_id: str) -> int:
-        game = self._known_game(game_id)
-        if game is None:
-            return 0
-        with self._lock:
-            lo, hi = self._seq_range(game[0])
-        return 0 if lo is None else hi - lo + 1
-
     def written(self, game_id: str) -> int:
         game = self._known_game(game_id)
         if game is None:
