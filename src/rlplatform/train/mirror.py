@@ -7,7 +7,8 @@ refills its mirror from it, and steps that expire or are dropped by retention le
 
 Layout: a ring of ``capacity`` slots indexed by ``seq % capacity``, so a step lands in its slot whenever it
 arrives (a write that was in flight lands after later ones) and the newest steps overwrite the oldest.
-``slot_seq[slot]`` says which seq a slot holds (-1: none yet), so a draw checks membership in O(1).
+``slot_seq[slot]`` says which seq a slot holds (-1: none yet), so a draw checks membership in O(1); one more
+slot holds the placeholder a follower that is not mirrored gets.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import fields
 import numpy as np
 
 from rlplatform.store import ExperienceStore, TransitionBatch
+from rlplatform.store.base import GameShapes
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class ReplayMirror:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.store, self.game_id, self.capacity = store, game_id, capacity
         self.slot_seq = np.full(capacity, -1, dtype=np.int64)
-        self.columns: dict[str, np.ndarray] = {}  # TransitionBatch field -> array[capacity, ...], at the first read
+        self.columns: dict[str, np.ndarray] = {}  # TransitionBatch field -> array[capacity + 1, ...], at the first read
         self.lo, self.hi = 0, -1  # the store's bounds at the last refresh
         self.cursor = 0  # every seq below it that the window needs is mirrored or a hole
         self._gap: tuple[int, float] | None = None  # (seq, since when) the cursor waits for
@@ -94,26 +96,22 @@ class ReplayMirror:
         return (seqs <= self.hi) & (self.slot_seq[seqs % self.capacity] == seqs)
 
     def _rows(self, seqs: np.ndarray) -> TransitionBatch:
-        held = self._held(seqs)
-        slots = seqs % self.capacity
-        cols = {name: column[slots] for name, column in self.columns.items()}
-        missing = ~held  # placeholders: a follower that continues no episode
-        cols["episode_id"][missing] = ""
-        cols["t"][missing] = -1
-        cols["model_version"][missing] = -1
-        for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
-            cols[name][missing] = 0
-        return TransitionBatch(**cols)
+        """The rows of ``seqs``; the placeholder row (slot ``capacity``) where one is not mirrored."""
+        index = np.where(self._held(seqs), seqs % self.capacity, self.capacity)
+        return TransitionBatch(**{name: column[index] for name, column in self.columns.items()})
 
     def _add(self, seqs: np.ndarray, rows: TransitionBatch) -> None:
         if len(seqs) == 0:
             return
         if not self.columns:
-            self.columns = {
-                f.name: np.zeros((self.capacity, *getattr(rows, f.name).shape[1:]), dtype=getattr(rows, f.name).dtype)
-                for f in fields(rows)
-            }
-            self.columns["episode_id"] = np.full(self.capacity, "", dtype=object)
+            # One slot past the ring holds the placeholder that continues no episode, as a sample returns it.
+            shapes = GameShapes.of(rows)
+            placeholder = shapes.to_batch([shapes.placeholder_row()])
+            for f in fields(rows):
+                stored = getattr(rows, f.name)
+                column = np.empty((self.capacity + 1, *stored.shape[1:]), dtype=stored.dtype)  # read once written
+                column[self.capacity] = getattr(placeholder, f.name)[0]
+                self.columns[f.name] = column
             nbytes = sum(c.nbytes for name, c in self.columns.items() if name != "episode_id")
             log.info("%s: replay mirror of %d steps, %.1f MB", self.game_id, self.capacity, nbytes / 1e6)
         keep = slice(-self.capacity, None)  # more seqs than slots: the newest win
