@@ -292,9 +292,9 @@ class Trainer:
 
 
 class PrefetchingSampler:
-    """Reads the next sample while the learner trains on the current one, so a store across the network
-    (Cassandra) costs the learner its decoding, not its round trips. One sample in flight at a time, drawn
-    in order: the draws are the ones sampling in line would make."""
+    """Reads the next sample while the learner trains on the current one, so drawing it (and the replay
+    mirror's refreshes from the store, round trips included) overlaps the update. One sample in flight at a
+    time, drawn in order: the draws are the ones sampling in line would make."""
 
     def __init__(self, draw: Callable[[], T]) -> None:
         self._draw = draw
