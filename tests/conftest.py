@@ -8,13 +8,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from rlplatform.registry import keys
 from rlplatform.settings import CassandraSettings, Settings
 from tests import cassandra_node, localstack_node
 from tests.docker_engine import docker_unreachable
+from tests.support import SIGNING_KEY, TRUSTED_KEYS
 
 CASSANDRA_IMAGE = "cassandra:5.0.2"
 CASSANDRA_ENV = "RLP_TEST_CASSANDRA_CONTACT_POINTS"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A keyring of the session's signing key: trainers sign with it, simulated clients trust it."""
+    directory = tmp_path_factory.mktemp("keys")
+    private = SIGNING_KEY.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (directory / keys.SIGNING_KEY).write_bytes(private)
+    (directory / keys.TRUSTED_KEYS).write_bytes(TRUSTED_KEYS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RLP_SIGNING_KEY_FILE", str(directory / keys.SIGNING_KEY))
+        patch.setenv("RLP_TRUSTED_KEYS", str(directory / keys.TRUSTED_KEYS))
+        yield directory
 
 
 @pytest.fixture(scope="session")

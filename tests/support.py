@@ -19,9 +19,16 @@ from typing import Any
 
 import boto3
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rlplatform.store.base import ExperienceStore
 from rlplatform_client.contract import decode_chunk
+from rlplatform_client.signing import public_pem
+
+# The test session's model signing key: tests/conftest.py gives it to every trainer a test starts
+# (RLP_SIGNING_KEY_FILE) and its public key to every simulated client (RLP_TRUSTED_KEYS).
+SIGNING_KEY = Ed25519PrivateKey.generate()
+TRUSTED_KEYS = public_pem(SIGNING_KEY.public_key())
 
 
 def wait_for(

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -121,6 +121,14 @@ class Settings(BaseSettings):
         description="Port of the ingest job's Spark UI and REST API (/api/v1); binds SPARK_LOCAL_IP when set, "
         "else every interface. Unset: off.",
     )
+    signing_key_file: Path | None = Field(
+        None,
+        description="The Ed25519 private key (PEM) the trainer signs every model it publishes with: a keyring's "
+        "signing.key (`rlplatform keys init`). Read at each publish, so a rotated key is used without a restart.",
+    )
+    signing_key: SecretStr | None = Field(
+        None, description="The signing key's PEM text itself, for a secret injected as a variable; wins over the file."
+    )
     ray_address: str | None = Field(
         None, description='Ray cluster for the trainer\'s learner ("host:port" or "auto"); unset: in-process.'
     )
@@ -161,6 +169,8 @@ def _as_env(settings: BaseSettings) -> dict[str, str]:
         value = getattr(settings, name)
         if _is_section(field):
             env |= _as_env(value)
+        elif isinstance(value, SecretStr):
+            env[(prefix + name).upper()] = value.get_secret_value()
         elif value is not None:
             env[(prefix + name).upper()] = json.dumps(value) if isinstance(value, bool) else str(value)
     return env

@@ -28,6 +28,7 @@ from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.stack.launcher import live_target_reached
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client import ExperienceProducer, ModelError, ModelSubscriber
+from tests.support import TRUSTED_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -108,7 +109,7 @@ def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path
                 stderr=subprocess.STDOUT,
             )
         producer = ExperienceProducer(settings.stream_name, GAME, "test-client")
-        models = ModelSubscriber(settings.bucket, GAME)
+        models = ModelSubscriber(settings.bucket, GAME, trusted_keys=TRUSTED_KEYS)
         rng = np.random.default_rng(0)
         play(producer, models, rng, 100)  # random play: version 0
         deadline = time.monotonic() + 300

@@ -27,6 +27,7 @@ import yaml
 
 from rlplatform.infra import processes
 from rlplatform.infra.aws import free_port
+from rlplatform.registry import keys
 from rlplatform.registry.models import latest_manifest
 from rlplatform.settings import Settings
 from rlplatform.store import open_store
@@ -81,7 +82,7 @@ def listening_sockets() -> dict[str, str]:
 
 
 class Twin:
-    def __init__(self, tmp: Path, store: Settings, aws: LocalStackNode) -> None:
+    def __init__(self, tmp: Path, store: Settings, aws: LocalStackNode, keyring: Path) -> None:
         self.tmp = tmp
         self.logs = tmp / "logs"
         self.logs.mkdir(parents=True)
@@ -90,7 +91,12 @@ class Twin:
         self.ray_port, self.dashboard_port = free_port(), free_port()
         self.settings = store.model_copy(update={"checkpoint_dir": tmp / "checkpoints"})
         self.ports = {7077: self.spark_port, 8080: self.spark_ui, 6379: self.ray_port, 8265: self.dashboard_port}
-        self.paths = {"/checkpoints/": f"{tmp}/checkpoints/"}
+        # The compose secret and the clients' mount of the keyring (keys/), as the session's keyring.
+        self.paths = {
+            "/checkpoints/": f"{tmp}/checkpoints/",
+            "/run/secrets/model-signing-key": str(keyring / keys.SIGNING_KEY),
+            "/etc/rlplatform/trusted.pem": str(keyring / keys.TRUSTED_KEYS),
+        }
         self.aws = aws
 
     def env(self) -> dict[str, str]:
@@ -106,6 +112,7 @@ class Twin:
             "RLP_CASSANDRA_PORT": str(self.settings.cassandra.port),
             "RLP_CASSANDRA_KEYSPACE": self.settings.cassandra.keyspace,
             "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
+            "RLP_SIGNING_KEY_FILE": self.paths["/run/secrets/model-signing-key"],
         }
 
     def start(self, name: str, service: str, extra: list[str] = ()) -> list[str]:
@@ -141,10 +148,12 @@ class Twin:
 
 
 @pytest.fixture
-def twin(tmp_path: Path, cassandra_settings: Settings, localstack: LocalStackNode) -> Iterator[Twin]:
+def twin(
+    tmp_path: Path, cassandra_settings: Settings, localstack: LocalStackNode, model_keyring: Path
+) -> Iterator[Twin]:
     keyspace = f"twin_{uuid.uuid4().hex[:12]}"  # the contract tests truncate the session keyspace's tables
     cassandra = cassandra_settings.cassandra.model_copy(update={"keyspace": keyspace})
-    t = Twin(tmp_path, cassandra_settings.model_copy(update={"cassandra": cassandra}), localstack)
+    t = Twin(tmp_path, cassandra_settings.model_copy(update={"cassandra": cassandra}), localstack, model_keyring)
     # A fresh Ray secret per test, as .env holds one for compose (Twin.env hands it to every process). The head
     # binds every interface, so it is a real secret, from the same source as secrets.token_hex(32).
     t.ray_token = os.urandom(32).hex()

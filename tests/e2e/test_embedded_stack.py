@@ -24,7 +24,8 @@ from rlplatform.infra import processes
 from rlplatform.settings import Settings
 from rlplatform.stack.launcher import LaunchConfig, Progress, Stack, _drain, _read_clients, stage
 from rlplatform.store.cassandra import CassandraStore
-from rlplatform_client.models import ModelManifest, latest_key, sha256_hex
+from rlplatform_client.models import ManifestDocument, latest_key, sha256_hex
+from rlplatform_client.signing import load_trusted_keys
 from tests.support import client_stats, processes_mentioning, stream_transitions, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -95,7 +96,10 @@ def test_data_crosses_every_stage(stack: Stack) -> None:
     assert any(v[5] for v in stored.values()) or all(not v[5] for v in in_stream.values())
 
     pointer = boto3.client("s3").get_object(Bucket=stack.settings.bucket, Key=latest_key(GAME))["Body"].read()
-    manifest = ModelManifest.from_json(pointer)
+    document = ManifestDocument.from_json(pointer)
+    manifest = document.manifest
+    # Signed with the key pair the run made for itself, which its clients trust.
+    assert document.envelope.verify(load_trusted_keys(stack.trusted_keys.read_bytes()))
     model = boto3.client("s3").get_object(Bucket=stack.settings.bucket, Key=manifest.onnx_key)["Body"].read()
     assert manifest.version >= 1 and manifest.sha256 == sha256_hex(model)
     assert manifest.algorithm == "DQN" and manifest.action_space == {"type": "discrete", "n": 2}

@@ -15,7 +15,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from rlplatform_client.models import ModelManifest
+from rlplatform_client.models import ManifestDocument, ModelManifest
 from tests.support import processes_mentioning, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -89,7 +89,7 @@ def published(pid: int) -> list[ModelManifest]:
     )
     keys = s3.list_objects_v2(Bucket=env["RLP_BUCKET"], Prefix=f"models/{GAME}/v").get("Contents", [])
     manifests = [
-        ModelManifest.from_json(s3.get_object(Bucket=env["RLP_BUCKET"], Key=k["Key"])["Body"].read())
+        ManifestDocument.from_json(s3.get_object(Bucket=env["RLP_BUCKET"], Key=k["Key"])["Body"].read()).manifest
         for k in keys
         if k["Key"].endswith("/manifest.json")
     ]

@@ -256,15 +256,17 @@ def both_configs(base: dict, merged_aws: dict) -> list[tuple[str, dict]]:
 
 # -- interpolation -----------------------------------------------------------------------------------
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$\$")
+# An argument holds no "$": a nested ``${A:-${B:-x}}`` is resolved from the inside out.
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}$]*))?\}|\$\$")
 
 
 def referenced_vars(text: str) -> set[str]:
-    return {m.group(1) for m in _VAR.finditer(text) if m.group(1)}
+    return set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose interpolation of ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?err}``, ``$$``."""
+    """Compose interpolation of ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?err}``, ``$$``,
+    nested (``${A:-${B:-default}}``)."""
 
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
@@ -277,7 +279,11 @@ def interpolate(value: str, env: dict[str, str]) -> str:
             return arg
         raise AssertionError(f"variable {name} is required but unset ({arg or 'no default'})")
 
-    return _VAR.sub(sub, value)
+    while True:  # one pass per level of nesting; "$$" only ever occurs outside ${...}
+        resolved = _VAR.sub(sub, value)
+        if resolved == value or "${" not in resolved:
+            return resolved
+        value = resolved
 
 
 # -- schema ------------------------------------------------------------------------------------------
@@ -390,6 +396,24 @@ def test_builds_use_repo_root_context(base: dict, aws_override: dict) -> None:
                 assert svc["build"]["context"] == ".", name
                 assert (ROOT / svc["build"]["dockerfile"]).is_file(), name
                 assert svc["build"]["dockerfile"].startswith("docker/"), name
+
+
+def test_only_the_trainer_holds_the_signing_key_and_clients_trust_its_public_keys(
+    base: dict, merged_aws: dict, env_example: dict
+) -> None:
+    for label, config in both_configs(base, merged_aws):
+        holders = {name for name, svc in config["services"].items() if svc.get("secrets")}
+        assert holders == {"trainer"}, f"{label}: {holders}"
+        trainer = config["services"]["trainer"]
+        assert _env_dict(trainer["environment"])["RLP_SIGNING_KEY_FILE"] == "/run/secrets/model-signing-key", label
+        assert config["secrets"]["model-signing-key"]["file"] == "./keys/signing.key", label
+        clients = config["services"]["clients"]
+        assert "./keys/trusted.pem:/etc/rlplatform/trusted.pem:ro" in clients["volumes"], label
+        command = service_commands(clients, env_example)[0]
+        assert command[command.index("--trusted-keys") + 1] == "/etc/rlplatform/trusted.pem", label
+        assert not any("signing" in str(v) for svc in config["services"].values() for v in svc.get("volumes", [])), (
+            label
+        )
 
 
 # -- dependencies ------------------------------------------------------------------------------------
@@ -564,7 +588,9 @@ def test_env_example_covers_every_interpolated_variable(env_example: dict) -> No
 def test_env_example_defaults_match_compose_and_settings(env_example: dict) -> None:
     text = BASE.read_text() + AWS.read_text()
     for name, default in re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", text):
-        assert env_example[name] == default, f"{name}: .env.example has {env_example[name]!r}, compose {default!r}"
+        # A nested default (another variable) is the fallback of an empty value: .env.example leaves it empty.
+        expected = "" if default.startswith("${") else default
+        assert env_example[name] == expected, f"{name}: .env.example has {env_example[name]!r}, compose {default!r}"
     fields = Settings.model_fields
     for name in ("stream_name", "shard_count", "bucket"):
         assert env_example["RLP_" + name.upper()] == str(fields[name].default), name

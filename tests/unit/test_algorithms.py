@@ -32,8 +32,9 @@ from rlplatform.train.algorithms import (
 from rlplatform.train.algorithms.dqn import DQN
 from rlplatform.train.algorithms.sac import SAC
 from rlplatform.train.trainer import Trainer, TrainerConfig, trainer_config
-from rlplatform_client.models import ModelManifest, latest_key
+from rlplatform_client.models import ManifestDocument, latest_key
 from rlplatform_client.subscriber import ModelSubscriber
+from tests.support import TRUSTED_KEYS
 
 PENDULUM = "Pendulum-v1"
 TINY_SAC = {"batch_size": 32, "learning_starts": 100, "hidden": [16]}
@@ -184,13 +185,15 @@ def test_sac_model_published_and_acted_on_by_the_subscriber_stays_inside_the_box
     trainer.run(threading.Event(), max_updates=5)
 
     s3 = boto3.client("s3")
-    manifest = ModelManifest.from_json(s3.get_object(Bucket="models", Key=latest_key(PENDULUM))["Body"].read())
+    manifest = ManifestDocument.from_json(
+        s3.get_object(Bucket="models", Key=latest_key(PENDULUM))["Body"].read()
+    ).manifest
     assert manifest.algorithm == "SAC"
     assert manifest.output == {"name": "action", "kind": "action", "sample": "action_sample"}
     assert manifest.action_space == {"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]}
     assert manifest.eval_return is not None and -2000 < manifest.eval_return <= 0
 
-    subscriber = ModelSubscriber("models", PENDULUM, s3=s3)
+    subscriber = ModelSubscriber("models", PENDULUM, trusted_keys=TRUSTED_KEYS, s3=s3)
     assert subscriber.poll()
     obs = np.random.default_rng(0).uniform(-8, 8, (200, 3)).astype(np.float32)
     actions = np.array([subscriber.act(o) for o in obs])

@@ -25,4 +25,4 @@ def test_client_package_declares_only_light_dependencies() -> None:
         if "extra ==" not in r
     }
     # orjson: one small wheel; it encodes records ~5x faster than json and writes float32 arrays directly.
-    assert names == {"boto3", "numpy", "onnxruntime", "orjson", "typer"}
+    assert names == {"boto3", "cryptography", "numpy", "onnxruntime", "orjson", "typer"}

@@ -13,6 +13,7 @@ from rlplatform.cli import app
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client.models import ModelManifest, publish_model
 from tests.contract.test_store_contract import episode
+from tests.support import SIGNING_KEY
 
 
 def test_models_lists_versions_with_their_live_returns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,7 +37,7 @@ def test_models_lists_versions_with_their_live_returns(tmp_path: Path, monkeypat
                 action_space={"type": "discrete", "n": 2},
                 eval_return=eval_return,
             )
-            publish_model(s3, "rlp-models", manifest, b"onnx")
+            publish_model(s3, "rlp-models", manifest, b"onnx", SIGNING_KEY)
         out = CliRunner().invoke(app, ["models", "--game", "CartPole-v1"], terminal_width=200)
     assert out.exit_code == 0, out.output
     rows = {line.split("│")[1].strip(): line for line in out.output.splitlines() if line.count("│") > 5}

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from rlplatform_client.cli import app
 from rlplatform_client.games import GameSpec
-from rlplatform_client.models import ModelManifest, latest_key, publish_model
+from rlplatform_client.models import ModelManifest, latest_key, manifest_document, publish_model
 from rlplatform_client.simulate import (
     BotClient,
     MissingDependencyError,
@@ -22,6 +22,7 @@ from rlplatform_client.simulate import (
     import_gymnasium,
 )
 from rlplatform_client.subscriber import ModelSubscriber
+from tests.support import SIGNING_KEY, TRUSTED_KEYS
 
 
 def test_epsilon_follows_apex_schedule() -> None:
@@ -51,6 +52,7 @@ def test_bot_client_plays_records_and_writes_stats(tmp_path) -> None:
         clients=2,
         stream="exp",
         bucket="models-bkt",
+        trusted_keys=TRUSTED_KEYS.decode(),
         episodes_per_client=2,
         stats_dir=str(tmp_path),
         chunk_steps=16,
@@ -74,6 +76,7 @@ def test_bot_client_keeps_playing_with_a_pointer_to_a_missing_model(tmp_path) ->
         clients=1,
         stream="exp",
         bucket="models-bkt",
+        trusted_keys=TRUSTED_KEYS.decode(),
         episodes_per_client=3,
         stats_dir=str(tmp_path),
         poll_seconds=0,  # Polls before every step: a tight retry loop would show in rejected_loads.
@@ -91,7 +94,7 @@ def test_bot_client_keeps_playing_with_a_pointer_to_a_missing_model(tmp_path) ->
         boto3.client("kinesis").create_stream(StreamName="exp", ShardCount=1)
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="models-bkt")
-        s3.put_object(Bucket="models-bkt", Key=latest_key("CartPole-v1"), Body=manifest.to_json())
+        s3.put_object(Bucket="models-bkt", Key=latest_key("CartPole-v1"), Body=manifest_document(manifest, SIGNING_KEY))
         client = BotClient(cfg, 0, os.getppid(), threading.Event())
         assert client.run() == 0
     stats = json.loads((tmp_path / "client-0.json").read_text())
@@ -133,9 +136,20 @@ def action_model(sample: float | None = None) -> bytes:
     return model.SerializeToString()
 
 
+# One Pendulum client of one episode, trusting the session's signing key.
+PENDULUM_CLIENT = SimConfig(
+    game="Pendulum-v1",
+    clients=1,
+    stream="exp",
+    bucket="models-bkt",
+    episodes_per_client=1,
+    trusted_keys=TRUSTED_KEYS.decode(),
+)
+
+
 def choices_with(data: bytes, output: dict, n: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """(obs, float32[n, 1] actions) a Pendulum client chooses for one observation with this model published."""
-    cfg = SimConfig(game="Pendulum-v1", clients=1, stream="exp", bucket="models-bkt", episodes_per_client=1)
+    cfg = PENDULUM_CLIENT
     manifest = ModelManifest.create(
         "Pendulum-v1",
         1,
@@ -149,9 +163,9 @@ def choices_with(data: bytes, output: dict, n: int = 500) -> tuple[np.ndarray, n
     with mock_aws():
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="models-bkt")
-        publish_model(s3, "models-bkt", manifest, data)
+        publish_model(s3, "models-bkt", manifest, data, SIGNING_KEY)
         client = BotClient(cfg, 0, os.getppid(), threading.Event())
-        client.subscriber = ModelSubscriber("models-bkt", "Pendulum-v1", s3=s3)
+        client.subscriber = ModelSubscriber("models-bkt", "Pendulum-v1", trusted_keys=TRUSTED_KEYS, s3=s3)
         assert client.subscriber.poll()
         env = import_gymnasium().make("Pendulum-v1")
         obs, _ = env.reset(seed=0)
@@ -176,7 +190,7 @@ def test_a_client_keeps_playing_its_model_when_the_pointer_names_one_that_does_n
 ) -> None:
     """Another game's model (obs [None, 4]) with its true digest behind a Pendulum manifest: the client's poll
     logs the refusal, keeps v1 and goes on choosing actions."""
-    cfg = SimConfig(game="Pendulum-v1", clients=1, stream="exp", bucket="models-bkt", episodes_per_client=1)
+    cfg = PENDULUM_CLIENT
     spaces = {
         "observation_space": {"type": "box", "shape": [3], "dtype": "float32"},
         "action_space": {"type": "box", "shape": [1], "low": [-2.0], "high": [2.0]},
@@ -188,13 +202,13 @@ def test_a_client_keeps_playing_its_model_when_the_pointer_names_one_that_does_n
         client = BotClient(cfg, 0, os.getppid(), threading.Event())
         env = import_gymnasium().make("Pendulum-v1")
         spec = GameSpec.from_gym_spaces("Pendulum-v1", env.observation_space, env.action_space)
-        client.subscriber = ModelSubscriber("models-bkt", "Pendulum-v1", s3=s3, spec=spec)
+        client.subscriber = ModelSubscriber("models-bkt", "Pendulum-v1", trusted_keys=TRUSTED_KEYS, s3=s3, spec=spec)
         for version, data in ((1, good), (2, other)):
             manifest = ModelManifest.create(
                 "Pendulum-v1", version, data, algorithm="SAC", learner_step=version,
                 output={"name": "action", "kind": "action"}, **spaces,
             )  # fmt: skip
-            publish_model(s3, "models-bkt", manifest, data)
+            publish_model(s3, "models-bkt", manifest, data, SIGNING_KEY)
             client._poll()
         assert client.subscriber.version == 1 and client.subscriber.rejected_loads == 1
         assert "does not run on a float32[1, 3] observation" in caplog.text

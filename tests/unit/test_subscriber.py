@@ -11,10 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 from rlplatform_client import ModelFitError  # exported for games to catch
 from rlplatform_client.games import GameSpec
 from rlplatform_client.models import (
+    ManifestDocument,
     ManifestError,
     ModelError,
     ModelManifest,
     latest_key,
+    manifest_document,
     manifest_key,
     model_key,
     publish_model,
@@ -29,6 +31,7 @@ from rlplatform_client.subscriber import (
     ModelSubscriber,
     NoModelError,
 )
+from tests.support import SIGNING_KEY, TRUSTED_KEYS
 
 BUCKET = "rlplatform-models"
 GAME = "CartPole-v1"
@@ -102,7 +105,7 @@ def test_keys_layout() -> None:
 
 def test_subscriber_lifecycle(s3: Any) -> None:
     spy = SpyS3(s3)
-    sub = ModelSubscriber(BUCKET, GAME, s3=spy)
+    sub = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=spy)
     obs_first, obs_second = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]
 
     # No pointer yet: no model, not an error.
@@ -113,11 +116,11 @@ def test_subscriber_lifecycle(s3: Any) -> None:
 
     # v1 is verified and loaded.
     v1 = tiny_model(PICK_FIRST)
-    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1, SIGNING_KEY)
     assert sub.poll() is True
     assert (sub.version, sub.has_model, sub.verified_loads) == (1, True, 1)
     pointer = s3.get_object(Bucket=BUCKET, Key=latest_key(GAME))["Body"].read()
-    assert sub.manifest == ModelManifest.from_json(pointer)
+    assert sub.manifest == ManifestDocument.from_json(pointer).manifest
     assert sub.manifest.sha256 == sha256_hex(v1)
     assert sub.act(obs_first) == 0 and sub.act(obs_second) == 1
     assert isinstance(sub.act(obs_first), int)
@@ -132,7 +135,7 @@ def test_subscriber_lifecycle(s3: Any) -> None:
     # v2's bytes do not match its manifest: refused, v1 stays in service.
     v2 = tiny_model(PICK_SECOND)
     bad = manifest_for(2, v2)
-    publish_model(s3, BUCKET, bad, v2[:-1] + bytes([v2[-1] ^ 1]))
+    publish_model(s3, BUCKET, bad, v2[:-1] + bytes([v2[-1] ^ 1]), SIGNING_KEY)
     with pytest.raises(ModelIntegrityError, match="sha256"):
         sub.poll()
     assert (sub.version, sub.verified_loads, sub.rejected_loads) == (1, 1, 1)
@@ -141,7 +144,7 @@ def test_subscriber_lifecycle(s3: Any) -> None:
 
     # A good v3 loads.
     v3 = tiny_model(PICK_SECOND)
-    publish_model(s3, BUCKET, manifest_for(3, v3), v3)
+    publish_model(s3, BUCKET, manifest_for(3, v3), v3, SIGNING_KEY)
     assert sub.poll() is True
     assert (sub.version, sub.verified_loads) == (3, 2)
     assert sub.manifest.sha256 == sha256_hex(v3)
@@ -149,17 +152,17 @@ def test_subscriber_lifecycle(s3: Any) -> None:
 
 
 def test_older_pointer_is_ignored(s3: Any) -> None:
-    sub = ModelSubscriber(BUCKET, GAME, s3=s3)
+    sub = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3)
     v5 = tiny_model(PICK_FIRST)
-    publish_model(s3, BUCKET, manifest_for(5, v5), v5)
+    publish_model(s3, BUCKET, manifest_for(5, v5), v5, SIGNING_KEY)
     assert sub.poll() is True
-    publish_model(s3, BUCKET, manifest_for(4, v5), v5)  # A publisher rolled the pointer back.
+    publish_model(s3, BUCKET, manifest_for(4, v5), v5, SIGNING_KEY)  # A publisher rolled the pointer back.
     assert sub.poll() is False
     assert sub.version == 5
 
 
 def test_pointer_for_another_game_is_refused(s3: Any) -> None:
-    sub = ModelSubscriber(BUCKET, GAME, s3=s3)
+    sub = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3)
     v1 = tiny_model(PICK_FIRST)
     other = manifest_for(1, v1)
     s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=other.to_json().replace(b"CartPole-v1", b"Other-v0"))
@@ -187,9 +190,9 @@ ACROBOT_SPACES = ({"type": "box", "shape": [6], "dtype": "float32"}, {"type": "d
 
 
 def _held_v1(s3: Any, **kwargs: Any) -> ModelSubscriber:
-    sub = ModelSubscriber(BUCKET, GAME, s3=s3, **kwargs)
+    sub = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, **kwargs)
     v1 = tiny_model(PICK_FIRST)
-    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1, SIGNING_KEY)
     assert sub.poll() is True
     return sub
 
@@ -205,7 +208,7 @@ def test_a_model_of_another_shape_under_this_games_manifest_is_refused_before_th
     keeps the model it has and keeps acting (the first act after the swap used to raise in the game)."""
     sub = _held_v1(s3)
     other = matmul_model(obs_dim, width)
-    publish_model(s3, BUCKET, manifest_for(2, other), other)
+    publish_model(s3, BUCKET, manifest_for(2, other), other, SIGNING_KEY)
     with pytest.raises(ModelFitError, match=reason + ".*keeping model v1"):
         sub.poll()
     assert (sub.version, sub.rejected_loads) == (1, 1)
@@ -219,9 +222,9 @@ def test_a_manifest_with_other_spaces_is_refused_against_the_spec_and_against_th
         action_space=ACROBOT_SPACES[1],
     )  # fmt: skip
     spec = GameSpec(GAME, 4, 2)
-    fresh = ModelSubscriber(BUCKET, GAME, s3=s3, spec=spec)  # no model yet: the spec decides
+    fresh = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, spec=spec)  # no model yet: the spec decides
     held = _held_v1(s3)  # no spec: the model held decides
-    publish_model(s3, BUCKET, manifest, acrobot)
+    publish_model(s3, BUCKET, manifest, acrobot, SIGNING_KEY)
     with pytest.raises(ModelFitError, match=r"spaces differ from game 'CartPole-v1'.s spec: observation_space"):
         fresh.poll()
     with pytest.raises(ModelFitError, match=r"spaces differ from the model held \(v1\).*action_space"):
@@ -230,12 +233,12 @@ def test_a_manifest_with_other_spaces_is_refused_against_the_spec_and_against_th
 
 
 def test_a_model_that_fits_the_spec_loads(s3: Any) -> None:
-    sub = ModelSubscriber(BUCKET, GAME, s3=s3, spec=GameSpec(GAME, 4, 2))
+    sub = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, spec=GameSpec(GAME, 4, 2))
     v1 = tiny_model(PICK_FIRST)
-    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1, SIGNING_KEY)
     assert sub.poll() is True and sub.version == 1
     with pytest.raises(ValueError, match="spec is for game 'Acrobot-v1'"):
-        ModelSubscriber(BUCKET, GAME, s3=s3, spec=GameSpec("Acrobot-v1", 6, 3))
+        ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, spec=GameSpec("Acrobot-v1", 6, 3))
 
 
 def _manifest_doc() -> dict:
@@ -296,12 +299,14 @@ def model_gets(spy: SpyS3, key: str) -> int:
 
 def test_missing_model_names_key_and_version_and_backs_off(s3: Any) -> None:
     spy, clock = SpyS3(s3), Clock()
-    sub = ModelSubscriber(BUCKET, GAME, s3=spy, backoff=Backoff(base_s=10, cap_s=40), clock=clock)
+    sub = ModelSubscriber(
+        BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=spy, backoff=Backoff(base_s=10, cap_s=40), clock=clock
+    )
     v1 = tiny_model(PICK_FIRST)
-    publish_model(s3, BUCKET, manifest_for(1, v1), v1)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1, SIGNING_KEY)
     assert sub.poll() is True
     broken = manifest_for(8, v1)  # A pointer to v8, whose model object was never written.
-    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=broken.to_json())
+    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=manifest_document(broken, SIGNING_KEY))
 
     with pytest.raises(ModelMissingError, match=f"v8 .*{broken.onnx_key}") as info:
         sub.poll()
@@ -329,16 +334,18 @@ def test_missing_model_names_key_and_version_and_backs_off(s3: Any) -> None:
 
     # A new pointer (new ETag) is tried at once, backoff or not.
     v2 = tiny_model(PICK_SECOND)
-    publish_model(s3, BUCKET, manifest_for(2, v2), v2)
+    publish_model(s3, BUCKET, manifest_for(2, v2), v2, SIGNING_KEY)
     assert sub.poll() is True and sub.version == 2
 
 
 def test_missing_model_is_loaded_once_it_appears_after_the_backoff(s3: Any) -> None:
     clock = Clock()
-    sub = ModelSubscriber(BUCKET, GAME, s3=s3, backoff=Backoff(base_s=10, cap_s=40), clock=clock)
+    sub = ModelSubscriber(
+        BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, backoff=Backoff(base_s=10, cap_s=40), clock=clock
+    )
     v1 = tiny_model(PICK_FIRST)
     manifest = manifest_for(1, v1)
-    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=manifest.to_json())
+    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=manifest_document(manifest, SIGNING_KEY))
     with pytest.raises(ModelMissingError):
         sub.poll()
     s3.put_object(Bucket=BUCKET, Key=manifest.onnx_key, Body=v1)
@@ -416,9 +423,9 @@ def test_action_models_are_acted_on_inside_the_box_and_must_have_the_named_outpu
             action_space=box,
             output=output,
         )
-        publish_model(s3, BUCKET, manifest, data)
+        publish_model(s3, BUCKET, manifest, data, SIGNING_KEY)
 
-    sub = ModelSubscriber(BUCKET, GAME, s3=s3)
+    sub = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3)
     publish(1, {"name": "mean_action", "kind": "action"})
     with pytest.raises(ModelLoadError, match="the manifest names output 'mean_action', the model has \\['action'\\]"):
         sub.poll()

@@ -24,9 +24,10 @@ from rlplatform.store.sqlite import SqliteStore
 from rlplatform.train.algorithms import AlgorithmConfigError
 from rlplatform.train.algorithms.dqn import DQN
 from rlplatform.train.trainer import PrefetchingSampler, Trainer, TrainerConfig
-from rlplatform_client.models import ModelManifest, latest_key, publish_model, sha256_hex
+from rlplatform_client.models import ManifestDocument, ModelManifest, latest_key, publish_model, sha256_hex
 from rlplatform_client.retry import Backoff
 from rlplatform_client.subscriber import ModelMissingError
+from tests.support import SIGNING_KEY
 
 FAST = TrainerConfig(
     hyperparameters={"batch_size": 32, "learning_starts": 100}, publish_every_updates=10, eval_episodes=1
@@ -69,7 +70,9 @@ def settings(tmp_path: Path):
 
 
 def latest_manifest(s3, bucket: str) -> ModelManifest:
-    return ModelManifest.from_json(s3.get_object(Bucket=bucket, Key=latest_key("CartPole-v1"))["Body"].read())
+    return ManifestDocument.from_json(
+        s3.get_object(Bucket=bucket, Key=latest_key("CartPole-v1"))["Body"].read()
+    ).manifest
 
 
 def test_train_batch_keeps_terminated_and_truncated_apart() -> None:
@@ -132,7 +135,9 @@ def test_trainer_refuses_dqn_for_continuous_games(settings: Settings) -> None:
 def test_next_version_comes_from_versioned_keys_not_a_bogus_pointer(settings: Settings) -> None:
     s3 = boto3.client("s3")
     for version in (1, 2, 3):
-        publish_model(s3, settings.bucket, ModelManifest.create("CartPole-v1", version, b"m", **SPACES), b"m")
+        publish_model(
+            s3, settings.bucket, ModelManifest.create("CartPole-v1", version, b"m", **SPACES), b"m", SIGNING_KEY
+        )
     bogus = ModelManifest.create("CartPole-v1", 8, b"never uploaded", **SPACES)
     s3.put_object(Bucket=settings.bucket, Key=latest_key("CartPole-v1"), Body=bogus.to_json())
     assert registry.published_versions(settings.bucket, "CartPole-v1") == [1, 2, 3]

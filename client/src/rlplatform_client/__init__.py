@@ -12,9 +12,11 @@ from .contract import (
 )
 from .games import GameSpec, GameSpecConflict, GameSpecError, declare_game
 from .models import (
+    ManifestDocument,
     ManifestError,
     ModelError,
     ModelManifest,
+    ModelSignatureError,
     latest_key,
     manifest_key,
     model_key,
@@ -22,6 +24,7 @@ from .models import (
     sha256_hex,
 )
 from .producer import BufferFullError, ExperienceProducer
+from .signing import SignatureError, load_trusted_keys
 from .subscriber import (
     ModelFitError,
     ModelIntegrityError,
@@ -44,6 +47,7 @@ __all__ = [
     "GameSpec",
     "GameSpecConflict",
     "GameSpecError",
+    "ManifestDocument",
     "ManifestError",
     "ModelError",
     "ModelFitError",
@@ -51,14 +55,17 @@ __all__ = [
     "ModelLoadError",
     "ModelManifest",
     "ModelMissingError",
+    "ModelSignatureError",
     "ModelSubscriber",
     "NoModelError",
+    "SignatureError",
     "Step",
     "__version__",
     "declare_game",
     "decode_chunk",
     "encode_chunk",
     "latest_key",
+    "load_trusted_keys",
     "manifest_key",
     "model_key",
     "publish_model",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 
 from .contract import DEFAULT_BUCKET, DEFAULT_STREAM_NAME
 from .games import DEFAULT_GAME
+from .signing import load_trusted_keys
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rlplatform game-client tools.")
 
@@ -43,6 +45,17 @@ def simulate(
     max_steps_per_second: Annotated[
         float | None, typer.Option("--max-steps-per-second", min=0.0, help="Per-client step-rate cap.")
     ] = None,
+    trusted_keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--trusted-keys",
+            envvar="RLP_TRUSTED_KEYS",
+            help="PEM bundle of the public keys published models must be signed by (`rlplatform keys export`).",
+        ),
+    ] = None,
+    accept_unsigned: Annotated[
+        bool, typer.Option("--accept-unsigned", help="Development only: load models whose signature is not verified.")
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run N bot clients (separate processes) that play, stream experience and follow the newest model.
@@ -67,7 +80,15 @@ def simulate(
         flush_timeout_s=flush_timeout,
         log_level=log_level.upper(),
         max_steps_per_second=max_steps_per_second,
+        accept_unsigned=accept_unsigned,
     )
+    if trusted_keys is not None:
+        try:
+            cfg = dataclasses.replace(cfg, trusted_keys=trusted_keys.read_text())
+            load_trusted_keys(cfg.trusted_keys)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: --trusted-keys {trusted_keys}: {exc}", err=True)
+            raise typer.Exit(2) from None
     try:
         code = run_simulation(cfg)
     except (MissingDependencyError, ValueError) as exc:

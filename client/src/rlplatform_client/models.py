@@ -3,11 +3,14 @@
 Layout (``version`` is an int >= 1, zero-padded so keys sort by version)::
 
     models/{game_id}/v{version:06d}/model.onnx     the ONNX bytes
-    models/{game_id}/v{version:06d}/manifest.json  the manifest (immutable once written)
-    models/{game_id}/latest.json                   pointer; its body IS the newest manifest
+    models/{game_id}/v{version:06d}/manifest.json  the signed manifest (immutable once written)
+    models/{game_id}/latest.json                   pointer; its body IS the newest signed manifest
 
 Publishers write the model, then its manifest, then the pointer, so a reader that sees a pointer can
-always fetch the model it names. Subscribers verify ``sha256`` before loading anything.
+always fetch the model it names. A manifest document is a DSSE envelope (``signing.py``) whose payload is the
+manifest's JSON: the signature covers the model's ``sha256``, so it vouches for the model bytes too. Subscribers
+verify the signature, then ``sha256``, before loading anything. A document that is a bare manifest (what
+publishers wrote before signatures) is unsigned.
 
 ONNX convention: one input named ``"obs"``, float32 ``[batch, obs_dim]``. The manifest's ``output``
 (``{"name": ..., "kind": ...}``) names the graph output to read and how to act on it:
@@ -36,6 +39,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .signing import Envelope, SignatureError, sign
 
 MODEL_PREFIX = "models"
 # S3 error codes for "no such key" (S3 says NoSuchKey; a HEAD or some S3-compatible stores say 404/NotFound).
@@ -47,6 +53,10 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 class ModelError(Exception):
     """Base class for model registry / loading errors."""
+
+
+class ModelSignatureError(ModelError):
+    """A manifest whose signature is missing, by a key the client does not trust, or does not verify."""
 
 
 class ManifestError(ModelError, ValueError):
@@ -112,12 +122,10 @@ class ModelManifest:
     @classmethod
     def from_json(cls, data: bytes | str) -> ModelManifest:
         """Parse and validate; raises ``ManifestError`` naming the offending field."""
-        try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise ManifestError("(document)", f"not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ManifestError("(document)", "must be a JSON object")
+        return cls.from_doc(_json_object(data))
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> ModelManifest:
         _validate(doc)
         return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
 
@@ -156,6 +164,33 @@ class ModelManifest:
         )
 
 
+@dataclass(frozen=True)
+class ManifestDocument:
+    """What a pointer or a version's ``manifest.json`` holds: the manifest and the envelope that signs it
+    (None: a bare manifest, unsigned)."""
+
+    manifest: ModelManifest
+    envelope: Envelope | None
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ManifestDocument:
+        """Raises ``ManifestError`` (not a manifest) or ``ModelSignatureError`` (a malformed envelope)."""
+        doc = _json_object(data)
+        if "payloadType" not in doc:
+            return cls(ModelManifest.from_doc(doc), None)
+        try:
+            envelope = Envelope.from_doc(doc)
+        except SignatureError as exc:
+            raise ModelSignatureError(str(exc)) from None
+        return cls(ModelManifest.from_json(envelope.payload), envelope)
+
+
+def manifest_document(manifest: ModelManifest, signing_key: Ed25519PrivateKey | None) -> bytes:
+    """The manifest as published: signed by ``signing_key``, or bare (unsigned) without one."""
+    body = manifest.to_json()
+    return body if signing_key is None else sign(body, signing_key).to_json()
+
+
 def greedy_action(row: np.ndarray, kind: str, action_space: dict) -> int | np.ndarray:
     """The action for one row of a model's output: the argmax of ``q_values`` (int), or the ``action``
     (float32[k]) clipped to the box (``null`` bounds: unbounded)."""
@@ -166,9 +201,13 @@ def greedy_action(row: np.ndarray, kind: str, action_space: dict) -> int | np.nd
     return np.clip(np.asarray(row, dtype=np.float32), low, high)
 
 
-def publish_model(s3: Any, bucket: str, manifest: ModelManifest, onnx_bytes: bytes) -> None:
-    """Write model, manifest, then pointer (in that order, so the pointer never names a missing model)."""
-    body = manifest.to_json()
+def publish_model(
+    s3: Any, bucket: str, manifest: ModelManifest, onnx_bytes: bytes, signing_key: Ed25519PrivateKey | None
+) -> None:
+    """Write model, manifest, then pointer (in that order, so the pointer never names a missing model), the
+    manifest signed by ``signing_key`` (None publishes it unsigned: clients refuse it unless they accept
+    unsigned models)."""
+    body = manifest_document(manifest, signing_key)
     s3.put_object(Bucket=bucket, Key=manifest.onnx_key, Body=onnx_bytes, ContentType="application/octet-stream")
     s3.put_object(
         Bucket=bucket,
@@ -180,6 +219,16 @@ def publish_model(s3: Any, bucket: str, manifest: ModelManifest, onnx_bytes: byt
 
 
 # ---------------------------------------------------------------------- validation
+
+
+def _json_object(data: bytes | str) -> dict:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ManifestError("(document)", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError("(document)", "must be a JSON object")
+    return doc
 
 
 def _validate(doc: dict) -> None:

@@ -36,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .games import GameSpec
 from .models import ModelError
 from .producer import BufferFullError, ExperienceProducer
+from .signing import load_trusted_keys
 from .stopping import die_with_parent, set_on_signals
 from .subscriber import ModelSubscriber
 
@@ -67,6 +68,8 @@ class SimConfig:
     client_prefix: str = "client"
     log_level: str = "INFO"
     max_steps_per_second: float | None = None  # Per client; None = as fast as the CPU allows.
+    trusted_keys: str | None = None  # PEM bundle of the public keys models must be signed by
+    accept_unsigned: bool = False  # development only: load models whose signature is not verified
 
 
 def epsilon(index: int, clients: int) -> float:
@@ -104,6 +107,13 @@ def run_simulation(cfg: SimConfig) -> int:
         gym.spec(cfg.game)  # Fail fast, once, rather than in every client.
     except gym.error.Error as exc:
         raise ValueError(f"unknown gymnasium game {cfg.game!r}: {exc}") from None
+    if cfg.trusted_keys is not None:
+        load_trusted_keys(cfg.trusted_keys)  # A malformed bundle fails here, once (SignatureError is a ValueError).
+    elif not cfg.accept_unsigned:
+        raise ValueError(
+            "no trusted keys: pass --trusted-keys (the PEM bundle `rlplatform keys export` writes), or "
+            "--accept-unsigned to play unverified models in development"
+        )
     if cfg.stats_dir:
         Path(cfg.stats_dir).mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
@@ -186,7 +196,13 @@ class BotClient:
             self.cfg.stream, self.cfg.game, self.client_id, chunk_steps=self.cfg.chunk_steps
         )
         spec = GameSpec.from_gym_spaces(self.cfg.game, env.observation_space, env.action_space)
-        self.subscriber = ModelSubscriber(self.cfg.bucket, self.cfg.game, spec=spec)
+        self.subscriber = ModelSubscriber(
+            self.cfg.bucket,
+            self.cfg.game,
+            spec=spec,
+            trusted_keys=self.cfg.trusted_keys,
+            accept_unsigned=self.cfg.accept_unsigned,
+        )
         flushed = False
         try:
             self._play(env)

@@ -4,6 +4,13 @@ Why a conditional GET: thousands of clients poll the small pointer object; with 
 unchanged pointer costs a 304 and no body. S3 (and moto) surface the 304 as a botocore ``ClientError``
 whose code is ``"304"`` (``"NotModified"`` is accepted too, for S3-compatible stores).
 
+Why verify a signature: anyone who can write to the bucket could otherwise publish a model every client runs.
+The manifest must carry a signature by one of the keys the game trusts (``trusted_keys``: the studio's public
+keys, shipped with the game; several, so keys rotate without breaking installed games); the manifest's sha256
+then vouches for the model bytes. An unsigned model, one signed by an unknown key or a signature over other
+bytes raises ``ModelSignatureError`` and the held model stays. ``accept_unsigned`` (development only, logged)
+loads models whose signature is not verified.
+
 Why verify sha256: a truncated or tampered download must never replace a working policy. On mismatch
 ``poll`` raises ``ModelIntegrityError`` and the previously loaded model stays in service.
 
@@ -35,9 +42,11 @@ from botocore.exceptions import ClientError
 from .games import GameSpec
 from .models import (
     INPUT_NAME,
+    ManifestDocument,
     ManifestError,
     ModelError,
     ModelManifest,
+    ModelSignatureError,
     error_code,
     greedy_action,
     is_missing,
@@ -45,11 +54,14 @@ from .models import (
     sha256_hex,
 )
 from .retry import Backoff
+from .signing import SignatureError, TrustedKeys, load_trusted_keys
 
 log = logging.getLogger(__name__)
 
 _NOT_MODIFIED_CODES = frozenset({"304", "NotModified", "Not Modified"})
 MISSING_MODEL_BACKOFF = Backoff(base_s=5.0, cap_s=300.0, jitter=True)
+# A manifest document is ~1-2 KiB; a pointer larger than this is refused without being read on.
+MAX_MANIFEST_BYTES = 64 * 1024
 
 
 class ModelIntegrityError(ModelError):
@@ -116,6 +128,10 @@ class _MissingModel:
 class ModelSubscriber:
     """Keeps the newest verified model for ``game_id`` from ``bucket``. Thread-safe.
 
+    ``trusted_keys``: the public keys whose signatures the client accepts, as a PEM bundle (what
+    ``rlplatform keys export`` writes) or a mapping of key id to key. Without any, ``accept_unsigned=True`` is
+    required: it loads models whose signature is not verified (development only; each such load is logged).
+
     ``spec``: the game's spec (what the client plays); every model must fit it. Without it the first model
     loaded sets the spaces every later one must have.
 
@@ -128,6 +144,8 @@ class ModelSubscriber:
         bucket: str,
         game_id: str,
         *,
+        trusted_keys: bytes | str | TrustedKeys | None = None,
+        accept_unsigned: bool = False,
         spec: GameSpec | None = None,
         s3: Any = None,
         intra_op_num_threads: int = 1,
@@ -140,6 +158,15 @@ class ModelSubscriber:
             s3 = boto3.client("s3")  # Endpoint from AWS_ENDPOINT_URL[_S3] if set.
         if spec is not None and spec.game_id != game_id:
             raise ValueError(f"spec is for game {spec.game_id!r}, the subscriber for {game_id!r}")
+        self._trusted = _trusted(trusted_keys)
+        if not self._trusted and not accept_unsigned:
+            raise ValueError(
+                "trusted_keys is empty: pass the public keys of the studio's model signing keys (the PEM bundle"
+                " `rlplatform keys export` writes), or accept_unsigned=True to load unverified models in development"
+            )
+        if accept_unsigned:
+            log.warning("%s: accepting models without a verified signature (development only)", game_id)
+        self._accept_unsigned = accept_unsigned
         self.bucket = bucket
         self.game_id = game_id
         self.spec = spec
@@ -161,7 +188,8 @@ class ModelSubscriber:
     def poll(self) -> bool:
         """Check the pointer; load a newer model if there is one. True iff a new model was loaded.
 
-        Raises ``ModelIntegrityError`` (hash mismatch), ``ModelMissingError`` (no object at the
+        Raises ``ModelSignatureError`` (not signed by a trusted key), ``ModelIntegrityError`` (hash mismatch),
+        ``ModelMissingError`` (no object at the
         pointer's ``onnx_key``), ``ModelLoadError`` or ``ManifestError``; the current model stays loaded
         in every failure case. A missing pointer means "no model yet"; an unchanged one (304) and a
         version not newer than the loaded one are not errors either.
@@ -216,13 +244,31 @@ class ModelSubscriber:
             if is_missing(exc):
                 return None  # No model published yet: not an error.
             raise
-        return response["Body"].read(), response["ETag"]
+        return response["Body"].read(MAX_MANIFEST_BYTES + 1), response["ETag"]
 
     def _parse(self, body: bytes) -> ModelManifest:
-        manifest = ModelManifest.from_json(body)
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise ManifestError("(document)", f"the pointer is larger than {MAX_MANIFEST_BYTES} bytes")
+        document = ManifestDocument.from_json(body)
+        manifest = document.manifest
         if manifest.game_id != self.game_id:
             raise ManifestError("game_id", f"pointer for {self.game_id!r} names game {manifest.game_id!r}")
+        self._check_signature(document)
         return manifest
+
+    def _check_signature(self, document: ManifestDocument) -> None:
+        """``ModelSignatureError`` unless a trusted key signed the manifest (or unverified models are accepted)."""
+        version = document.manifest.version
+        try:
+            if document.envelope is None:
+                raise SignatureError("not signed")
+            signer = document.envelope.verify(self._trusted)
+        except SignatureError as exc:
+            if not self._accept_unsigned:
+                raise ModelSignatureError(f"model v{version}: {exc}; keeping model v{self.version}") from None
+            log.warning("model %s v%d: %s; loading it anyway (accept_unsigned)", self.game_id, version, exc)
+            return
+        log.debug("model %s v%d is signed by trusted key %s", self.game_id, version, signer)
 
     def _download_and_load(self, manifest: ModelManifest) -> _Loaded:
         with missing_model_raises(self.bucket, manifest, f"; keeping model v{self.version}"):
@@ -354,6 +400,12 @@ class ModelSubscriber:
     def has_model(self) -> bool:
         with self._lock:
             return self._loaded is not None
+
+
+def _trusted(keys: bytes | str | TrustedKeys | None) -> TrustedKeys:
+    if keys is None:
+        return {}
+    return load_trusted_keys(keys) if isinstance(keys, (bytes, str)) else dict(keys)
 
 
 def _same(space: dict, bounds: bool) -> tuple:

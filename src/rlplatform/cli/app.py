@@ -19,12 +19,14 @@ from rlplatform.cli.common import (
     until_stopped,
 )
 from rlplatform.cli.games import games_app
+from rlplatform.cli.keys import keys_app
 from rlplatform.settings import load_settings
 from rlplatform_client.games import DEFAULT_GAME
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RL bots from real play.")
 app.add_typer(games_app, name="games")
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()
@@ -246,6 +248,7 @@ def train(
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Train from store samples and publish ONNX models until SIGTERM/SIGINT or --max-updates."""
+    from rlplatform.registry.keys import KeyringError
     from rlplatform.train.algorithms import AlgorithmConfigError
     from rlplatform.train.trainer import Trainer, trainer_config
     from rlplatform_client.stopping import set_on_signals
@@ -263,7 +266,7 @@ def train(
                 trainer.run(stop, max_updates=max_updates)
             finally:
                 trainer.close()
-    except AlgorithmConfigError as exc:
+    except (AlgorithmConfigError, KeyringError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

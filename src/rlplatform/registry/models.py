@@ -10,9 +10,17 @@ from __future__ import annotations
 import re
 
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rlplatform.infra import aws
-from rlplatform_client.models import MODEL_PREFIX, ModelManifest, is_missing, latest_key, publish_model
+from rlplatform_client.models import (
+    MODEL_PREFIX,
+    ManifestDocument,
+    ModelManifest,
+    is_missing,
+    latest_key,
+    publish_model,
+)
 from rlplatform_client.subscriber import missing_model_raises
 
 __all__ = ["check_pointer", "latest_manifest", "next_version", "publish", "published_versions"]
@@ -23,7 +31,8 @@ _VERSION_DIR = re.compile(r"/v(\d{6,})/$")
 def latest_manifest(bucket: str, game_id: str) -> ModelManifest | None:
     """The manifest the latest pointer names, or None when nothing was published yet.
 
-    Raises ``ManifestError`` when the pointer is not a valid manifest.
+    Raises ``ManifestError`` when the pointer is not a valid manifest (``ModelSignatureError``: not a valid
+    envelope). The signature is not checked: this is what the pointer says, for the platform's own reports.
     """
     try:
         body = aws.s3_client().get_object(Bucket=bucket, Key=latest_key(game_id))["Body"].read()
@@ -31,7 +40,7 @@ def latest_manifest(bucket: str, game_id: str) -> ModelManifest | None:
         if is_missing(exc):
             return None
         raise
-    return ModelManifest.from_json(body)
+    return ManifestDocument.from_json(body).manifest
 
 
 def published_versions(bucket: str, game_id: str) -> list[int]:
@@ -62,5 +71,5 @@ def check_pointer(bucket: str, game_id: str) -> None:
         aws.s3_client().head_object(Bucket=bucket, Key=manifest.onnx_key)
 
 
-def publish(bucket: str, manifest: ModelManifest, onnx_bytes: bytes) -> None:
-    publish_model(aws.s3_client(), bucket, manifest, onnx_bytes)
+def publish(bucket: str, manifest: ModelManifest, onnx_bytes: bytes, signing_key: Ed25519PrivateKey) -> None:
+    publish_model(aws.s3_client(), bucket, manifest, onnx_bytes, signing_key)

@@ -8,7 +8,6 @@ the same model would score; the simulator evaluation, where a game has a simulat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
@@ -17,7 +16,7 @@ from rlplatform import registry
 from rlplatform.infra import aws
 from rlplatform.store import ExperienceStore
 from rlplatform.store.base import LiveReturns
-from rlplatform_client.models import ManifestError, ModelManifest, manifest_key
+from rlplatform_client.models import ManifestDocument, ModelError, ModelManifest, manifest_key
 
 LIVE_NOTE = "live: finished episodes of the exploring clients (not greedy play) that one version played whole"
 
@@ -39,8 +38,8 @@ def version_reports(bucket: str, game_id: str, store: ExperienceStore) -> list[V
 def _manifest(bucket: str, game_id: str, version: int) -> ModelManifest | None:
     try:
         body = aws.s3_client().get_object(Bucket=bucket, Key=manifest_key(game_id, version))["Body"].read()
-        return ModelManifest.from_json(body)
-    except (ClientError, ManifestError, json.JSONDecodeError):
+        return ManifestDocument.from_json(body).manifest
+    except (ClientError, ModelError):
         return None
 
 

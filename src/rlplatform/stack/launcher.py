@@ -35,6 +35,7 @@ from rich.live import Live
 from rlplatform.games import GameCatalog, UnknownGameError, game_spec
 from rlplatform.infra import aws
 from rlplatform.infra.names import slug
+from rlplatform.registry import keys
 from rlplatform.settings import CassandraSettings, Settings, SqliteSettings, settings_env
 from rlplatform.stack.progress import GameProgress, LaunchConfig, Progress
 from rlplatform.stack.supervisor import Supervisor
@@ -79,9 +80,11 @@ class Stack:
             sqlite=SqliteSettings(path=run_dir / "experience.sqlite"),
             cassandra=CassandraSettings(keyspace=f"up_{slug(run_dir.name)}"[:48]),
             checkpoint_dir=run_dir / "checkpoints",
+            signing_key_file=self.keys_dir / keys.SIGNING_KEY,
             ray_address=None,
             max_transitions_per_game=cfg.max_transitions_per_game,
         )
+        keys.init(self.keys_dir)  # the embedded profile signs with a key pair of its own
         self.moto: aws.MotoServer | None = None
         self.supervisor = Supervisor(self.logs, self.env, cfg.max_restarts, cfg.restart_backoff)
 
@@ -122,6 +125,7 @@ class Stack:
         assert self.moto is not None
         wanted = {**aws.EMULATOR_ENV, "AWS_ENDPOINT_URL": self.moto.endpoint}
         wanted |= {"RLP_STREAM_NAME": self.settings.stream_name, "RLP_BUCKET": self.settings.bucket}
+        wanted |= {"RLP_TRUSTED_KEYS": str(self.trusted_keys)}
         self.client_env_file.write_text("".join(f"{key}={value}\n" for key, value in wanted.items()))
 
     def _trainer_argv(self, game: str) -> list[str]:
@@ -157,7 +161,17 @@ class Stack:
             str(self.cfg.seed),
             "--max-steps-per-second",
             str(self.cfg.client_steps_per_second),
+            "--trusted-keys",
+            str(self.trusted_keys),
         ]
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.run_dir / "keys"
+
+    @property
+    def trusted_keys(self) -> Path:
+        return self.keys_dir / keys.TRUSTED_KEYS
 
     @property
     def client_env_file(self) -> Path:
@@ -240,7 +254,8 @@ def _report(exc: Exception) -> str:
 def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.Event) -> None:
     """Refresh progress every second and judge each game's new models, until every game is solved."""
     catalog = GameCatalog(stack.settings.bucket)
-    subscribers = {game: ModelSubscriber(stack.settings.bucket, game) for game in cfg.games}
+    trusted = stack.trusted_keys.read_bytes()
+    subscribers = {game: ModelSubscriber(stack.settings.bucket, game, trusted_keys=trusted) for game in cfg.games}
     deadline = progress.started + cfg.max_minutes * 60
     with open_store(stack.settings) as store, Live(progress_table(progress, cfg), console=console) as live:
         last_t, live_at = time.monotonic(), 0.0

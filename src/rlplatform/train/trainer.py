@@ -37,6 +37,7 @@ from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 from rlplatform import registry
 from rlplatform.games import GameCatalog
 from rlplatform.infra import aws
+from rlplatform.registry import keys
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store, wait_for_store
 from rlplatform.train.algorithms import (
@@ -140,6 +141,7 @@ class Trainer:
         self._s3_endpoint = aws.s3_client().meta.endpoint_url
         if cfg.algorithm is not None:
             known_algorithm(cfg.algorithm)  # a typo fails before any S3 or store call
+        keys.signing_key(settings)  # so does a missing or malformed signing key, not the first publish
         # Declared in the bucket's catalog, else a gymnasium id: a game needs no environment here.
         self.spec = GameCatalog(settings.bucket).wait_for(cfg.game_id, self.stop, log)
         self.algorithm: Algorithm = algorithm_class(self.spec, cfg.algorithm)(self.spec, cfg.hyperparameters)
@@ -185,7 +187,8 @@ class Trainer:
             output=algorithm.output,
         )
         self._checkpoint()
-        self._s3(lambda: registry.publish(self.settings.bucket, manifest, onnx_bytes))
+        signing_key = keys.signing_key(self.settings)  # read at each publish: a rotated key needs no restart
+        self._s3(lambda: registry.publish(self.settings.bucket, manifest, onnx_bytes, signing_key))
         self.status.version = manifest.version
         self.status.eval_return = eval_return
         self.status.published_at = time.time()
