@@ -10,6 +10,7 @@ from .contract import (
     decode_chunk,
     encode_chunk,
 )
+from .credentials import TemporaryCredentials, refreshing_session
 from .games import GameSpec, GameSpecConflict, GameSpecError, declare_game
 from .models import (
     ManifestDocument,
@@ -60,6 +61,7 @@ __all__ = [
     "NoModelError",
     "SignatureError",
     "Step",
+    "TemporaryCredentials",
     "__version__",
     "declare_game",
     "decode_chunk",
@@ -69,5 +71,6 @@ __all__ = [
     "manifest_key",
     "model_key",
     "publish_model",
+    "refreshing_session",
     "sha256_hex",
 ]
