@@ -382,3 +382,18 @@ def test_cassandra_refuses_a_keyspace_in_the_layout_before_segments(request: pyt
     finally:
         admin._session.execute(f"DROP KEYSPACE IF EXISTS {legacy.keyspace}", timeout=120)
         admin.close()
+
+
+def test_steps_after_an_episodes_end_are_found_stored_or_in_the_batch(store: ExperienceStore) -> None:
+    episode_id = str(uuid.uuid4())
+    ended = make_batch(10, episode_id)  # terminated at t=9
+    assert store.after_end(GAME, ended) == []
+    assert store.write(GAME, ended) == 10
+    assert store.after_end(GAME, ended) == []  # a replay of the episode, its end included
+    later, fresh = make_batch(5, episode_id, start_t=10), make_batch(3)
+    assert store.after_end(GAME, TransitionBatch.concat([later, fresh])) == [0, 1, 2, 3, 4]
+    inside = make_batch(6)
+    inside.terminated[:] = False
+    inside.truncated[2] = True  # an end inside the batch holds for the steps after it
+    assert store.after_end(GAME, inside) == [3, 4, 5]
+    assert store.after_end("Acrobot-v1", later) == []  # nothing stored for that game: only the batch's own end

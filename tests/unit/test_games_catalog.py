@@ -98,6 +98,25 @@ def test_an_undeclared_id_is_re_read_after_the_interval_not_per_lookup(s3) -> No
     assert catalog.resolve("Racer-v1").obs_dim == 3
 
 
+def test_junk_ids_cost_the_bucket_one_listing_per_interval_and_no_memory(s3) -> None:
+    """A client cycling 2,000 undeclared ids at 175 records/s for a minute: catalog requests stay at one LIST per
+    ``recheck_s`` whatever the ids, nothing is remembered per id, and a gymnasium id is resolved once."""
+    clock = Clock()
+    catalog = GameCatalog(BUCKET, s3, recheck_s=2.0, clock=clock)
+    assert catalog.resolve("CartPole-v1").obs_dim == 4
+    after_gym = catalog.requests
+    declare_game(BUCKET, GameSpec.from_document(RACER), s3=s3)
+    seconds, rate = 60.0, 175
+    for i in range(int(seconds * rate)):
+        clock.now = i / rate
+        with pytest.raises(UnknownGameError):
+            catalog.resolve(f"junk-{i % 2000}")
+        catalog.resolve("CartPole-v1")
+    assert catalog.requests - after_gym <= seconds / catalog.recheck_s + 1
+    assert catalog.resolve("Racer-v1").obs_dim == 3  # found by a listing, then read once
+    assert len(catalog._declared) + len(catalog._gym) == 2 and catalog.declared_ids() == {"Racer-v1"}
+
+
 class DeclaresOnSecondWait(threading.Event):
     """A stop event whose second wait is when "another process" declares the game; never set by itself."""
 
@@ -148,7 +167,7 @@ def test_ingest_stores_a_declared_game_that_gymnasium_does_not_know(s3, tmp_path
         result, dead = process_records(records, store, bucket=BUCKET)
         assert result.stored == 0 and [d["kind"] for d in dead] == ["unknown_game"]
         declare_game(BUCKET, GameSpec.from_document(RACER), s3=s3)
-        _catalog(BUCKET)._checked_at.clear()  # as if the recheck interval had passed
+        _catalog(BUCKET)._listed_at = None  # as if the recheck interval had passed
         result, dead = process_records([("shard-0", "2", racer_record(4))], store, bucket=BUCKET)
         assert result.stored == 4 and dead == []
         rows = store.sample("Racer-v1", 8, np.random.default_rng(0))

@@ -148,8 +148,8 @@ def test_a_write_task_stores_its_shard_and_reports_counts_and_its_last_sequence_
     settings = Settings(store="sqlite", sqlite={"path": tmp_path / "s.sqlite"})
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket=settings.bucket)
-        out = list(write_partition(iter(batches), batch_id=3, settings=settings, with_arrivals=True))
-        replay = list(write_partition(iter(batches), batch_id=3, settings=settings, with_arrivals=False))
+        out = list(write_partition(iter(batches), batch_id=3, settings=settings, with_arrivals=True, job="j1"))
+        replay = list(write_partition(iter(batches), batch_id=3, settings=settings, with_arrivals=False, job="j1"))
         letters = boto3.client("s3").list_objects_v2(Bucket=settings.bucket)["Contents"]
     [row] = out[0].to_pylist()
     steps = sum(1 + i % 5 for i in range(20))
@@ -161,7 +161,7 @@ def test_a_write_task_stores_its_shard_and_reports_counts_and_its_last_sequence_
     assert [n for _, n in arrivals] == [1 + i % 5 for i in range(20)] and arrivals[0][0] == 1000.0
     [again] = replay[0].to_pylist()
     assert again["stored"] == 0 and json.loads(again["arrivals"]) == []
-    assert [o["Key"].rsplit("/", 1)[1] for o in letters] == ["batch-000000003-shard-1.jsonl"]
+    assert [o["Key"] for o in letters] == ["dead-letters/1970/01/01/j1/batch-000000003-shard-1.jsonl"]
     with SqliteStore(settings.sqlite.path) as store:
         assert store.count("CartPole-v1") == steps
 
@@ -189,3 +189,30 @@ def test_slices_are_cut_by_decompressed_size_and_count() -> None:
     cut = [[seq for _, seq, _ in part] for part in _slices(records, 64, 4 * 1024 * 1024)]
     assert cut == [["0"], ["1", "2", "3"], ["4"]]
     assert [len(part) for part in _slices(records * 3, 4, 1 << 40)] == [4, 4, 4, 3]
+
+
+def steps_from(episode_id: str, start_t: int, n: int, end: bool = False) -> bytes:
+    """A record of one episode's steps ``start_t..start_t+n-1``; the last one ends it when ``end``."""
+    steps = [Step(t, OBS, t % 2, 1.0, OBS, False, end and t == start_t + n - 1) for t in range(start_t, start_t + n)]
+    return encode_chunk(Chunk("CartPole-v1", "c0", episode_id, 1, steps))
+
+
+def test_steps_after_a_stored_episode_end_in_a_later_record_are_dead_lettered_not_stored(store) -> None:
+    episode = str(uuid.uuid4())
+    ended = steps_from(episode, 0, 4, end=True)  # t 0..3, truncated at 3
+    assert process_records([("shard-0", "1", ended)], store)[0].stored == 4
+    result, dead = process_records(
+        [("shard-0", "2", ended), ("shard-0", "3", steps_from(episode, 4, 3)), ("shard-1", "4", chunk_bytes(2))],
+        store,
+    )
+    # The replay of the end is harmless (nothing new); the steps after it are refused one by one; others stored.
+    assert result.stored == 2 and result.rejected == {"step_after_end": 3}
+    assert [(d["kind"], d["episode_id"], d["t"]) for d in dead] == [("step_after_end", episode, t) for t in (4, 5, 6)]
+    assert store.count("CartPole-v1") == 6
+
+
+def test_an_end_earlier_in_the_same_slice_holds_for_the_records_after_it(store) -> None:
+    episode = str(uuid.uuid4())
+    records = [("shard-0", "1", steps_from(episode, 0, 3, end=True)), ("shard-0", "2", steps_from(episode, 3, 2))]
+    result, dead = process_records(records, store)
+    assert result.stored == 3 and [d["t"] for d in dead] == [3, 4]

@@ -11,17 +11,21 @@ import gzip
 import json
 import uuid
 
+import boto3
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from moto import mock_aws
 
+from rlplatform.games import GameCatalog
 from rlplatform.ingest.dead_letters import PARSER_ERROR
 from rlplatform.ingest.parse import Rejected, parse
 from rlplatform_client.contract import REJECT_KINDS
 from tests.unit.test_parse_paths import reference, valid_doc
 
+CATALOG_BUCKET = "rlp-fuzz-catalog"
 FUZZ = hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = (
@@ -159,3 +163,40 @@ def test_empty_steps_is_bad_length_not_too_large() -> None:
     doc = valid_doc(1)
     doc["steps"] = []
     assert kind_of(json.dumps(doc).encode()) == "bad_length"
+
+
+# Any code point, lone surrogates included (what a JSON "\ud800" escape decodes to), and control characters.
+any_text = st.text(st.characters(codec=None, exclude_categories=()), min_size=1, max_size=20)
+
+
+@FUZZ
+@given(st.sampled_from(["game_id", "client_id", "episode_id"]), any_text, st.booleans())
+@example("game_id", "\ud800", False)
+@example("client_id", "bot\x00", False)
+@example("episode_id", "\udfff" * 3, True)
+def test_any_string_in_any_string_field_gets_a_contract_reason_from_the_catalog(
+    field: str, text: str, compress: bool
+) -> None:
+    """Surrogates and control characters in every string field: stored or refused with a contract reason, never
+    the safety net, also when the game id goes to the bucket's catalog (an S3 key must be encodable)."""
+    doc = valid_doc(2)
+    doc[field] = text
+    record = json.dumps(doc).encode()  # ensure_ascii: a lone surrogate travels as a legal \ud800 escape
+    record = gzip.compress(record) if compress else record
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=CATALOG_BUCKET)
+        outcome = parse(record, GameCatalog(CATALOG_BUCKET).resolve)
+    if isinstance(outcome, Rejected):
+        assert outcome.kind in REJECT_KINDS and outcome.kind != PARSER_ERROR, outcome
+        if not text.isprintable():
+            assert outcome.kind in ("bad_string", "bad_length"), outcome
+    else:
+        assert text.isprintable() and outcome[1].episode_id[0]
+
+
+def test_a_lone_surrogate_or_nul_in_an_id_is_bad_string() -> None:
+    for field, text in (("game_id", "Cart\ud800"), ("client_id", "a\x00b"), ("episode_id", "\ud800" * 36)):
+        doc = valid_doc(1)
+        doc[field] = text
+        outcome = parse(json.dumps(doc).encode())
+        assert isinstance(outcome, Rejected) and (outcome.kind, outcome.field) == ("bad_string", field), outcome

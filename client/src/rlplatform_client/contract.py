@@ -69,13 +69,17 @@ REJECT_KINDS: dict[str, str] = {
     "wrong_type": "a field has the wrong JSON type (e.g. a string reward, a float `t`, `true` for an int)",
     "bad_length": "a string or list of the wrong length: `game_id`, `client_id`, `obs`/`next_obs` (the game's "
     "observation size), an empty `steps`",
+    "bad_string": "`game_id`, `client_id` or `episode_id` is not printable text: a control character (NUL, a "
+    "newline...), a separator other than the space, or a lone UTF-16 surrogate (a `\\ud800` escape without its "
+    "pair), which no store or key can encode",
     "bad_episode_id": "`episode_id` is not a UUID",
     "bad_model_version": "`model_version` is outside 0..2^31-1",
     "non_finite": "NaN, Infinity, or a number beyond float32 range in `obs`, `next_obs`, `reward` or a continuous "
     "action",
     "action_out_of_range": "the action is outside the game's action space",
     "bad_step_index": "`t` outside 0..2^31-1, or not strictly increasing within the chunk",
-    "step_after_end": "a step follows, in the same chunk, a step that was `terminated` or `truncated`",
+    "step_after_end": "a step follows a step of its episode that was `terminated` or `truncated`: in the same "
+    "chunk, or stored from an earlier record (each such step is one dead letter, naming the episode and `t`)",
 }
 
 
@@ -296,6 +300,8 @@ def _require_str(doc: dict, key: str, max_len: int) -> str:
     value = _require(doc, key, str)
     if not 1 <= len(value) <= max_len:
         raise ContractError(key, f"length must be 1..{max_len}, got {len(value)}", "bad_length")
+    if not value.isprintable():
+        raise ContractError(key, f"must be printable text, got {value!r}", "bad_string")
     return value
 
 

@@ -122,6 +122,10 @@ class IngestBenchConfig:
     # The ingest job's Spark master: local[2] (driver and executors in one process tree), or a standalone master
     # (spark://host:port), whose executors' CPU is counted when they run on this machine.
     master: str = "local[2]"
+    # A hostile client beside the good ones: records naming ``junk_ids`` distinct undeclared game ids in turn, at
+    # ``junk_records_per_s``; each is dead-lettered (unknown_game). 0 ids: no junk client.
+    junk_ids: int = 0
+    junk_records_per_s: float = 175.0
 
 
 def random_batch(n: int, rng: np.random.Generator) -> TransitionBatch:
@@ -192,6 +196,34 @@ def producer_main(stream: str, cfg: IngestBenchConfig, index: int, out: str) -> 
     # own drain timeout bounds the whole wait.
     flushed = producer.close(timeout=cfg.drain_timeout_s)
     Path(out).write_text(json.dumps({"episodes": episodes, "stats": producer.stats, "flushed": flushed}))
+
+
+def junk_main(stream: str, cfg: IngestBenchConfig, out: str) -> None:
+    """The junk client: one-step records, each naming the next of ``cfg.junk_ids`` undeclared game ids, put in
+    batches of 25 at ``cfg.junk_records_per_s`` for ``cfg.seconds``; writes how many Kinesis acknowledged."""
+    from rlplatform_client.contract import Chunk, Step, encode_chunk
+
+    processes.init_pool_worker()
+    kinesis = aws.kinesis_client()
+    obs, sent, i = [0.0] * OBS_DIM, 0, 0
+    per_call = 25
+    interval = per_call / cfg.junk_records_per_s
+    next_at = time.monotonic()
+    deadline = next_at + cfg.seconds
+    while time.monotonic() < deadline:
+        records = []
+        for _ in range(per_call):
+            chunk = Chunk(
+                f"junk-{i % cfg.junk_ids}", "junk", str(uuid.uuid4()), 0, [Step(0, obs, 0, 0.0, obs, True, False)]
+            )
+            records.append({"Data": encode_chunk(chunk), "PartitionKey": str(i)})
+            i += 1
+        failed = kinesis.put_records(StreamName=stream, Records=records)["FailedRecordCount"]
+        sent += per_call - failed
+        next_at += interval
+        if (delay := next_at - time.monotonic()) > 0:
+            time.sleep(delay)
+    Path(out).write_text(json.dumps({"records": sent}))
 
 
 class IngestJob:
@@ -364,6 +396,9 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
             producers = [
                 ctx.Process(target=producer_main, args=(stream, cfg, i, str(out))) for i, out in enumerate(outs)
             ]
+            junk_out = work / "junk.json"
+            if cfg.junk_ids:
+                producers.append(ctx.Process(target=junk_main, args=(stream, cfg, str(junk_out))))
             for p in producers:
                 p.start()
             if cfg.reshard_to:
@@ -413,6 +448,10 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
             result["compress"] = cfg.compress
             result["records_put"] = sum(s["stats"]["records_acked"] for s in sent)
             result["records_per_s"] = round(result["records_put"] / (visible - started))
+            if cfg.junk_ids:
+                junk = json.loads(junk_out.read_text())["records"]
+                result["junk"] = {"ids": cfg.junk_ids, "records": junk, "records_per_s": round(junk / cfg.seconds)}
+                result["junk"]["dead_lettered"] = _dead_lettered(work / "metrics.jsonl", after=started)
             return result
         finally:
             for p in producers:
@@ -477,6 +516,12 @@ def _reconcile(store: ExperienceStore, sent: list[dict], warm_up: str) -> dict:
         "duplicated": len(rows) - len(stored & expected),
         "unflushed_producers": sum(not s["flushed"] for s in sent),
     }
+
+
+def _dead_lettered(metrics: Path, after: float) -> int:
+    """Records the job rejected in the batches that became visible after ``after``."""
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return sum(sum(m["rejected"].values()) for m in lines if m["visible_at"] >= after)
 
 
 def _latencies(metrics: Path, after: float) -> dict:

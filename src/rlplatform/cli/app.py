@@ -16,6 +16,7 @@ from rlplatform.cli.common import (
     MaxTransitionsOpt,
     StoreName,
     configure_logging,
+    one_line_errors,
     until_stopped,
 )
 from rlplatform.cli.games import games_app
@@ -189,7 +190,8 @@ def dlq(
     from rlplatform.ingest.dead_letters import read_dead_letters
 
     settings = load_settings()
-    report = read_dead_letters(settings.bucket, samples)
+    with one_line_errors():
+        report = read_dead_letters(settings.bucket, samples)
     console = Console()
     if not report.counts:
         console.print(f"no dead letters in s3://{settings.bucket}/")
@@ -278,10 +280,10 @@ def models(game: GameOpt = DEFAULT_GAME) -> None:
     from rich.table import Table
 
     from rlplatform.registry.report import LIVE_NOTE, live_cell, version_reports
-    from rlplatform.store import open_store
+    from rlplatform.store import open_reachable
 
     settings = load_settings()
-    with open_store(settings) as store:
+    with one_line_errors(), open_reachable(settings) as store:
         reports = version_reports(settings.bucket, game, store)
     table = Table(title=f"{game}: models in s3://{settings.bucket}/", caption=LIVE_NOTE)
     for column in ("version", "algorithm", "published at", "learner step", "live return", "simulator eval"):

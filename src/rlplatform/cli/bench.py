@@ -139,6 +139,18 @@ def bench_ingest(
             " then get this machine's AWS endpoint from the job; their CPU is counted when they run here).",
         ),
     ] = "local[2]",
+    junk_ids: Annotated[
+        int,
+        typer.Option(
+            "--junk-ids",
+            min=0,
+            help="Add a hostile client naming this many undeclared game ids in turn (each record dead-lettered)"
+            " beside the good producers; 0: none.",
+        ),
+    ] = 0,
+    junk_rate: Annotated[
+        float, typer.Option("--junk-rate", min=1, help="The hostile client's records/s (with --junk-ids).")
+    ] = 175.0,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-<timestamp>.")] = None,
 ) -> None:
     """End-to-end ingest throughput and latency (producer -> Kinesis -> Spark -> store).
@@ -181,6 +193,8 @@ def bench_ingest(
                 reshard_to=reshard_to,
                 targets=targets,
                 master=master,
+                junk_ids=junk_ids,
+                junk_records_per_s=junk_rate,
             )
         )
     except BenchTargetError as exc:

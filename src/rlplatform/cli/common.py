@@ -45,6 +45,26 @@ def configure_logging(level: str) -> None:
 
 
 @contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """An operator command whose bucket or store is down, or refuses it, ends in one line naming which and
+    where (exit 1), within seconds: no traceback, no waiting as a stage would."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from rlplatform.infra import aws
+    from rlplatform.store import StoreUnreachable
+
+    aws.fail_fast()
+    try:
+        yield
+    except StoreUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (BotoCoreError, ClientError) as exc:
+        typer.echo(f"error: S3 at {aws.s3_client().meta.endpoint_url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
 def until_stopped() -> Iterator[None]:
     """SIGTERM/SIGINT while a stage waits for an unreachable service is a clean stop, not a traceback."""
     from rlplatform_client.retry import RetryStopped

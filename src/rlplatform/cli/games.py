@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from rlplatform.cli.common import one_line_errors
 from rlplatform.settings import load_settings
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ def games_register(
 
     try:
         spec = _spec_from_options(game, spec_file, obs_size, actions, action_low, action_high, simulator)
-        created = GameCatalog(load_settings().bucket).register(spec)
+        with one_line_errors():
+            created = GameCatalog(load_settings().bucket, wait=False).register(spec)
     except (GameSpecError, GameSpecConflict) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -49,7 +51,8 @@ def games_list() -> None:
     from rlplatform.games import GameCatalog
 
     settings = load_settings()
-    specs = GameCatalog(settings.bucket).list_declared()
+    with one_line_errors():
+        specs = GameCatalog(settings.bucket, wait=False).list_declared()
     if not specs:
         typer.echo(f"no games declared in s3://{settings.bucket}/ (gymnasium ids need no declaration)")
         return
@@ -67,13 +70,14 @@ def games_show(game: Annotated[str, typer.Argument(help="A declared game_id or a
     """The spec document a game resolves to (declared in the bucket, else derived from gymnasium)."""
     from rlplatform.games import GameCatalog, UnknownGameError
 
-    catalog = GameCatalog(load_settings().bucket)
-    try:
-        spec = catalog.resolve(game)
-    except UnknownGameError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    source = "declared" if catalog.declared(game) is not None else "gymnasium"
+    catalog = GameCatalog(load_settings().bucket, wait=False)
+    with one_line_errors():
+        try:
+            spec = catalog.resolve(game)
+        except UnknownGameError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        source = "declared" if catalog.declared(game) is not None else "gymnasium"
     typer.echo(json.dumps({**spec.to_document(), "source": source}, indent=2))
 
 

@@ -1,8 +1,12 @@
 """The game catalog: declared specs in the bucket first, then gymnasium ids.
 
-Declared specs never change, so a found one is cached for good. A game id that is not declared is looked up
-again at most every ``recheck_s`` seconds, so ingest learns of a newly declared game without a restart while
-a client repeating an unknown id costs one S3 GET per interval, not one per record.
+What it costs the bucket is bounded by design, whatever ids clients send. Which ids are declared comes from one
+LIST of ``games/``, repeated at most every ``recheck_s`` and only when an id is not known yet: an undeclared id
+(a typo, or a client inventing thousands) costs no request of its own and no memory, and a newly declared game
+is found within ``recheck_s`` without a restart. A declared spec is read once (one GET) and cached for good:
+specs never change. An id that resolves to a gymnasium game is cached for good too, so a client playing
+CartPole costs no request after its first record (a spec declared later under a gymnasium id takes effect at
+the next restart).
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ from rlplatform.infra import aws
 from rlplatform_client.games import GAMES_PREFIX, declare_game, read_declared
 from rlplatform_client.retry import RetryStopped, aws_unreachable, retry
 
-# Unknown ids remembered at most this many at a time: a client inventing ids cannot grow the cache forever.
-_MAX_UNKNOWN = 10_000
+SPEC_SUFFIX = "/spec.json"
 
 
 class GameCatalog:
@@ -30,14 +33,21 @@ class GameCatalog:
         s3: Any = None,
         recheck_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        wait: bool = True,
     ) -> None:
+        """``wait``: an unreachable S3 is waited out (a stage: valid records must not become dead letters);
+        False raises at once (an operator command)."""
         self.bucket = bucket
+        self.wait = wait
         self._s3 = s3
         self.recheck_s = recheck_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._declared: dict[str, GameSpec] = {}
-        self._checked_at: dict[str, float] = {}  # undeclared id -> when S3 said so
+        self._declared: dict[str, GameSpec] = {}  # read from the bucket: they never change
+        self._gym: dict[str, GameSpec] = {}  # ids that resolved to gymnasium games (bounded by its registry)
+        self._listed: frozenset[str] = frozenset()  # the declared ids, as of the last LIST
+        self._listed_at: float | None = None
+        self.requests = 0  # S3 requests made, for benchmarks and tests
 
     @property
     def s3(self) -> Any:
@@ -47,16 +57,23 @@ class GameCatalog:
 
     def resolve(self, game_id: str) -> GameSpec:
         """The game's spec: declared in the bucket, else a gymnasium id; ``UnknownGameError`` otherwise."""
+        with self._lock:
+            spec = self._declared.get(game_id) or self._gym.get(game_id)
+        if spec is not None:
+            return spec
         spec = self.declared(game_id)
         if spec is not None:
             return spec
         try:
-            return gym_game_spec(game_id)
+            spec = gym_game_spec(game_id)
         except UnknownGameError:
             raise UnknownGameError(
                 f"game_id: {game_id!r} is neither declared in s3://{self.bucket}/{GAMES_PREFIX}/"
                 " nor a usable gymnasium id"
             ) from None
+        with self._lock:
+            self._gym[game_id] = spec
+        return spec
 
     def wait_for(
         self, game_id: str, stop: threading.Event, logger: logging.Logger, log_every_s: float = 30.0
@@ -75,48 +92,51 @@ class GameCatalog:
                 raise RetryStopped(f"stopped while waiting for {game_id!r} to be declared")
 
     def declared(self, game_id: str) -> GameSpec | None:
-        """The declared spec, re-reading the bucket for an undeclared id at most every ``recheck_s``."""
+        """The declared spec, or None when the bucket's catalog (listed at most every ``recheck_s``) has none."""
         with self._lock:
             if game_id in self._declared:
                 return self._declared[game_id]
-            checked = self._checked_at.get(game_id)
-            if checked is not None and self._clock() - checked < self.recheck_s:
-                return None
+        if game_id not in self.declared_ids():
+            return None
         try:
-            # An S3 outage must not turn valid records into dead letters: wait for it, as every stage does.
-            spec = retry(
-                lambda: read_declared(self.s3, self.bucket, game_id),
-                service="S3",
-                endpoint=self.s3.meta.endpoint_url,
-                unreachable=aws_unreachable,
-            )
+            spec = self._s3_call(lambda: read_declared(self.s3, self.bucket, game_id))
         except GameSpecError as exc:
             raise UnknownGameError(f"game_id: {game_id!r} has a broken spec document: {exc}") from None
-        with self._lock:
-            if spec is not None:
+        if spec is not None:
+            with self._lock:
                 self._declared[game_id] = spec
-                self._checked_at.pop(game_id, None)
-            else:
-                if len(self._checked_at) >= _MAX_UNKNOWN:
-                    self._checked_at.clear()
-                self._checked_at[game_id] = self._clock()
         return spec
+
+    def declared_ids(self) -> frozenset[str]:
+        """Every id declared in the bucket, listed again when the last listing is ``recheck_s`` old."""
+        with self._lock:
+            if self._listed_at is not None and self._clock() - self._listed_at < self.recheck_s:
+                return self._listed
+        listed = self._s3_call(self._list_ids)
+        with self._lock:
+            self._listed, self._listed_at = listed, self._clock()
+        return listed
+
+    def _list_ids(self) -> frozenset[str]:
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{GAMES_PREFIX}/")
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        return frozenset(k[len(GAMES_PREFIX) + 1 : -len(SPEC_SUFFIX)] for k in keys if k.endswith(SPEC_SUFFIX))
+
+    def _s3_call(self, call: Callable[[], Any]) -> Any:
+        """One catalog request, waiting out an S3 outage unless told not to (``wait``)."""
+        with self._lock:
+            self.requests += 1
+        if not self.wait:
+            return call()
+        return retry(call, service="S3", endpoint=self.s3.meta.endpoint_url, unreachable=aws_unreachable)
 
     def register(self, spec: GameSpec) -> bool:
         """Declare a spec (idempotent); True if new. ``GameSpecConflict`` names the differences otherwise."""
         created = declare_game(self.bucket, spec, s3=self.s3)
         with self._lock:
             self._declared[spec.game_id] = spec
-            self._checked_at.pop(spec.game_id, None)
         return created
 
     def list_declared(self) -> list[GameSpec]:
         """Every declared spec, by game id."""
-        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{GAMES_PREFIX}/")
-        ids = sorted(
-            obj["Key"][len(GAMES_PREFIX) + 1 : -len("/spec.json")]
-            for page in pages
-            for obj in page.get("Contents", [])
-            if obj["Key"].endswith("/spec.json")
-        )
-        return [spec for game_id in ids if (spec := self.declared(game_id)) is not None]
+        return [spec for game_id in sorted(self.declared_ids()) if (spec := self.declared(game_id)) is not None]

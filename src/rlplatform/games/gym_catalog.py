@@ -16,6 +16,8 @@ def game_spec(game_id: str) -> GameSpec:
     Raises ``UnknownGameError`` for every game that cannot be resolved here, including registered ones
     whose environment cannot be built on this machine (Box2D, MuJoCo, ... not installed).
     """
+    if game_id not in gym.registry:  # before the cache: ids a client invents must not fill it
+        raise UnknownGameError(f"game_id: unknown game {game_id!r}")
     spec = _resolve(game_id)
     if isinstance(spec, str):
         raise UnknownGameError(f"game_id: {spec}")
@@ -24,10 +26,8 @@ def game_spec(game_id: str) -> GameSpec:
 
 @functools.cache
 def _resolve(game_id: str) -> GameSpec | str:
-    """The spec, or why there is none. Failures are cached too: a client repeating an unbuildable game id
-    must not make ingest import and fail an environment once per record."""
-    if game_id not in gym.registry:
-        return f"unknown game {game_id!r}"
+    """The spec of a registered id, or why there is none. Failures are cached too: a client repeating an
+    unbuildable game id must not make ingest import and fail an environment once per record."""
     try:
         env = gym.make(game_id)
         try:

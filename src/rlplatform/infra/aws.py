@@ -23,6 +23,9 @@ from rlplatform.infra.bootstrap import bootstrap as create_resources
 from rlplatform.settings import Settings
 
 _RETRIES = Config(retries={"max_attempts": 10, "mode": "adaptive"})
+# For a command a person waits on: an endpoint that is down is reported within seconds, not after 10 attempts.
+_FAIL_FAST = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+_config = _RETRIES
 # Emulators accept any credentials; these are given only to processes pointed at the embedded moto.
 EMULATOR_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -36,11 +39,18 @@ _USER_AWS_SETTINGS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN")
 
 
 def kinesis_client():
-    return boto3.client("kinesis", config=_RETRIES)
+    return boto3.client("kinesis", config=_config)
 
 
 def s3_client():
-    return boto3.client("s3", config=_RETRIES)
+    return boto3.client("s3", config=_config)
+
+
+def fail_fast() -> None:
+    """Clients made from now on in this process give up on an unreachable endpoint after two attempts (the
+    operator commands: a person is waiting); the stages keep the patient default."""
+    global _config
+    _config = _FAIL_FAST
 
 
 def bootstrap(settings: Settings) -> None:

@@ -1,12 +1,15 @@
-"""Dead letters in the bucket: ingest writes them (one object per micro-batch and shard), ``rlplatform dlq``
+"""Dead letters in the bucket: ingest writes them (one object per job, micro-batch and shard), ``rlplatform dlq``
 reads them back as counts by reason with samples. Neither side needs Spark."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rlplatform.infra import aws
 from rlplatform_client.contract import REJECT_KINDS
@@ -16,6 +19,9 @@ DEAD_LETTER_PREFIX = "dead-letters/"
 # The reasons ingest itself adds to the contract's (a dead letter's ``kind``).
 CONFLICT = "conflicting_resend"
 PARSER_ERROR = "parser_error"
+# The contract's reason for a step after its episode's end, which ingest also gives a step whose episode's end
+# was stored from an earlier record.
+STEP_AFTER_END = "step_after_end"
 # Every reason a record can be dead-lettered for, with its meaning (the docs' reference page is generated from it).
 REASONS: dict[str, str] = {
     **REJECT_KINDS,
@@ -24,15 +30,35 @@ REASONS: dict[str, str] = {
     PARSER_ERROR: "the parser itself failed on the record: a bug in rlplatform, please report it; the record is "
     "dead-lettered instead of failing its batch",
 }
+# The file in an ingest job's checkpoint that holds its id (see job_id).
+JOB_ID_FILE = "dead-letters-job-id"
 # A dead letter keeps this much of its record.
 DEAD_LETTER_SAMPLE_BYTES = 2048
 
 
-def write_dead_letters(bucket: str, batch_id: int, dead: list[dict], shard_id: str | None = None) -> None:
-    """One object per micro-batch and shard (a replay overwrites it with the same letters); an unreachable S3 is
-    waited out, so no dead letter is lost."""
-    name = f"batch-{batch_id:09d}" + (f"-{shard_id}" if shard_id else "")
-    key = f"{DEAD_LETTER_PREFIX}{time.strftime('%Y/%m/%d')}/{name}.jsonl"
+def dead_letter_key(job_id: str, batch_id: int, shard_id: str, arrived: float) -> str:
+    """Where one micro-batch's dead letters of one shard go: under the UTC day its first record arrived in the
+    stream, the ingest job's id (one per checkpoint) and the batch. Two jobs never share a name; a batch
+    replayed by the same job after a crash has the same records, so the same name (it overwrites itself)."""
+    day = time.strftime("%Y/%m/%d", time.gmtime(arrived))
+    return f"{DEAD_LETTER_PREFIX}{day}/{job_id}/batch-{batch_id:09d}-{shard_id}.jsonl"
+
+
+def job_id(checkpoint: Path) -> str:
+    """The ingest job's id, made at its first start and kept in its checkpoint: the same job keeps it across
+    restarts, another job (another checkpoint) has its own."""
+    path = checkpoint / JOB_ID_FILE
+    if not path.exists():
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(uuid.uuid4().hex)
+        os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+def write_dead_letters(bucket: str, key: str, dead: list[dict]) -> None:
+    """Write one object of dead letters (see ``dead_letter_key``); an unreachable S3 is waited out, so no dead
+    letter is lost."""
     body = "\n".join(json.dumps(d) for d in dead).encode()
     s3 = aws.s3_client()
     retry(

@@ -22,9 +22,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from rlplatform.games import GameCatalog, game_spec
 from rlplatform.infra import processes
-from rlplatform.ingest.dead_letters import CONFLICT, DEAD_LETTER_SAMPLE_BYTES, write_dead_letters
+from rlplatform.ingest.dead_letters import (
+    CONFLICT,
+    DEAD_LETTER_SAMPLE_BYTES,
+    STEP_AFTER_END,
+    dead_letter_key,
+    job_id,
+    write_dead_letters,
+)
 from rlplatform.ingest.kinesis_source import record_progress
 from rlplatform.ingest.parse import Rejected, parse
 from rlplatform.settings import Settings
@@ -122,18 +131,29 @@ def process_records(
     """
     result = BatchResult(records=len(records))
     dead: list[dict] = []
-    write = store.write if settings is None else lambda g, b: wait_for_store(settings, lambda: store.write(g, b))
+    write, after_end = store.write, store.after_end
+    if settings is not None:  # a store that is away is waited out
+        write = lambda g, b: wait_for_store(settings, lambda: store.write(g, b))  # noqa: E731
+        after_end = lambda g, b: wait_for_store(settings, lambda: store.after_end(g, b))  # noqa: E731
     written: set[str] = set()
     for part in _slices(records, slice_records, slice_bytes):
         parsed = parse_slice(part, bucket)
         for game_id, batch in parsed.batches.items():
+            late = after_end(game_id, batch)
+            if late:
+                dead += step_letters(STEP_AFTER_END, AFTER_END, game_id, batch, late)
+                result.rejected[STEP_AFTER_END] += len(late)
+                batch = batch[np.setdiff1d(np.arange(len(batch)), late)]
+            if not len(batch):
+                continue
             new = write(game_id, batch)
             written.add(game_id)
             result.stored += new
             if new < len(batch):  # some keys were there already: a replay, or a client re-sending steps
-                conflicts = conflict_letters(game_id, batch, store.conflicting(game_id, batch))
-                result.rejected[CONFLICT] += len(conflicts)
-                dead += conflicts
+                conflicts = step_letters(CONFLICT, RESENT, game_id, batch, store.conflicting(game_id, batch))
+                if conflicts:
+                    result.rejected[CONFLICT] += len(conflicts)
+                    dead += conflicts
         result.steps += parsed.steps
         for letter in parsed.dead:
             result.rejected[letter["kind"]] += 1
@@ -144,14 +164,19 @@ def process_records(
     return result, dead
 
 
-def conflict_letters(game_id: str, batch: TransitionBatch, rows: list[int]) -> list[dict]:
-    """One dead letter per step re-sent with content other than the stored one (which stays)."""
+# How a step dead letter ends, per reason (step_letters).
+AFTER_END = "follows the episode's end (a terminated or truncated step with a smaller t); not stored"
+RESENT = "re-sent with different content; the first one stays"
+
+
+def step_letters(kind: str, why: str, game_id: str, batch: TransitionBatch, rows: list[int]) -> list[dict]:
+    """One dead letter per step ``rows`` of ``batch``: a reason ingest finds per step, not per record (a step
+    after its episode's stored end, a step re-sent with other content); ``why`` ends its message."""
     return [
         {
-            "kind": CONFLICT,
+            "kind": kind,
             "field": "steps",
-            "error": f"steps: {game_id} episode {batch.episode_id[i]} step {batch.t[i]} re-sent with different"
-            " content; the first one stays",
+            "error": f"steps: {game_id} episode {batch.episode_id[i]} step {batch.t[i]} {why}",
             "game_id": game_id,
             "episode_id": str(batch.episode_id[i]),
             "t": int(batch.t[i]),
@@ -222,9 +247,10 @@ def _worker_store(settings: Settings) -> ExperienceStore:
     return store
 
 
-def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_arrivals: bool) -> Iterator:
+def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_arrivals: bool, job: str) -> Iterator:
     """Executor (``mapInArrow``): one task's records (one shard's, in order) parsed, validated and stored as
-    their pages arrive (the reading worker fetches the next page meanwhile), dead letters written; yields one
+    their pages arrive (the reading worker fetches the next page meanwhile), dead letters written under the
+    job's id ``job`` (``dead_letter_key``); yields one
     ``RESULT_SCHEMA`` row per shard: counts and the last sequence number stored (the driver's progress mark),
     with ``[arrival_ts, steps]`` per stored record when asked."""
     import pyarrow as pa
@@ -241,7 +267,8 @@ def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_a
         result, dead = process_records(records, store, settings=settings, bucket=settings.bucket)
         # A task reads one shard: every batch here is that shard's records, in order.
         acc = shards.setdefault(
-            cols["shard_id"][-1], {"result": BatchResult(), "dead": [], "arrivals": [], "last_seq": None}
+            cols["shard_id"][-1],
+            {"result": BatchResult(), "dead": [], "arrivals": [], "last_seq": None, "first": cols["arrival_ts"][0]},
         )
         acc["result"].merge(result)
         acc["dead"] += dead
@@ -251,7 +278,8 @@ def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_a
     rows = []
     for shard_id, acc in shards.items():
         if acc["dead"]:
-            write_dead_letters(settings.bucket, batch_id, acc["dead"], shard_id)
+            key = dead_letter_key(job, batch_id, shard_id, acc["first"])
+            write_dead_letters(settings.bucket, key, acc["dead"])
         result = acc["result"]
         rows.append(
             {
@@ -340,11 +368,12 @@ def run(
     spark.sparkContext.setLogLevel("WARN")
     spark.dataSource.register(KinesisDataSource)
     progress = checkpoint / "progress.json"
+    job = job_id(checkpoint)
 
     def on_batch(batch_df, batch_id: int) -> None:
         started = time.perf_counter()
         write = functools.partial(
-            write_partition, batch_id=batch_id, settings=settings, with_arrivals=metrics is not None
+            write_partition, batch_id=batch_id, settings=settings, with_arrivals=metrics is not None, job=job
         )
         rows = [row.asDict() for row in batch_df.mapInArrow(write, RESULT_SCHEMA).collect()]
         # Only now, with every shard's records stored, may the next batch start after them.

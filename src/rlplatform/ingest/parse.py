@@ -106,6 +106,8 @@ def _header(doc: object) -> tuple[str, str, int, list] | None:
     model_version, steps = doc["model_version"], doc["steps"]
     if not (type(game_id) is str and 1 <= len(game_id) <= 64 and type(client_id) is str and 1 <= len(client_id) <= 128):
         return None
+    if not (game_id.isprintable() and client_id.isprintable()):
+        return None
     if type(episode_id) is not str or not 1 <= len(episode_id) <= 64:
         return None
     episode_id = canonical_episode_id(episode_id)  # ContractError -> reference path

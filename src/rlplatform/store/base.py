@@ -233,6 +233,28 @@ class ExperienceStore(abc.ABC):
     def _stored(self, game_id: str, batch: TransitionBatch) -> TransitionBatch:
         """The stored rows whose ``(episode_id, t)`` keys appear in ``batch``, in any order."""
 
+    def after_end(self, game_id: str, batch: TransitionBatch) -> list[int]:
+        """Indices of the rows of ``batch`` that follow the end of their episode: a terminated or truncated step
+        at a smaller ``t``, stored already or in ``batch`` itself.
+
+        Ingest dead-letters them (``step_after_end``) instead of writing them, so the store never holds a step
+        after a terminal state, whatever record it came in; a replay of the end itself is not after it. An
+        episode whose end was dropped by retention or expired has no end here any more.
+        """
+        if len(batch) == 0:
+            return []
+        episodes, ts = batch.episode_id.tolist(), batch.t.tolist()
+        ends = self._episode_ends(game_id, sorted(set(episodes)))
+        done = (batch.terminated | batch.truncated).tolist()
+        for e, t, d in zip(episodes, ts, done, strict=True):
+            if d and t < ends.get(e, t + 1):
+                ends[e] = t
+        return [i for i, (e, t) in enumerate(zip(episodes, ts, strict=True)) if t > ends.get(e, t)]
+
+    @abc.abstractmethod
+    def _episode_ends(self, game_id: str, episode_ids: list[str]) -> dict[str, int]:
+        """For each of ``episode_ids`` with a terminated or truncated step stored, the smallest such ``t``."""
+
     def live_returns(self, game_id: str) -> dict[int, LiveReturns]:
         """Per model version, the return and length of the finished episodes the clients played with it
         (``live_returns_of``): the measure that works for every game, simulator or not. It reads a few

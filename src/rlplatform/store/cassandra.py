@@ -1,6 +1,6 @@
 """Cassandra adapter (compose / aws profiles): Apache Cassandra 4/5, ScyllaDB and Amazon Keyspaces.
 
-Schema (one keyspace, four tables; every query names a full partition key with equality, so none
+Schema (one keyspace, five tables; every query names a full partition key with equality, so none
 needs ALLOW FILTERING, a secondary index or a materialized view):
 
 ``segments ((game_id, chunk), block, start)``
@@ -28,6 +28,10 @@ needs ALLOW FILTERING, a secondary index or a materialized view):
     (one row per episode per write, as a chunk arrives), then the segments. A redelivered step is not
     counted again; if its segment is missing (a writer died between the two phases) it is written at its
     recorded seq, which repairs that write.
+``episode_ends ((game_id, episode_id)) -> t_end``
+    The episode's earliest terminated or truncated step, written with the runs of the write that stores it;
+    ingest reads it for the episodes of a batch (one single-partition read each) to refuse steps after an end
+    (``after_end``).
 ``games (game_id)``
     obs_dim, action dtype/dim, rows_per_partition and block_steps, fixed by the game's first write (LWT).
 
@@ -39,7 +43,7 @@ steps is ~5 requests. A partition takes at most 1,000 write units/s (1 KB each):
 partition of a game, so one game's ingest is bounded there by ~1 MB/s of stored steps (~15,000 CartPole
 steps/s); reads spread over every partition.
 
-Retention is TTL: every ``segments`` and ``episode_runs`` row is written ``USING TTL``
+Retention is TTL: every ``segments``, ``episode_runs`` and ``episode_ends`` row is written ``USING TTL``
 ``RLP_CASSANDRA_TTL_SECONDS``, so the cluster drops it that long after it was written, with no delete
 traffic from us (TimeWindowCompactionStrategy is the natural compaction for these tables; it is not
 set here because Keyspaces rejects compaction options). Because seqs are handed out in write order,
@@ -100,8 +104,8 @@ IN_LIMIT = 100
 BATCH_STATEMENTS = 30
 BATCH_BYTES = 32 * 1024
 # Tables, in creation order. Experience tables carry a TTL; the other two are O(games) metadata.
-TABLES = ("games", "seq_alloc", "segments", "episode_runs")
-TTL_TABLES = ("segments", "episode_runs")
+TABLES = ("games", "seq_alloc", "segments", "episode_runs", "episode_ends")
+TTL_TABLES = ("segments", "episode_runs", "episode_ends")
 # Tables of the layout before segments (one row per step), which this adapter does not read.
 LEGACY_TABLES = ("transitions", "transition_keys")
 _SEGMENT_COLUMNS = "start, episode_id, t, obs, action, reward, next_obs, flags, model_version"
@@ -151,6 +155,8 @@ def schema_cql(keyspace: str, keyspaces_service: bool = False) -> dict[str, str]
         f" model_version blob, written_at timestamp, PRIMARY KEY ((game_id, chunk), block, start)){ttl}",
         "episode_runs": f"CREATE TABLE IF NOT EXISTS {ks}.episode_runs (game_id text, episode_id text,"
         f" t_last bigint, t_first bigint, seq_first bigint, PRIMARY KEY ((game_id, episode_id), t_last)){ttl}",
+        "episode_ends": f"CREATE TABLE IF NOT EXISTS {ks}.episode_ends (game_id text, episode_id text, t_end bigint,"
+        f" PRIMARY KEY ((game_id, episode_id))){ttl}",
     }
 
 
@@ -169,6 +175,8 @@ def statements(keyspace: str, ttl_seconds: int) -> dict[str, str]:
         " AND t_last >= ?",
         "insert_run": f"INSERT INTO {ks}.episode_runs (game_id, episode_id, t_last, t_first, seq_first)"
         f" VALUES (?, ?, ?, ?, ?) USING TTL {ttl}",
+        "insert_end": f"INSERT INTO {ks}.episode_ends (game_id, episode_id, t_end) VALUES (?, ?, ?) USING TTL {ttl}",
+        "select_end": f"SELECT t_end FROM {ks}.episode_ends WHERE game_id = ? AND episode_id = ?",
         "insert_segment": f"INSERT INTO {ks}.segments (game_id, chunk, block, {_SEGMENT_COLUMNS}, written_at)"
         f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL {ttl}",
         "select_blocks": f"SELECT {_SEGMENT_COLUMNS} FROM {ks}.segments WHERE game_id = ? AND chunk = ? AND block IN ?",
@@ -347,6 +355,7 @@ class CassandraStore(ExperienceStore):
             first = self._reserve(game_id, len(new))
             placed = placed + [(i, first + k) for k, i in enumerate(new)]
             self._batched("insert_run", _runs(game_id, episodes, ts, new, first))
+            self._batched("insert_end", _ends(game_id, episodes, ts, batch, new))
         if placed:
             placed.sort(key=lambda p: p[1])
             rows = np.array([i for i, _ in placed], dtype=np.int64)
@@ -399,6 +408,11 @@ class CassandraStore(ExperienceStore):
         episodes, ts = [str(e) for e in batch.episode_id.tolist()], batch.t.astype(np.int64).tolist()
         seqs = sorted(set(self._recorded_seqs(game_id, episodes, ts).values()))
         return self._pool(game, game_id, seqs).held(seqs)[1]
+
+    def _episode_ends(self, game_id: str, episode_ids: list[str]) -> dict[str, int]:
+        """One single-partition read per episode, all in flight together."""
+        results = self._concurrent("select_end", [(game_id, e) for e in episode_ids])
+        return {e: int(row.t_end) for e, rows in zip(episode_ids, results, strict=True) for row in rows}
 
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
@@ -495,7 +509,7 @@ class CassandraStore(ExperienceStore):
 
     def _batched(self, name: str, params: list[tuple]) -> None:
         """Run a prepared write once per parameter tuple, as unlogged batches of one partition each (the first
-        two values are the partition key of both tables written this way), CONCURRENCY requests in flight. A
+        two values are the partition key of every table written this way), CONCURRENCY requests in flight. A
         row whose values alone exceed ``BATCH_BYTES`` goes as a statement of its own."""
         by_partition: dict[tuple, list[tuple]] = {}
         for row in params:
@@ -677,6 +691,17 @@ class CassandraStore(ExperienceStore):
         if game is None:
             raise RuntimeError(f"{game_id}: game row missing right after its insert")
         return game
+
+
+def _ends(game_id: str, episodes: list[str], ts: list[int], batch: TransitionBatch, rows: list[int]) -> list[tuple]:
+    """``episode_ends`` rows ``(game_id, episode_id, t_end)``: each episode's earliest terminated or truncated step
+    among batch rows ``rows`` (the new ones)."""
+    done = batch.terminated | batch.truncated
+    ends: dict[str, int] = {}
+    for i in rows:
+        if done[i] and ts[i] < ends.get(episodes[i], ts[i] + 1):
+            ends[episodes[i]] = ts[i]
+    return [(game_id, e, t) for e, t in ends.items()]
 
 
 def _runs(game_id: str, episodes: list[str], ts: list[int], rows: list[int], first: int) -> list[tuple]:

@@ -27,6 +27,8 @@ from rlplatform.store.base import (
 )
 
 _COLUMNS = "episode_id, t, obs, action, reward, next_obs, terminated, truncated, model_version"
+# Values per IN (...) list: below SQLite's default limit of host parameters (999 before 3.32).
+_IN_CHUNK = 500
 
 
 class SqliteStore(ExperienceStore):
@@ -111,6 +113,23 @@ class SqliteStore(ExperienceStore):
                     f"SELECT {_COLUMNS} FROM {table} WHERE episode_id = ? AND t BETWEEN ? AND ?", (episode_id, lo, hi)
                 ).fetchall()
         return shapes.to_batch(rows)
+
+    def _episode_ends(self, game_id: str, episode_ids: list[str]) -> dict[str, int]:
+        game = self._known_game(game_id)
+        if game is None:
+            return {}
+        ends: dict[str, int] = {}
+        with self._lock:
+            for i in range(0, len(episode_ids), _IN_CHUNK):
+                part = episode_ids[i : i + _IN_CHUNK]
+                ends |= dict(
+                    self._conn.execute(
+                        f"SELECT episode_id, MIN(t) FROM {game[0]} WHERE episode_id IN ({','.join('?' * len(part))})"
+                        " AND (terminated OR truncated) GROUP BY episode_id",
+                        part,
+                    ).fetchall()
+                )
+        return ends
 
     def _episode_steps(self, game_id: str) -> EpisodeSteps:
         game = self._known_game(game_id)
