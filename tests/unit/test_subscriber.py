@@ -438,3 +438,26 @@ def test_action_models_are_acted_on_inside_the_box_and_must_have_the_named_outpu
     publish(3, {"name": "action", "kind": "action", "sample": "action_sample"})
     with pytest.raises(ModelLoadError, match="names sample output 'action_sample', the model has \\['action'\\]"):
         sub.poll()
+
+
+def test_nothing_the_bucket_holds_reaches_the_game_as_anything_but_a_model_error(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest with a discrete observation space (no game here has one) is a ManifestError, and a failure
+    nobody foresaw while reading the pointer is a ModelLoadError: the game catches ModelError and plays on."""
+    sub = _held_v1(s3)
+    doc = json.loads(manifest_for(2, b"m").to_json())
+    doc["observation_space"] = {"type": "discrete", "n": 4}
+    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=json.dumps(doc).encode())
+    with pytest.raises(ManifestError, match="observation_space: must be a 1-D box"):
+        sub.poll()
+
+    def unforeseen(_body: bytes) -> None:
+        raise KeyError("shape")
+
+    monkeypatch.setattr("rlplatform_client.subscriber.ManifestDocument.from_json", unforeseen)
+    v2 = tiny_model(PICK_SECOND)
+    publish_model(s3, BUCKET, manifest_for(2, v2), v2, SIGNING_KEY)
+    with pytest.raises(ModelLoadError, match="the model pointer could not be read: KeyError"):
+        sub.poll()
+    assert (sub.version, sub.rejected_loads) == (1, 2)

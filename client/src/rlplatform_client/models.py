@@ -240,7 +240,9 @@ def _validate(doc: dict) -> None:
     _str(doc, "algorithm")
     _int(doc, "learner_step", minimum=0)
     _eval_return(doc)
-    _space(doc, "observation_space")
+    observation = _space(doc, "observation_space")
+    if observation["type"] != "box" or len(observation["shape"]) != 1:
+        raise ManifestError("observation_space", f"must be a 1-D box (float32[obs_dim]), got {observation!r}")
     _action_space(doc)
     _output(doc)
     try:

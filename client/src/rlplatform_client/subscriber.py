@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from .games import GameSpec
 from .models import (
@@ -201,11 +201,10 @@ class ModelSubscriber:
                 return False
             body, etag = pointer
             try:
-                manifest = self._parse(body)
-                if manifest.version <= self.version:
+                manifest, loaded = self._verified(body)
+                if loaded is None:
                     self._settle(etag)
                     return False
-                loaded = self._download_and_load(manifest)
             except ModelError as exc:
                 # Remember the ETag of a bad model: re-downloading it every poll helps nobody; the publisher
                 # fixes it with a new pointer (new ETag). Network errors propagate WITHOUT updating the ETag,
@@ -220,6 +219,24 @@ class ModelSubscriber:
                 self.verified_loads += 1
             log.info("loaded model %s v%d (sha256 %s…)", self.game_id, manifest.version, manifest.sha256[:12])
             return True
+
+    def _verified(self, body: bytes) -> tuple[ModelManifest, _Loaded | None]:
+        """The pointer's manifest and its model, loaded and checked (None: not newer than the one held).
+
+        Whatever the bucket holds ends here as a ``ModelError``: an unexpected failure while reading what it
+        holds is one too (``ModelLoadError``), so it reaches the game as a refused model, never as another
+        exception. Network errors (botocore's) propagate as they are: the next poll retries them.
+        """
+        try:
+            manifest = self._parse(body)
+            if manifest.version <= self.version:
+                return manifest, None
+            return manifest, self._download_and_load(manifest)
+        except (ModelError, ClientError, BotoCoreError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the net that keeps a hostile bucket out of the game
+            log.exception("unexpected failure reading the model pointer of %s", self.game_id)
+            raise ModelLoadError(f"the model pointer could not be read: {type(exc).__name__}: {exc}") from exc
 
     def _settle(self, etag: str, missing: bool = False) -> None:
         """Done with the pointer ``etag``; a missing model is looked for again after a backoff delay."""
