@@ -1,8 +1,9 @@
 """The running ingest job dead-letters bad records to S3 and keeps storing good ones, also after a restart.
 
 The poison is every kind the unit tests and the parser fuzzing know, including the two that once stopped
-ingest for good (a 5000-digit integer, a registered game that cannot be built here), sent between good
-records in one PutRecords call.
+ingest for good (a 5000-digit integer, a registered game that cannot be built here) and strings no key can
+encode (a lone surrogate, a NUL), sent between good records in one PutRecords call; then steps after an
+episode's end that was stored from an earlier record.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client.contract import Chunk, Step, encode_chunk
 from tests.support import wait_for
-from tests.unit.test_ingest_records import BAD
+from tests.unit.test_ingest_records import BAD, steps_from
 
 pytestmark = pytest.mark.e2e
 
@@ -57,15 +58,21 @@ def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path
             report = read_dead_letters(settings.bucket)
             kinds = [kind for _, kind in cases]
             assert dict(report.counts) == {kind: kinds.count(kind) for kind in kinds}
-            # Still running: later good records are stored too.
-            put(settings.stream_name, [good_record(7)])
-            wait_for(lambda: store.count("CartPole-v1") == 22, 60, "22 stored steps", job.check_alive)
+            # Still running: later good records are stored too; an episode's end holds for a later record.
+            episode = str(uuid.uuid4())
+            put(settings.stream_name, [good_record(7), steps_from(episode, 0, 3, end=True)])
+            wait_for(lambda: store.count("CartPole-v1") == 25, 60, "25 stored steps", job.check_alive)
+            put(settings.stream_name, [steps_from(episode, 3, 2)])
+            wait_for(lambda: dead_letters() == len(bad) + 2, 60, "two steps after the end", job.check_alive)
+            after_end = read_dead_letters(settings.bucket, samples_per_kind=3).samples["step_after_end"]
+            per_step = [(d["episode_id"], d["t"]) for d in after_end if "t" in d]  # not the in-chunk case of BAD
+            assert per_step == [(episode, 3), (episode, 4)]
             # And it survives a restart from its checkpoint: poison again between good records.
             job.stop()
             job.start()
             put(settings.stream_name, [good_record(3), bad[0], good_record(4)])
-            wait_for(lambda: store.count("CartPole-v1") == 29, 180, "29 stored steps", job.check_alive)
-            wait_for(lambda: dead_letters() == len(bad) + 1, 60, "one more dead letter", job.check_alive)
+            wait_for(lambda: store.count("CartPole-v1") == 32, 180, "32 stored steps", job.check_alive)
+            wait_for(lambda: dead_letters() == len(bad) + 3, 60, "one more dead letter", job.check_alive)
     finally:
         if job is not None:
             job.stop()

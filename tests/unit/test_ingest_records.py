@@ -27,6 +27,13 @@ def chunk_bytes(n: int = 3, episode_id: str | None = None, **overrides: object) 
     return json.dumps(doc).encode()
 
 
+def with_doc(**fields: object) -> bytes:
+    """A valid record with top-level fields replaced (any string JSON can escape, lone surrogates included)."""
+    doc = json.loads(chunk_bytes(1))
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
 def with_step(**fields: object) -> bytes:
     doc = json.loads(chunk_bytes(1))
     doc["steps"][0].update(fields)
@@ -88,6 +95,10 @@ BAD = {
         "wrong_type",
         "model_version",
     ),
+    # Legal JSON escapes that no S3 key or store can encode: once, the catalog's key encoding raised.
+    "a lone surrogate in the game id": (chunk_bytes(game_id="Cart\ud800"), "bad_string", "game_id"),
+    "a NUL in the client id": (chunk_bytes(client_id="bot\x00"), "bad_string", "client_id"),
+    "a lone surrogate in the episode id": (with_doc(episode_id="\udfff"), "bad_string", "episode_id"),
     # Registered with gymnasium, but Box2D is not installed: building it raised DependencyNotInstalled.
     "a game that cannot be built here": (chunk_bytes(game_id="LunarLander-v3"), "unknown_game", "game_id"),
 }

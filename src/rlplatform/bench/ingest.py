@@ -128,6 +128,12 @@ class IngestBenchConfig:
     junk_records_per_s: float = 175.0
 
 
+# The largest retention the settings allow: nothing a run stores is dropped.
+BENCH_MAX_TRANSITIONS = next(
+    m.le for m in Settings.model_fields["max_transitions_per_game"].metadata if hasattr(m, "le")
+)
+
+
 def random_batch(n: int, rng: np.random.Generator) -> TransitionBatch:
     """``n`` CartPole-shaped transitions of one fresh episode."""
     obs = rng.uniform(-1, 1, (n, OBS_DIM)).astype(np.float32)
@@ -378,8 +384,15 @@ def _run_target(cfg: IngestBenchConfig, target: Target, work: Path) -> dict:
             result["store_ceiling_per_s"] = round(store_ceiling(store))
         stack.enter_context(_fresh_stream(stream, cfg.shards))
         try:
+            # Retention off (its maximum): the bench reconciles every key sent against the store, and a run that
+            # keeps up sends more than the default million per game.
             job_settings = settings.model_copy(
-                update={"stream_name": stream, "shard_count": cfg.shards, "ingest_trigger_seconds": cfg.trigger_seconds}
+                update={
+                    "stream_name": stream,
+                    "shard_count": cfg.shards,
+                    "ingest_trigger_seconds": cfg.trigger_seconds,
+                    "max_transitions_per_game": BENCH_MAX_TRANSITIONS,
+                }
             )
             env = settings_env(job_settings, emulator.env())
             (work / "metrics.jsonl").unlink(missing_ok=True)
