@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -19,10 +21,13 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
-def test_an_unreachable_bucket_is_one_line_naming_it(command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreachable_bucket_is_one_line_naming_it(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(aws, "_config", aws._config)  # restored afterwards: fail_fast is for this command only
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    result = CliRunner().invoke(app, command, env={"AWS_ENDPOINT_URL": endpoint})
+    env = {"AWS_ENDPOINT_URL": endpoint, "RLP_SQLITE_PATH": str(tmp_path / "s.sqlite")}
+    result = CliRunner().invoke(app, command, env=env)
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: S3 at {endpoint}: Could not connect"), lines
