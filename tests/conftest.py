@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from rlplatform.registry import keys
 from rlplatform.settings import CassandraSettings, Settings
@@ -24,10 +23,7 @@ CASSANDRA_ENV = "RLP_TEST_CASSANDRA_CONTACT_POINTS"
 def model_keyring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A keyring of the session's signing key: trainers sign with it, simulated clients trust it."""
     directory = tmp_path_factory.mktemp("keys")
-    private = SIGNING_KEY.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (directory / keys.SIGNING_KEY).write_bytes(private)
+    (directory / keys.SIGNING_KEY).write_bytes(keys.private_pem(SIGNING_KEY))
     (directory / keys.TRUSTED_KEYS).write_bytes(TRUSTED_KEYS)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RLP_SIGNING_KEY_FILE", str(directory / keys.SIGNING_KEY))

@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -44,6 +45,7 @@ from rlplatform_client.stopping import set_on_signals
 log = logging.getLogger(__name__)
 # What each write task sends back to the driver: one row per shard, no record data.
 RESULT_SCHEMA = "shard_id string, last_seq string, records long, stored long, rejected string, arrivals string"
+T = TypeVar("T")
 # Records per Arrow batch handed to a write task (see run).
 WRITE_BATCH_RECORDS = 256
 # How long a stop waits for the micro-batch in flight before stopping the query.
@@ -131,10 +133,14 @@ def process_records(
     """
     result = BatchResult(records=len(records))
     dead: list[dict] = []
-    write, after_end = store.write, store.after_end
-    if settings is not None:  # a store that is away is waited out
-        write = lambda g, b: wait_for_store(settings, lambda: store.write(g, b))  # noqa: E731
-        after_end = lambda g, b: wait_for_store(settings, lambda: store.after_end(g, b))  # noqa: E731
+
+    def patient(call: Callable[[str, TransitionBatch], T]) -> Callable[[str, TransitionBatch], T]:
+        """``call``, waiting out a store that is away when there are ``settings``."""
+        if settings is None:
+            return call
+        return lambda game_id, batch: wait_for_store(settings, lambda: call(game_id, batch))
+
+    write, after_end = patient(store.write), patient(store.after_end)
     written: set[str] = set()
     for part in _slices(records, slice_records, slice_bytes):
         parsed = parse_slice(part, bucket)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from rlplatform.settings import Settings
 from rlplatform_client.signing import SignatureError, key_id, load_private_key, load_trusted_keys, public_pem
@@ -54,24 +54,25 @@ def rotate(directory: Path) -> str:
 
 def retire(directory: Path, kid: str) -> None:
     """Stop trusting the public key ``kid``; the signing key cannot be retired (rotate first)."""
-    keys = listing(directory)
-    if kid not in {k.key_id for k in keys}:
-        raise KeyringError(f"no key {kid!r} in {directory / TRUSTED_KEYS} (keys: {', '.join(k.key_id for k in keys)})")
-    if any(k.signs and k.key_id == kid for k in keys):
+    signer, trusted = key_id(_signing_key(directory).public_key()), _trusted(directory)
+    if kid not in trusted:
+        raise KeyringError(f"no key {kid!r} in {directory / TRUSTED_KEYS} (keys: {', '.join(trusted)})")
+    if kid == signer:
         raise KeyringError(f"key {kid} signs new models: `keys rotate` first, then retire it")
-    trusted = load_trusted_keys((directory / TRUSTED_KEYS).read_bytes())
     _write(directory / TRUSTED_KEYS, b"".join(public_pem(key) for k, key in trusted.items() if k != kid))
 
 
 def listing(directory: Path) -> list[KeyInfo]:
     """The trusted keys, the signing key's first."""
     signer = key_id(_signing_key(directory).public_key())
-    path = directory / TRUSTED_KEYS
-    try:
-        trusted = load_trusted_keys(path.read_bytes())
-    except (OSError, SignatureError) as exc:
-        raise KeyringError(f"{path}: {exc}") from None
-    return [KeyInfo(kid, kid == signer) for kid in trusted]
+    return [KeyInfo(kid, kid == signer) for kid in _trusted(directory)]
+
+
+def private_pem(key: Ed25519PrivateKey) -> bytes:
+    """``key`` as the keyring stores it: unencrypted PKCS#8 PEM."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def signing_key(settings: Settings) -> Ed25519PrivateKey:
@@ -108,13 +109,20 @@ def _signing_key(directory: Path) -> Ed25519PrivateKey:
         raise KeyringError(f"{path}: {exc}") from None
 
 
+def _trusted(directory: Path, missing_ok: bool = False) -> dict[str, Ed25519PublicKey]:
+    """The keyring's trusted public keys by id (none for a missing bundle when ``missing_ok``)."""
+    path = directory / TRUSTED_KEYS
+    if missing_ok and not path.exists():
+        return {}
+    try:
+        return load_trusted_keys(path.read_bytes())
+    except (OSError, SignatureError) as exc:
+        raise KeyringError(f"{path}: {exc}") from None
+
+
 def _trusted_pems(directory: Path, signer: Ed25519PrivateKey) -> list[bytes]:
     """The trusted public keys as PEM, the current signer's included even if the bundle lost it."""
-    path = directory / TRUSTED_KEYS
-    try:
-        trusted = load_trusted_keys(path.read_bytes()) if path.exists() else {}
-    except SignatureError as exc:
-        raise KeyringError(f"{path}: {exc}") from None
+    trusted = _trusted(directory, missing_ok=True)
     trusted.setdefault(key_id(signer.public_key()), signer.public_key())
     return [public_pem(key) for key in trusted.values()]
 
@@ -124,10 +132,7 @@ def _install(directory: Path, key: Ed25519PrivateKey, trusted: list[bytes]) -> s
     trusted by the time anything is signed)."""
     directory.mkdir(parents=True, exist_ok=True)
     _write(directory / TRUSTED_KEYS, public_pem(key.public_key()) + b"".join(trusted))
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    _write(directory / SIGNING_KEY, private, mode=0o600)
+    _write(directory / SIGNING_KEY, private_pem(key), mode=0o600)
     return key_id(key.public_key())
 
 
