@@ -102,9 +102,6 @@ class Settings(BaseSettings):
         description="Retention: ingest keeps at most this many transitions per game in the store and drops the "
         "oldest (beside the Cassandra TTL), like a replay buffer of this capacity; sampling is uniform over them.",
     )
-    checkpoint_dir: Path = Field(
-        Path("runs/checkpoints"), description="Where trainers keep their RLlib checkpoints (one folder per game)."
-    )
     ingest_trigger_seconds: float = Field(
         1.0, ge=0, description="Seconds between micro-batches of the ingest job; 0 runs them back to back."
     )

@@ -82,7 +82,7 @@ def play(producer: ExperienceProducer, models: ModelSubscriber, rng: np.random.G
 
 def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path) -> None:
     assert GAME not in gym.registry
-    settings = Settings(sqlite=SqliteSettings(path=tmp_path / "s.sqlite"), checkpoint_dir=tmp_path / "checkpoints")
+    settings = Settings(sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
     moto = aws.MotoServer.start()
     job, trainer = None, None
     try:
@@ -91,7 +91,6 @@ def test_a_game_only_the_clients_know_learns_through_the_pipeline(tmp_path: Path
         env = {
             **os.environ,
             "RLP_SQLITE_PATH": str(settings.sqlite.path),
-            "RLP_CHECKPOINT_DIR": str(settings.checkpoint_dir),
             "RLP_INGEST_TRIGGER_SECONDS": "0.2",
         }
         spec_file = tmp_path / "cue.json"

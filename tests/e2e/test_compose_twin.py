@@ -89,11 +89,10 @@ class Twin:
         self.procs: dict[str, subprocess.Popen] = {}
         self.spark_port, self.spark_ui, self.worker_ui = free_port(), free_port(), free_port()
         self.ray_port, self.dashboard_port = free_port(), free_port()
-        self.settings = store.model_copy(update={"checkpoint_dir": tmp / "checkpoints"})
+        self.settings = store
         self.ports = {7077: self.spark_port, 8080: self.spark_ui, 6379: self.ray_port, 8265: self.dashboard_port}
         # The compose secret and the clients' mount of the keyring (keys/), as the session's keyring.
         self.paths = {
-            "/checkpoints/": f"{tmp}/checkpoints/",
             "/run/secrets/model-signing-key": str(keyring / keys.SIGNING_KEY),
             "/etc/rlplatform/trusted.pem": str(keyring / keys.TRUSTED_KEYS),
         }
@@ -111,7 +110,6 @@ class Twin:
             "RLP_CASSANDRA_CONTACT_POINTS": self.settings.cassandra.contact_points,
             "RLP_CASSANDRA_PORT": str(self.settings.cassandra.port),
             "RLP_CASSANDRA_KEYSPACE": self.settings.cassandra.keyspace,
-            "RLP_CHECKPOINT_DIR": str(self.settings.checkpoint_dir),
             "RLP_SIGNING_KEY_FILE": self.paths["/run/secrets/model-signing-key"],
         }
 

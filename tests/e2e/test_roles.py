@@ -129,7 +129,7 @@ class RolesStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolesStack]:
     tmp = tmp_path_factory.mktemp("roles")
-    settings = Settings(sqlite=SqliteSettings(path=tmp / "s.sqlite"), checkpoint_dir=tmp / "checkpoints")
+    settings = Settings(sqlite=SqliteSettings(path=tmp / "s.sqlite"))
     moto = aws.MotoServer.start()
     procs: dict[str, subprocess.Popen] = {}
     job = None
@@ -139,7 +139,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolesStack]:
         base = {
             **moto.env(),
             "RLP_SQLITE_PATH": str(settings.sqlite.path),
-            "RLP_CHECKPOINT_DIR": str(settings.checkpoint_dir),
             "RLP_INGEST_TRIGGER_SECONDS": "0.2",
         }
         roles = RolesStack(ids, settings, base, tmp, procs)

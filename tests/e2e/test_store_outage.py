@@ -50,7 +50,7 @@ def node(tmp_path: Path) -> Iterator[cassandra_node.CassandraNode]:
 
 def test_ingest_and_trainer_wait_out_a_store_outage(tmp_path: Path, node: cassandra_node.CassandraNode) -> None:
     settings = Settings(
-        store="cassandra", cassandra=CassandraSettings(port=node.port), checkpoint_dir=tmp_path / "checkpoints"
+        store="cassandra", cassandra=CassandraSettings(port=node.port)
     )
     moto = aws.MotoServer.start()
     job: IngestJob | None = None
@@ -62,7 +62,6 @@ def test_ingest_and_trainer_wait_out_a_store_outage(tmp_path: Path, node: cassan
             **moto.env(),
             "RLP_STORE": "cassandra",
             "RLP_CASSANDRA_PORT": str(node.port),
-            "RLP_CHECKPOINT_DIR": str(settings.checkpoint_dir),
             "RLP_INGEST_TRIGGER_SECONDS": "0.2",
         }
         job = IngestJob(tmp_path / "ingest-ckpt", tmp_path / "metrics.jsonl", env, tmp_path / "ingest.log")

@@ -64,7 +64,7 @@ def engines() -> Iterator[dict[str, str]]:
 
 
 def test_localstack_and_cassandra_pipeline_publishes_a_model(engines: dict[str, str], tmp_path: Path) -> None:
-    env = {**os.environ, **engines, "RLP_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
+    env = {**os.environ, **engines}
     saved = dict(os.environ)
     os.environ.update(env)
     procs: dict[str, subprocess.Popen] = {}

@@ -79,7 +79,6 @@ class Stack:
             store=cfg.store,
             sqlite=SqliteSettings(path=run_dir / "experience.sqlite"),
             cassandra=CassandraSettings(keyspace=f"up_{slug(run_dir.name)}"[:48]),
-            checkpoint_dir=run_dir / "checkpoints",
             signing_key_file=self.keys_dir / keys.SIGNING_KEY,
             ray_address=None,
             max_transitions_per_game=cfg.max_transitions_per_game,

@@ -7,8 +7,8 @@ transitions uniformly from the replay mirror (``train.mirror``: the newest ``rep
 each read from the store once), each with the steps stored after it -> ``n_step``-step transitions -> the
 algorithm's train batch -> ``LearnerGroup.update``; the next sample is drawn while the update runs. Every
 ``publish_every_updates`` updates the policy is exported to ONNX, evaluated greedily on a local env
-(for the manifest only, never for training data), the learner state is checkpointed (so a restarted
-trainer resumes), and the model is published with its manifest.
+(for the manifest only, never for training data), the learner state is checkpointed in the bucket (so a
+trainer restarted on any node resumes, ``train.checkpoints``), and the model is published with its manifest.
 
 An unreachable S3 or store is waited out with capped exponential backoff (``rlplatform_client.retry``),
 never a reason to exit. The next version number comes from the registry's versioned keys, so a stale
@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from rlplatform.infra import aws
 from rlplatform.registry import keys
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store, wait_for_store
+from rlplatform.train import checkpoints
 from rlplatform.train.algorithms import (
     Algorithm,
     AlgorithmConfigError,
@@ -84,15 +85,21 @@ def read_config_file(path: Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise AlgorithmConfigError(f"{path}: neither JSON nor YAML: {exc}") from None
+    return checked_config(doc, str(path))
+
+
+def checked_config(doc: object, where: str, allowed: Collection[str] = ("algorithm", "hyperparameters")) -> dict:
+    """``doc`` (a parsed trainer config from ``where``) if its keys are ``allowed`` and its ``algorithm`` and
+    ``hyperparameters`` have the right types; ``AlgorithmConfigError`` naming the field otherwise."""
     doc = {} if doc is None else doc
     if not isinstance(doc, dict):
-        raise AlgorithmConfigError(f"{path}: must be a mapping with keys algorithm, hyperparameters")
-    if unknown := sorted(set(doc) - {"algorithm", "hyperparameters"}):
-        raise AlgorithmConfigError(f"{path}: {unknown[0]}: unknown key; allowed: algorithm, hyperparameters")
+        raise AlgorithmConfigError(f"{where}: must be a mapping with keys {', '.join(allowed)}")
+    if unknown := sorted(set(doc) - set(allowed)):
+        raise AlgorithmConfigError(f"{where}: {unknown[0]}: unknown key; allowed: {', '.join(allowed)}")
     if not isinstance(doc.get("algorithm", ""), str):
-        raise AlgorithmConfigError(f"{path}: algorithm: must be a string, got {doc['algorithm']!r}")
+        raise AlgorithmConfigError(f"{where}: algorithm: must be a string, got {doc['algorithm']!r}")
     if not isinstance(doc.get("hyperparameters", {}), dict):
-        raise AlgorithmConfigError(f"{path}: hyperparameters: must be a mapping, got {doc['hyperparameters']!r}")
+        raise AlgorithmConfigError(f"{where}: hyperparameters: must be a mapping, got {doc['hyperparameters']!r}")
     return doc
 
 
@@ -152,7 +159,6 @@ class Trainer:
         self.learner_group = self.algorithm.build_learner_group(cfg.seed, settings.ray_address)
         self.status = TrainerStatus(algorithm=self.algorithm.name)
         self.status_path = status_path
-        self.checkpoint_dir = Path(settings.checkpoint_dir) / cfg.game_id
         self._restore()
 
     def train_step(self, sampler: PrefetchingSampler) -> float:
@@ -257,34 +263,37 @@ class Trainer:
         return self.status.updates * self.hp.batch_size < self.hp.max_replay_ratio * stored
 
     def _checkpoint(self) -> None:
-        self.learner_group.save_to_path(self.checkpoint_dir / "learner")
-        state = self.checkpoint_dir / "trainer.json"
-        tmp = state.with_suffix(".tmp")
         written_by = {"algorithm": self.algorithm.name, "hyperparameters": asdict(self.hp)}
-        tmp.write_text(json.dumps({"updates": self.status.updates, **written_by}))
-        os.replace(tmp, state)
+        state = {"updates": self.status.updates, **written_by}
+        self._s3(lambda: checkpoints.save(self.settings.bucket, self.cfg.game_id, self.learner_group, state))
 
     def _restore(self) -> None:
-        """Resume learner weights and counters; the version continues after the highest published one."""
-        state = self.checkpoint_dir / "trainer.json"
-        if state.exists():
-            doc = json.loads(state.read_text())
-            try:
-                self.learner_group.restore_from_path(self.checkpoint_dir / "learner")
-            except RuntimeError as exc:  # torch: the saved weights' shapes differ from these networks'
-                written_by = f"{doc.get('algorithm', '?')} with {doc.get('hyperparameters', '(not recorded)')}"
-                raise AlgorithmConfigError(
-                    f"{self.checkpoint_dir}: its networks do not fit {self.algorithm.name} with {asdict(self.hp)}; "
-                    f"it was written by {written_by}. Train with those, or move the directory away to start afresh"
-                ) from exc
-            self.status.updates = doc["updates"]
-            log.info("resumed from %s at update %d", self.checkpoint_dir, self.status.updates)
+        """Resume learner weights and counters from the bucket (whichever node wrote them); the version
+        continues after the highest published one."""
+        packed = self._s3(lambda: checkpoints.fetch(self.settings.bucket, self.cfg.game_id))
+        if packed is not None:
+            with checkpoints.unpacked(packed) as checkpoint:
+                self._resume(checkpoint)
         versions = self._s3(lambda: registry.published_versions(self.settings.bucket, self.cfg.game_id))
         self.status.version = max(versions, default=0)
         try:
             self._s3(lambda: registry.check_pointer(self.settings.bucket, self.cfg.game_id))
         except ModelError as exc:
             log.warning("latest model pointer is broken (the next publish replaces it): %s", exc)
+
+    def _resume(self, checkpoint: checkpoints.Checkpoint) -> None:
+        where = checkpoints.checkpoint_url(self.settings.bucket, self.cfg.game_id)
+        try:
+            self.learner_group.restore_from_path(checkpoint.learner_dir)
+        except RuntimeError as exc:  # torch: the saved weights' shapes differ from these networks'
+            doc = checkpoint.state
+            written_by = f"{doc.get('algorithm', '?')} with {doc.get('hyperparameters', '(not recorded)')}"
+            raise AlgorithmConfigError(
+                f"{where}: its networks do not fit {self.algorithm.name} with {asdict(self.hp)}; "
+                f"it was written by {written_by}. Train with those, or delete the object to start afresh"
+            ) from exc
+        self.status.updates = checkpoint.state["updates"]
+        log.info("resumed from %s at update %d", where, self.status.updates)
 
     def _write_status(self) -> None:
         if self.status_path is None:
