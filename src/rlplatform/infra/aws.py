@@ -36,6 +36,21 @@ EMULATOR_ENV = {
 
 
 _USER_AWS_SETTINGS = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN")
+# The SDK's variables that decide which AWS endpoint and account a client talks to.
+_AWS_CLIENT_ENV = (
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+
+
+def client_env() -> dict[str, str]:
+    """This process's AWS endpoint, region and static credentials, for the work it hands to other nodes (Spark
+    executors, Ray actors): they must reach the same services as the process that plans them, whatever their own
+    environment. Unset ones stay the nodes' own (on AWS, an instance role)."""
+    return {k: v for k, v in os.environ.items() if v and (k.startswith("AWS_ENDPOINT_URL") or k in _AWS_CLIENT_ENV)}
 
 
 def kinesis_client():

@@ -26,7 +26,7 @@ from typing import TypeVar
 import numpy as np
 
 from rlplatform.games import GameCatalog, game_spec
-from rlplatform.infra import processes
+from rlplatform.infra import aws, processes
 from rlplatform.ingest.dead_letters import (
     CONFLICT,
     DEAD_LETTER_SAMPLE_BYTES,
@@ -339,7 +339,7 @@ def run(
     builder = SparkSession.builder.master(master)
     if master.startswith("local"):  # nothing outside this machine needs the driver: stay on loopback
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
-    for name, value in executor_env().items():
+    for name, value in aws.client_env().items():
         builder = builder.config(f"spark.executorEnv.{name}", value)
     if settings.ingest_ui_port is not None:
         builder = builder.config("spark.ui.enabled", "true").config("spark.ui.port", settings.ingest_ui_port)
@@ -420,24 +420,6 @@ def run(
     finally:
         _stop_between_batches(query)
         spark.stop()
-
-
-# The SDK's variables that decide which AWS endpoint and account a client talks to.
-_AWS_CLIENT_ENV = (
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-)
-
-
-def executor_env() -> dict[str, str]:
-    """The driver's AWS endpoint, region and static credentials, for the executors: the tasks that read Kinesis
-    and write dead letters must reach the same services as the driver that plans them, whatever the workers'
-    own environment (Spark redacts the secret and the token in its UI). Unset ones stay the workers' own
-    (on AWS, an instance role)."""
-    return {k: v for k, v in os.environ.items() if v and (k.startswith("AWS_ENDPOINT_URL") or k in _AWS_CLIENT_ENV)}
 
 
 def _stop_between_batches(query) -> None:
