@@ -12,16 +12,19 @@ ingest and the clients listen on 127.0.0.1 only (Ray's servers cannot be confine
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 
@@ -38,7 +41,11 @@ from tests.support import client_stats, port_open, running, stored_keys, stream_
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+VENV_BIN = Path(sys.executable).parent
 GAME = "CartPole-v1"
+# Declared by hand with a training document no operator command would store (an unknown algorithm).
+BROKEN_GAME = "Broken-v0"
+TRAINING = {"publish_every_updates": 100, "hyperparameters": {"learning_starts": 300}}
 
 
 def compose_command(service: str) -> list[str]:
@@ -120,6 +127,12 @@ class Twin:
         log.close()
         return argv
 
+    def operator(self, *args: str) -> subprocess.CompletedProcess:
+        """``docker compose run --rm operator ARGS``: the operator service's entrypoint with these arguments."""
+        service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["operator"]
+        argv = [str(VENV_BIN / service["entrypoint"][0]), *args]
+        return subprocess.run(argv, env={**os.environ, **self.env()}, capture_output=True, text=True, timeout=120)
+
     def listeners(self, procs: Collection[subprocess.Popen]) -> list[str]:
         """Listening sockets of these processes (with their children), as ``pid ip:port comm``."""
         pids = {pid for proc in procs for pid in processes.session_members(proc.pid)}
@@ -183,8 +196,16 @@ def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
 
     ingest_argv = twin.start("ingest", "ingest")
     assert f"spark://127.0.0.1:{twin.spark_port}" in ingest_argv
-    trainer_argv = twin.start("trainer", "trainer", ["--publish-every", "100", "--learning-starts", "300"])
+    trainer_argv = twin.start("trainer", "trainer", ["--poll-seconds", "1"])
     assert f"127.0.0.1:{twin.ray_port}" in trainer_argv
+    wait_for(lambda: "training service attached to Ray" in (twin.logs / "trainer.log").read_text(), 120, "Ray", alive)
+    # Games declared while the service runs, as an operator would: each gets a trainer without a restart.
+    config = twin.tmp / "training.yaml"
+    config.write_text(yaml.safe_dump(TRAINING))
+    for args in (("games", "register", GAME, "--gymnasium"), ("games", "configure", GAME, "--config", str(config))):
+        done = twin.operator(*args)
+        assert done.returncode == 0, done.stderr
+    declare_broken_game(twin)
     twin.start("clients", "clients", ["--stats-dir", str(stats_dir)])
 
     wait_for(
@@ -217,4 +238,25 @@ def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
     assert set(keys) == set(stream_transitions(twin.settings.stream_name))
     manifest = latest_manifest(twin.settings.bucket, GAME)
     assert manifest is not None and manifest.version >= 1
-    assert f"joined Ray cluster at 127.0.0.1:{twin.ray_port}" in (twin.logs / "trainer.log").read_text()
+    service_log = (twin.logs / "trainer.log").read_text()
+    assert f"training service attached to Ray (127.0.0.1:{twin.ray_port})" in service_log
+    # The broken game's error is in the service's log and in `games show`; the other game trained regardless.
+    assert f"{BROKEN_GAME}: not training it:" in service_log and "'PPO9'" in service_log
+    shown = json.loads(twin.operator("games", "show", BROKEN_GAME).stdout)
+    assert shown["trainer"]["state"] == "config_error" and "algorithm: unknown 'PPO9'" in shown["trainer"]["error"]
+    shown = json.loads(twin.operator("games", "show", GAME).stdout)
+    assert shown["training"] == TRAINING and shown["trainer"]["state"] == "running", shown
+    assert shown["trainer"]["version"] >= 1 and shown["trainer"]["node_id"], shown
+
+
+def declare_broken_game(twin: Twin) -> None:
+    """A declared game whose training document names an unknown algorithm: written to the bucket by hand, since
+    `games configure` refuses it (checked here too: exit 1, the error named, nothing stored)."""
+    done = twin.operator("games", "register", BROKEN_GAME, "--obs-size", "3", "--actions", "2")
+    assert done.returncode == 0, done.stderr
+    bad = twin.tmp / "bad.json"
+    bad.write_text(json.dumps({"algorithm": "PPO9"}))
+    refused = twin.operator("games", "configure", BROKEN_GAME, "--config", str(bad))
+    assert refused.returncode == 1 and "algorithm: unknown 'PPO9'" in refused.stderr, refused.stderr
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=twin.settings.bucket, Key=f"games/{BROKEN_GAME}/training.json", Body=bad.read_bytes())

@@ -49,9 +49,7 @@ def node(tmp_path: Path) -> Iterator[cassandra_node.CassandraNode]:
 
 
 def test_ingest_and_trainer_wait_out_a_store_outage(tmp_path: Path, node: cassandra_node.CassandraNode) -> None:
-    settings = Settings(
-        store="cassandra", cassandra=CassandraSettings(port=node.port)
-    )
+    settings = Settings(store="cassandra", cassandra=CassandraSettings(port=node.port))
     moto = aws.MotoServer.start()
     job: IngestJob | None = None
     children: dict[str, subprocess.Popen] = {}

@@ -556,8 +556,18 @@ def test_ray_healthcheck_is_a_ray_command(base: dict) -> None:
 def test_trainer_joins_the_ray_cluster_it_drives(base: dict, env_example: dict) -> None:
     commands = service_commands(base["services"]["trainer"], env_example)
     assert commands[0][:2] == ["ray", "start"] and "--address=ray-head:6379" in commands[0]
-    assert commands[-1][:2] == ["rlplatform", "train"]
+    assert commands[-1][:2] == ["rlplatform", "trainers"]
     assert commands[-1][commands[-1].index("--ray-address") + 1] == "ray-head:6379"
+
+
+@pytest.mark.parametrize("path", [BASE, AWS], ids=lambda p: p.name)
+def test_no_game_is_named_in_compose(path: Path) -> None:
+    """Which games train, and how, is the catalog's (rlplatform games register / configure), not the compose file's."""
+    import gymnasium as gym
+
+    text = path.read_text()
+    named = [g for g in gym.registry if re.search(rf"(?<![\w.-]){re.escape(g)}(?![\w.-])", text)]
+    assert not named, f"{path.name} names {named}"
 
 
 # -- variables ---------------------------------------------------------------------------------------

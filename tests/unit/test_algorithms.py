@@ -168,9 +168,7 @@ def test_dqn_onnx_model_gives_rllibs_q_values_from_the_fast_exporter(caplog: pyt
 @pytest.fixture
 def pendulum_settings(tmp_path: Path):
     with mock_aws():
-        s = Settings(
-            sqlite=SqliteSettings(path=tmp_path / "store.sqlite"), bucket="models"
-        )
+        s = Settings(sqlite=SqliteSettings(path=tmp_path / "store.sqlite"), bucket="models")
         boto3.client("s3").create_bucket(Bucket=s.bucket)
         with SqliteStore(s.sqlite.path) as store:
             store.write(PENDULUM, pendulum_batch(400))

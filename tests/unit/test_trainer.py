@@ -60,9 +60,7 @@ def cartpole_batch(n: int, seed: int = 0) -> TransitionBatch:
 @pytest.fixture
 def settings(tmp_path: Path):
     with mock_aws():
-        s = Settings(
-            sqlite=SqliteSettings(path=tmp_path / "store.sqlite"), bucket="models"
-        )
+        s = Settings(sqlite=SqliteSettings(path=tmp_path / "store.sqlite"), bucket="models")
         boto3.client("s3").create_bucket(Bucket=s.bucket)
         with SqliteStore(s.sqlite.path) as store:
             store.write("CartPole-v1", cartpole_batch(500))
@@ -113,7 +111,8 @@ def test_a_checkpoint_of_other_networks_is_refused_naming_both_and_kept(settings
     with pytest.raises(AlgorithmConfigError) as info:
         Trainer(settings, narrower)
     message = str(info.value)
-    assert f"s3://{settings.bucket}/checkpoints/CartPole-v1/" in message and "'hidden': 32" in message and "'hidden': 64" in message
+    assert f"s3://{settings.bucket}/checkpoints/CartPole-v1/" in message
+    assert "'hidden': 32" in message and "'hidden': 64" in message
     assert Trainer(settings, FAST).status.updates == 10  # the checkpoint is still there, and still resumes
 
 

@@ -274,6 +274,35 @@ def train(
 
 
 @app.command()
+def trainers(
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="The Ray cluster to run trainers on (host:port). Default: a local Ray."),
+    ] = None,
+    poll_seconds: Annotated[
+        float, typer.Option("--poll-seconds", min=0.5, help="How often the catalog is read for games to train.")
+    ] = 5.0,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Restarts of a failing trainer.")] = 3,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """The training service: a trainer (a Ray actor) for every declared game, until SIGTERM/SIGINT."""
+    from rlplatform.registry.keys import KeyringError
+    from rlplatform.train.service import TrainingService
+    from rlplatform_client.stopping import set_on_signals
+
+    configure_logging(log_level)
+    stop = threading.Event()
+    set_on_signals(stop)
+    service = TrainingService(load_settings(ray_address=ray_address), stop, poll_seconds, max_restarts)
+    try:
+        with until_stopped():
+            service.run()
+    except KeyringError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
 def models(game: GameOpt = DEFAULT_GAME) -> None:
     """Published versions of a game with how the clients that ran them played (live return from the store)."""
     from rich.console import Console

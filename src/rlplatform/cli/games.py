@@ -28,18 +28,76 @@ def games_register(
     action_low: Annotated[str | None, typer.Option("--action-low", help="Box lower bounds, comma-separated.")] = None,
     action_high: Annotated[str | None, typer.Option("--action-high", help="Box upper bounds, comma-separated.")] = None,
     simulator: Annotated[str | None, typer.Option("--simulator", help="A gymnasium id simulating it.")] = None,
+    gymnasium: Annotated[
+        bool, typer.Option("--gymnasium", help="GAME is a gymnasium id: declare the spec gymnasium gives it.")
+    ] = False,
 ) -> None:
-    """Declare a game (idempotent); a different spec for a declared id is refused, naming the differences."""
-    from rlplatform.games import GameCatalog, GameSpecConflict, GameSpecError
+    """Declare a game (idempotent); a different spec for a declared id is refused, naming the differences.
+
+    The training service trains every declared game, gymnasium ids included once declared."""
+    from rlplatform.games import GameCatalog, GameSpecConflict, GameSpecError, UnknownGameError, game_spec
 
     try:
-        spec = _spec_from_options(game, spec_file, obs_size, actions, action_low, action_high, simulator)
+        if gymnasium:
+            if spec_file is not None or any(f is not None for f in (obs_size, actions, action_low, action_high)):
+                raise GameSpecError("(options)", "--gymnasium takes its spec from gymnasium: no --spec or flags")
+            spec = game_spec(game)
+        else:
+            spec = _spec_from_options(game, spec_file, obs_size, actions, action_low, action_high, simulator)
         with one_line_errors():
             created = GameCatalog(load_settings().bucket, wait=False).register(spec)
-    except (GameSpecError, GameSpecConflict) as exc:
+    except (GameSpecError, GameSpecConflict, UnknownGameError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{'declared' if created else 'already declared, same spec:'} {game}")
+
+
+@games_app.command("configure")
+def games_configure(
+    game: Annotated[str, typer.Argument(help="A declared game_id.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            exists=True,
+            dir_okay=False,
+            help="JSON or YAML with any of algorithm, hyperparameters, publish_every_updates: replaces the game's "
+            "training document.",
+        ),
+    ] = None,
+    retire: Annotated[
+        bool | None, typer.Option("--retire/--resume", help="Stop training the game / train it again.")
+    ] = None,
+) -> None:
+    """How the training service trains a declared game (games/GAME/training.json); checked before it is stored."""
+    import yaml
+
+    from rlplatform.games import GameCatalog
+    from rlplatform.train.algorithms import AlgorithmConfigError
+    from rlplatform.train.training import read_training, write_training
+
+    bucket = load_settings().bucket
+    try:
+        with one_line_errors():
+            spec = GameCatalog(bucket, wait=False).declared(game)
+            if spec is None:
+                typer.echo(f"error: {game!r} is not declared (rlplatform games register)", err=True)
+                raise typer.Exit(1)
+            doc = read_training(bucket, game)
+            if config is not None:
+                try:
+                    doc = {"retired": doc["retired"]} if "retired" in doc else {}
+                    doc |= yaml.safe_load(config.read_text()) or {}
+                except (yaml.YAMLError, TypeError, ValueError) as exc:
+                    raise AlgorithmConfigError(f"{config}: not a JSON or YAML mapping: {exc}") from None
+            if retire is not None:
+                doc["retired"] = retire
+            cfg = write_training(bucket, spec, doc)
+    except AlgorithmConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    state = "retired: its trainer stops" if doc.get("retired") else f"trains with {cfg.algorithm}"
+    typer.echo(f"{game}: {state}")
 
 
 @games_app.command("list")
@@ -78,7 +136,23 @@ def games_show(game: Annotated[str, typer.Argument(help="A declared game_id or a
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         source = "declared" if catalog.declared(game) is not None else "gymnasium"
-    typer.echo(json.dumps({**spec.to_document(), "source": source}, indent=2))
+        shown = {**spec.to_document(), "source": source}
+        if source == "declared":
+            shown |= _training(catalog.bucket, game)
+    typer.echo(json.dumps(shown, indent=2))
+
+
+def _training(bucket: str, game: str) -> dict:
+    """The game's training document and what the training service last said of its trainer."""
+    from rlplatform.train.algorithms import AlgorithmConfigError
+    from rlplatform.train.service import read_status
+    from rlplatform.train.training import read_training
+
+    try:
+        training: object = read_training(bucket, game)
+    except AlgorithmConfigError as exc:
+        training = {"error": str(exc)}
+    return {"training": training, "trainer": read_status(bucket, game) or "no training service has run it"}
 
 
 def _spec_from_options(

@@ -68,6 +68,8 @@ class TrainerConfig:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     # None: the algorithm's (Algorithm.publish_every_updates).
     publish_every_updates: int | None = None
+    # Learner actors (Algorithm.build_learner_group); 0: in this process, or 1 on the cluster RLP_RAY_ADDRESS names.
+    learners: int = 0
     eval_episodes: int = 5
     seed: int = 0
     # Waits between attempts to reach an unreachable S3 or store.
@@ -156,7 +158,8 @@ class Trainer:
         self.publish_every = cfg.publish_every_updates or self.algorithm.publish_every_updates
         log.info("%s learns %s with %s", self.algorithm.name, cfg.game_id, self.hp)
         self.rng = np.random.default_rng(cfg.seed)
-        self.learner_group = self.algorithm.build_learner_group(cfg.seed, settings.ray_address)
+        learners = cfg.learners or (1 if settings.ray_address else 0)
+        self.learner_group = self.algorithm.build_learner_group(cfg.seed, learners, settings.ray_address)
         self.status = TrainerStatus(algorithm=self.algorithm.name)
         self.status_path = status_path
         self._restore()

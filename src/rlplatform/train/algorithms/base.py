@@ -123,11 +123,13 @@ class Algorithm(abc.ABC):
             )
         return None
 
-    def build_learner_group(self, seed: int, ray_address: str | None = None) -> LearnerGroup:
+    def build_learner_group(self, seed: int, num_learners: int = 0, ray_address: str | None = None) -> LearnerGroup:
         """RLlib's LearnerGroup for the game's spaces.
 
-        Without ``ray_address`` the learner runs in this process; with it, this process joins that Ray
-        cluster and the learner runs there as an actor (the compose profile's ray-head).
+        ``num_learners`` 0: the learner runs in this process. N >= 1: N learner actors of one CPU each, placed by
+        Ray; with N >= 2 each takes 1/N of every train batch and their gradients are averaged (torch DDP), so
+        their weights stay identical. With ``ray_address`` this process first joins that Ray cluster (else the
+        actors go to the Ray this process runs in, or a local one).
         """
         obs_space, act_space = self.spec.spaces()
         config = self.rllib_config().environment(observation_space=obs_space, action_space=act_space)
@@ -136,8 +138,9 @@ class Algorithm(abc.ABC):
             import ray
 
             ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
-            config = config.learners(num_learners=1, num_cpus_per_learner=1)
-            log.info("joined Ray cluster at %s: the learner runs there as a Ray actor", ray_address)
+            log.info("joined Ray cluster at %s: the learners run there as Ray actors", ray_address)
+        if num_learners:
+            config = config.learners(num_learners=num_learners, num_cpus_per_learner=1)
         return config.build_learner_group(spaces={DEFAULT_POLICY_ID: (obs_space, act_space)})
 
     @abc.abstractmethod

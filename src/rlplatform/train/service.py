@@ -1,0 +1,262 @@
+"""The training service: one trainer per declared game, each a Ray actor placed by Ray, watched and restarted.
+
+``rlplatform trainers`` attaches to a Ray cluster (or starts a local Ray) and, every ``poll_s``, reconciles what
+runs with the catalog: a trainer for every declared game that is not retired (``train.training``), started
+with the game's training document; a trainer whose document changed is restarted with the new one; a retired
+or undeclared game's trainer is stopped. A trainer that fails is started again after a backoff, on whichever
+node Ray places it (its state is in the bucket, ``train.checkpoints``), at most ``max_restarts`` times; a bad
+training document is reported and nothing is started until it changes. Each game's state goes to
+``trainers/{game_id}/status.json`` in the bucket, where ``rlplatform games show`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import ray
+from pydantic import SecretStr
+
+from rlplatform.games import GameCatalog, UnknownGameError
+from rlplatform.infra import aws
+from rlplatform.registry import keys
+from rlplatform.settings import Settings
+from rlplatform.train.algorithms import AlgorithmConfigError
+from rlplatform.train.trainer import Trainer, TrainerConfig
+from rlplatform.train.training import read_training, retired, training_config, training_key
+from rlplatform_client.models import is_missing
+from rlplatform_client.retry import Backoff
+
+log = logging.getLogger(__name__)
+
+STATUS_PREFIX = "trainers"
+# A trainer's own CPU: it samples the store, runs its learner (in the same process) and evaluates models.
+TRAINER_CPUS = 1
+# How long a stopping trainer may take to finish its update and leave (then it is killed).
+STOP_TIMEOUT_S = 60.0
+
+
+def status_key(game_id: str) -> str:
+    return f"{STATUS_PREFIX}/{game_id}/status.json"
+
+
+def read_status(bucket: str, game_id: str) -> dict[str, Any] | None:
+    """The service's last word on the game's trainer, or None when no service has run it."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return json.loads(aws.s3_client().get_object(Bucket=bucket, Key=status_key(game_id))["Body"].read())
+    except ClientError as exc:
+        if is_missing(exc):
+            return None
+        raise
+
+
+class TrainerActor:
+    """One game's trainer in a Ray actor. Threaded (``max_concurrency=2``): ``run`` holds one thread for as long
+    as the trainer trains; ``status`` and ``stop`` answer on the other."""
+
+    def __init__(self, settings: Settings, cfg: TrainerConfig) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("botocore").setLevel(logging.WARNING)  # one line per client made, in every trainer
+        self.settings, self.cfg = settings, cfg
+        self.stopping = threading.Event()
+        self.trainer: Trainer | None = None
+
+    def run(self) -> dict[str, Any]:
+        """Train until ``stop``; returns the final status. Raises what stopped the trainer otherwise."""
+        self.trainer = Trainer(self.settings, self.cfg, stop=self.stopping)
+        try:
+            self.trainer.run(self.stopping)
+        finally:
+            self.trainer.close()
+        return asdict(self.trainer.status)
+
+    def status(self) -> dict[str, Any]:
+        return {} if self.trainer is None else asdict(self.trainer.status)
+
+    def node(self) -> dict[str, str]:
+        context = ray.get_runtime_context()
+        return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+@dataclass
+class GameTrainer:
+    """What the service knows of one game's trainer."""
+
+    doc: dict[str, Any]  # the training document it was started with (or refused for)
+    state: str = "starting"  # starting | running | restarting | failed | config_error | retired
+    error: str | None = None
+    restarts: int = 0
+    restart_at: float = 0.0
+    actor: Any = None
+    run_ref: Any = None
+    node: dict[str, str] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
+
+    def document(self, game_id: str) -> dict[str, Any]:
+        return {
+            "game_id": game_id,
+            "state": self.state,
+            "error": self.error,
+            "restarts": self.restarts,
+            **self.node,
+            **{k: self.progress[k] for k in ("algorithm", "updates", "version") if k in self.progress},
+            "training": self.doc,
+            "updated_at": time.time(),
+        }
+
+
+class TrainingService:
+    def __init__(
+        self,
+        settings: Settings,
+        stop: threading.Event,
+        poll_s: float = 5.0,
+        max_restarts: int = 3,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stop = stop
+        self.poll_s = poll_s
+        self.max_restarts = max_restarts
+        self.backoff = backoff or Backoff()
+        self.catalog = GameCatalog(settings.bucket, recheck_s=poll_s)
+        self.games: dict[str, GameTrainer] = {}
+        self._written: dict[str, dict[str, Any]] = {}
+
+    def run(self) -> None:
+        """Attach to Ray (``settings.ray_address``, else a local Ray) and reconcile until ``stop`` is set."""
+        keys.signing_key(self.settings)  # a missing signing key fails here, not in every trainer
+        ray.init(address=self.settings.ray_address, log_to_driver=True)
+        log.info("training service attached to Ray (%s)", self.settings.ray_address or "local")
+        try:
+            while not self.stop.is_set():
+                self.reconcile()
+                self.stop.wait(self.poll_s)
+        finally:
+            for game_id in list(self.games):
+                self._stop_trainer(game_id)
+            ray.shutdown()
+
+    def reconcile(self) -> None:
+        """One pass: start, restart or stop trainers so that every declared, unretired game has one."""
+        declared = self.catalog.declared_ids()
+        for game_id in sorted(declared):
+            self._reconcile_game(game_id)
+        for game_id in sorted(set(self.games) - declared):
+            log.info("%s is no longer declared: stopping its trainer", game_id)
+            self._stop_trainer(game_id)
+            del self.games[game_id]
+        for game_id, game in self.games.items():
+            self._publish_status(game_id, game)
+
+    def _reconcile_game(self, game_id: str) -> None:
+        try:
+            doc = read_training(self.settings.bucket, game_id)
+        except AlgorithmConfigError as exc:
+            doc = {"unreadable": str(exc)}
+        game = self.games.get(game_id)
+        if game is not None and game.doc != doc:
+            log.info("%s: training document changed: restarting its trainer with it", game_id)
+            self._stop_trainer(game_id)
+            game = None
+        if game is None:
+            game = self.games[game_id] = GameTrainer(doc)
+            self._start(game_id, game)
+        elif game.run_ref is not None:
+            self._check(game_id, game)
+        elif game.state == "restarting" and time.monotonic() >= game.restart_at:
+            self._start(game_id, game)
+
+    def _start(self, game_id: str, game: GameTrainer) -> None:
+        if "unreadable" in game.doc:
+            self._refuse(game_id, game, game.doc["unreadable"])
+            return
+        if retired(game.doc):
+            game.state, game.error = "retired", None
+            return
+        try:
+            spec = self.catalog.resolve(game_id)
+            cfg = training_config(spec, game.doc, f"s3://{self.settings.bucket}/{training_key(game_id)}")
+        except (AlgorithmConfigError, UnknownGameError) as exc:
+            self._refuse(game_id, game, str(exc))
+            return
+        # The learner runs inside the trainer's actor; the signing key travels with the settings, as the
+        # actor's node may not hold the service's key file.
+        pem = SecretStr(keys.private_pem(keys.signing_key(self.settings)).decode())
+        settings = self.settings.model_copy(update={"ray_address": None, "signing_key": pem, "signing_key_file": None})
+        remote = ray.remote(TrainerActor).options(
+            num_cpus=TRAINER_CPUS,
+            max_concurrency=2,
+            name=f"trainer-{game_id}",
+            runtime_env={"env_vars": aws.client_env()},
+        )
+        game.actor = remote.remote(settings, cfg)
+        game.run_ref = game.actor.run.remote()
+        game.state, game.error = "running", None
+        log.info("%s: trainer started (%s, restarts %d)", game_id, cfg.algorithm, game.restarts)
+
+    def _refuse(self, game_id: str, game: GameTrainer, error: str) -> None:
+        game.state, game.error = "config_error", error
+        log.error("%s: not training it: %s", game_id, error)
+
+    def _check(self, game_id: str, game: GameTrainer) -> None:
+        """Note where the trainer runs and how far it is; handle its end."""
+        ready, _ = ray.wait([game.run_ref], timeout=0)
+        if not ready:
+            try:
+                game.node = game.node or ray.get(game.actor.node.remote(), timeout=10)
+                game.progress = ray.get(game.actor.status.remote(), timeout=10)
+            except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+                pass  # busy or gone: the run reference says which
+            return
+        try:
+            game.progress = ray.get(game.run_ref)
+            error = "the trainer stopped by itself"
+        except AlgorithmConfigError as exc:  # e.g. a checkpoint of other networks: a restart would not help
+            game.actor = game.run_ref = None
+            self._refuse(game_id, game, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - whatever ended it (a crash, its node lost), it is restarted
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        ray.kill(game.actor)
+        game.actor = game.run_ref = None
+        game.node = {}
+        game.error = error
+        if game.restarts >= self.max_restarts:
+            game.state = "failed"
+            log.error("%s: trainer failed (%s) after %d restarts; not restarting it", game_id, error, game.restarts)
+            return
+        game.restarts += 1
+        game.state, game.restart_at = "restarting", time.monotonic() + self.backoff.delay(game.restarts)
+        log.warning("%s: trainer failed (%s); restart %d of %d", game_id, error, game.restarts, self.max_restarts)
+
+    def _stop_trainer(self, game_id: str) -> None:
+        game = self.games.get(game_id)
+        if game is None or game.actor is None:
+            return
+        game.actor.stop.remote()
+        try:
+            game.progress = ray.get(game.run_ref, timeout=STOP_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - stopping: whatever it raised, it is going away
+            log.warning("%s: trainer did not stop cleanly: %s", game_id, exc)
+        ray.kill(game.actor)
+        game.actor = game.run_ref = None
+        game.state = "stopped"
+
+    def _publish_status(self, game_id: str, game: GameTrainer) -> None:
+        document = game.document(game_id)
+        comparable = {k: v for k, v in document.items() if k != "updated_at"}
+        if self._written.get(game_id) == comparable:
+            return
+        body = json.dumps(document, indent=2).encode()
+        aws.s3_client().put_object(Bucket=self.settings.bucket, Key=status_key(game_id), Body=body)
+        self._written[game_id] = comparable
