@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -45,6 +46,10 @@ VENV_BIN = Path(sys.executable).parent
 GAME = "CartPole-v1"
 # Declared by hand with a training document no operator command would store (an unknown algorithm).
 BROKEN_GAME = "Broken-v0"
+# A second simulated game, for two trainers at once.
+SECOND_GAME = "Acrobot-v1"
+# From a worker node's SIGKILL to its trainer's next publish from another node (measured: 19 and 46 s on 2 cores).
+RESUME_BOUND_S = 180
 TRAINING = {"publish_every_updates": 100, "hyperparameters": {"learning_starts": 300}}
 
 
@@ -104,6 +109,7 @@ class Twin:
             "/etc/rlplatform/trusted.pem": str(keyring / keys.TRUSTED_KEYS),
         }
         self.aws = aws
+        self.master_ui = f"http://127.0.0.1:{self.spark_ui}/json/"
 
     def env(self) -> dict[str, str]:
         return {
@@ -148,10 +154,21 @@ class Twin:
                             found.append(f"{pid} {sockets[target[8:-1]]} {comm}")
         return found
 
+    def ray_state(self, kind: str, must: bool = True) -> list[dict]:
+        """``ray list KIND`` (Ray's state API) against the head's dashboard, as JSON; [] when the dashboard does not
+        answer yet, unless it ``must``."""
+        argv = [str(VENV_BIN / "ray"), "list", kind, "--format", "json", "--limit", "1000"]
+        argv += ["--address", f"http://127.0.0.1:{self.dashboard_port}"]
+        done = subprocess.run(argv, env={**os.environ, **self.env()}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 or not must, done.stderr
+        return json.loads(done.stdout) if done.returncode == 0 else []
+
+    def ray_nodes_alive(self) -> int:
+        return sum(node["state"] == "ALIVE" for node in self.ray_state("nodes", must=False))
+
     def stop(self) -> None:
-        for name in ("clients", "ingest", "trainer", "spark-worker", "spark-master", "ray-head"):
-            if name in self.procs:
-                processes.stop(self.procs[name], timeout_s=60)
+        for name in reversed(list(self.procs)):  # clients first, the heads last
+            processes.stop(self.procs[name], timeout_s=60)
         self.aws.restore_env()
         # `ray start` names its head in a file that a later ray.init() without an address would wait on.
         if RAY_CURRENT_CLUSTER.exists() and RAY_CURRENT_CLUSTER.read_text().strip().endswith(f":{self.ray_port}"):
@@ -182,34 +199,53 @@ def twin(
     assert not named.endswith(f":{t.ray_port}"), f"{RAY_CURRENT_CLUSTER} still names the stopped head {named}"
 
 
-def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
-    alive, stats_dir = running(twin.procs, twin.logs), twin.tmp / "clients"  # procs: every stage started so far
+def start_stack(twin: Twin, ray_workers: int = 0) -> None:
+    """Spark master and worker, a Ray head and ``ray_workers`` Ray worker nodes, the ingest job on that master and
+    the training service on that head, as compose starts them (``--scale ray-worker=N``)."""
+    alive = running(twin.procs, twin.logs)  # procs: every stage started so far
     twin.start("spark-master", "spark-master")
     # Not --node-ip-address=127.0.0.1: a driver joining 127.0.0.1:port is sent to the machine's address by Ray
     # (it canonicalizes loopback), and the trainer then hung before its first update (seen in CI).
     twin.start("ray-head", "ray-head")
     wait_for(lambda: port_open(twin.spark_port), 120, "the Spark master", alive)
     twin.start("spark-worker", "spark-worker", ["--webui-port", str(twin.worker_ui)])
-    master_ui = f"http://127.0.0.1:{twin.spark_ui}/json/"
-    wait_for(lambda: (m := http_json(master_ui)) and m.get("aliveworkers", 0) >= 1, 120, "a Spark worker", alive)
+    wait_for(lambda: (m := http_json(twin.master_ui)) and m.get("aliveworkers", 0) >= 1, 120, "a Spark worker", alive)
     wait_for(lambda: port_open(twin.ray_port), 120, "the Ray head", alive)
+    for i in range(1, ray_workers + 1):
+        # One machine, several Ray nodes: the ports a container would have to itself are given free ones, and a
+        # custom resource names the node, so a test can tell which one to kill. One at a time: nodes on one
+        # machine name their sockets after those they find, and two starting at once pick the same name.
+        ports = ("--node-manager-port", "--dashboard-agent-listen-port", "--metrics-export-port")
+        extra = [x for flag in ports for x in (flag, str(free_port()))]
+        twin.start(f"ray-worker-{i}", "ray-worker", [*extra, "--resources", json.dumps({f"ray-worker-{i}": 1})])
+        wait_for(lambda i=i: twin.ray_nodes_alive() == i + 1, 120, f"Ray node ray-worker-{i}", alive)
 
     ingest_argv = twin.start("ingest", "ingest")
     assert f"spark://127.0.0.1:{twin.spark_port}" in ingest_argv
     trainer_argv = twin.start("trainer", "trainer", ["--poll-seconds", "1"])
     assert f"127.0.0.1:{twin.ray_port}" in trainer_argv
     wait_for(lambda: "training service attached to Ray" in (twin.logs / "trainer.log").read_text(), 120, "Ray", alive)
-    # Games declared while the service runs, as an operator would: each gets a trainer without a restart.
+
+
+def declare(twin: Twin, game: str) -> None:
+    """Declare a gymnasium game with the test's training document, as an operator would while the service runs."""
     config = twin.tmp / "training.yaml"
     config.write_text(yaml.safe_dump(TRAINING))
-    for args in (("games", "register", GAME, "--gymnasium"), ("games", "configure", GAME, "--config", str(config))):
+    for args in (("games", "register", game, "--gymnasium"), ("games", "configure", game, "--config", str(config))):
         done = twin.operator(*args)
         assert done.returncode == 0, done.stderr
+
+
+def test_compose_topology_runs_as_local_processes(twin: Twin) -> None:
+    alive, stats_dir = running(twin.procs, twin.logs), twin.tmp / "clients"  # procs: every stage started so far
+    start_stack(twin)
+    declare(twin, GAME)  # a game declared while the service runs gets a trainer without a restart
     declare_broken_game(twin)
     twin.start("clients", "clients", ["--stats-dir", str(stats_dir)])
 
+    apps = lambda: (http_json(twin.master_ui) or {}).get("activeapps", [])  # noqa: E731
     wait_for(
-        lambda: any(a.get("name") == "rlplatform-ingest" for a in (http_json(master_ui) or {}).get("activeapps", [])),
+        lambda: any(a.get("name") == "rlplatform-ingest" for a in apps()),
         180,
         "the ingest job registered with the standalone master",
         alive,
@@ -260,3 +296,53 @@ def declare_broken_game(twin: Twin) -> None:
     assert refused.returncode == 1 and "algorithm: unknown 'PPO9'" in refused.stderr, refused.stderr
     s3 = boto3.client("s3")
     s3.put_object(Bucket=twin.settings.bucket, Key=f"games/{BROKEN_GAME}/training.json", Body=bad.read_bytes())
+
+
+def test_trainers_spread_over_ray_nodes_and_one_survives_losing_its_node(twin: Twin, record_property) -> None:
+    """Two games trained at once, their trainers placed on two nodes by Ray; a worker node killed with SIGKILL:
+    its trainer comes back on another node from its bucket checkpoint and publishes again."""
+    start_stack(twin, ray_workers=2)
+    alive = running(twin.procs, twin.logs)
+    for game in (GAME, SECOND_GAME):
+        declare(twin, game)
+        twin.start(f"clients-{game}", "clients", ["--game", game, "--stats-dir", str(twin.tmp / game)])
+    bucket = twin.settings.bucket
+    wait_for(lambda: all(latest_manifest(bucket, g) for g in (GAME, SECOND_GAME)), 420, "both games published", alive)
+
+    placed = trainer_nodes(twin)
+    assert set(placed) == {GAME, SECOND_GAME} and len(set(placed.values())) == 2, placed  # SPREAD: one per node
+    names = {n["node_id"]: next((r for r in n["resources_total"] if r.startswith("ray-worker-")), "ray-head")
+             for n in twin.ray_state("nodes")}  # fmt: skip
+    victim = next(g for g in (GAME, SECOND_GAME) if names[placed[g]] != "ray-head")  # on a worker at least one is
+    node = names[placed[victim]]
+    before = latest_manifest(bucket, victim)
+    other_before = latest_manifest(bucket, SECOND_GAME if victim == GAME else GAME)
+    processes.kill_session(twin.procs[node].pid)  # the node and everything on it, at once
+    killed_at, killed_at_unix = time.monotonic(), time.time()
+
+    others = running({name: proc for name, proc in twin.procs.items() if name != node}, twin.logs)
+    # A model made after the kill (one the trainer was uploading as it died may land just before that).
+    published_again = lambda: latest_manifest(bucket, victim).created_at_unix > killed_at_unix  # noqa: E731
+    wait_for(published_again, RESUME_BOUND_S, f"{victim} to publish again from another node", others)
+    record_property("resumed_and_published_s", round(time.monotonic() - killed_at, 1))
+    after = latest_manifest(bucket, victim)
+    # Resumed from its checkpoint, not from scratch: versions and learner steps go on from the published ones.
+    assert after.version > before.version and after.learner_step > before.learner_step, (before, after)
+    assert trainer_nodes(twin).get(victim) not in (placed[victim], None)
+    shown = json.loads(twin.operator("games", "show", victim).stdout)["trainer"]
+    # Until Ray declares the node dead (health checks, ~30 s) a restart may still be placed on it and fail too.
+    assert 1 <= shown["restarts"] <= 3 and shown["state"] == "running", shown
+    # The other game's trainer kept its node and kept publishing.
+    other = SECOND_GAME if victim == GAME else GAME
+    wait_for(lambda: latest_manifest(bucket, other).version > other_before.version, 120, f"{other} to go on", others)
+    assert trainer_nodes(twin).get(other) == placed[other]
+
+
+def trainer_nodes(twin: Twin) -> dict[str, str]:
+    """Game -> the node id of its live trainer actor, from Ray's state API."""
+    actors = twin.ray_state("actors")
+    return {
+        a["name"].removeprefix("trainer-"): a["node_id"]
+        for a in actors
+        if a["class_name"] == "TrainerActor" and a["state"] == "ALIVE"
+    }

@@ -119,3 +119,33 @@ def test_options_stream_and_progress_path_are_required(tmp_path: Path) -> None:
         KinesisStreamReader({"stream": STREAM})
     with pytest.raises(ValueError, match="'stream'"):
         KinesisStreamReader({"progressPath": str(tmp_path / "p.json")})
+
+
+def test_a_sequence_number_kinesis_cannot_find_is_read_past_from_the_shards_start(
+    kinesis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the retention (AWS) or lost by kinesis-mock: the shard is read from its start, skipping what was read
+    before, so nothing is lost and nothing read twice."""
+    src = reader(tmp_path)
+    put(kinesis, 10)
+    start = src.initialOffset()
+    end = src.latestOffset(start, src.getDefaultReadLimit())
+    record_progress(src.progress, {shard: seqs[-1] for shard, seqs in read_batch(src, start, end).items()})
+    later = put(kinesis, 10, start=10)
+    client = kinesis_source.kinesis_client()
+    real = client.get_shard_iterator
+
+    def cannot_find(**kwargs):
+        if kwargs["ShardIteratorType"] == "AFTER_SEQUENCE_NUMBER":
+            raise client.exceptions.ResourceNotFoundException(
+                {"Error": {"Code": "ResourceNotFoundException", "Message": "Unable to find record"}}, "GetShardIterator"
+            )
+        return real(**kwargs)
+
+    monkeypatch.setattr(client, "get_shard_iterator", cannot_find)
+    following = src.latestOffset(end, src.getDefaultReadLimit())
+    assert following != end  # the probe saw the later records though it had to start at the beginning
+    assert read_batch(src, end, following) == later
+    record_progress(src.progress, {shard: seqs[-1] for shard, seqs in later.items()})
+    after_all = src.latestOffset(following, src.getDefaultReadLimit())
+    assert after_all == following or read_batch(src, following, after_all) == {}  # nothing is read twice

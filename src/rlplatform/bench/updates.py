@@ -16,15 +16,17 @@ median over its rounds. The transitions come from random play of the game's simu
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import ray
 import torch
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
@@ -33,7 +35,7 @@ from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBu
 from rlplatform.bench.harness import fresh_store
 from rlplatform.games import GameSpec, UnknownGameError, game_spec
 from rlplatform.store import TransitionBatch
-from rlplatform.train.algorithms import Algorithm, algorithm_class
+from rlplatform.train.algorithms import Algorithm, AlgorithmConfigError, algorithm_class
 from rlplatform.train.mirror import ReplayMirror
 from rlplatform.train.trainer import PrefetchingSampler, learner_update, sample_transitions
 
@@ -51,6 +53,9 @@ class UpdatesBenchConfig:
     steps: int = 20_000  # transitions of random play on both sides
     seed: int = 0
     store: str = "sqlite"  # the store side's adapter (harness.fresh_store)
+    learners: int = 0  # learner actors on a local Ray (Algorithm.build_learner_group); 0: in this process
+    algorithm: str | None = None  # None: the game's default
+    hyperparameters: dict = field(default_factory=dict)  # over the algorithm's defaults
 
 
 def check_options(game: str, updates: int, rounds: int, steps: int) -> GameSpec:
@@ -65,6 +70,14 @@ def check_options(game: str, updates: int, rounds: int, steps: int) -> GameSpec:
     if spec.simulator is None:
         raise BenchUpdatesError(f"--game: {game!r} has no simulator to play transitions with")
     return spec
+
+
+def check_config(spec: GameSpec, algorithm: str | None, hyperparameters: dict) -> None:
+    """``BenchUpdatesError`` naming ``--config`` when its algorithm or hyperparameters do not fit the game."""
+    try:
+        algorithm_class(spec, algorithm)(spec, hyperparameters)
+    except AlgorithmConfigError as exc:
+        raise BenchUpdatesError(f"--config: {exc}") from None
 
 
 def random_play(spec: GameSpec, steps: int, seed: int) -> tuple[TransitionBatch, list[SingleAgentEpisode]]:
@@ -125,13 +138,29 @@ def updates_per_second(step: Callable[[], None], updates: int) -> float:
 def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
     """Both sides' updates/s (median over rounds, and every round) and ``ratio`` = store / memory."""
     spec = check_options(cfg.game, cfg.updates, cfg.rounds, cfg.steps)
-    algorithm: Algorithm = algorithm_class(spec)(spec)
+    algorithm: Algorithm = algorithm_class(spec, cfg.algorithm)(spec, cfg.hyperparameters)
     hp = algorithm.hp
     torch.set_num_threads(1)  # as the trainer runs
     transitions, episodes = random_play(spec, cfg.steps, cfg.seed)
     buffer = EpisodeReplayBuffer(capacity=hp.replay_window)
     buffer.add(episodes)
-    learner_group = algorithm.build_learner_group(cfg.seed)
+    if cfg.learners:
+        ray.init(num_cpus=max(cfg.learners, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    try:
+        return _run(cfg, algorithm, transitions, buffer)
+    finally:
+        if cfg.learners:
+            ray.shutdown()
+
+
+def _run(
+    cfg: UpdatesBenchConfig,
+    algorithm: Algorithm,
+    transitions: TransitionBatch,
+    buffer: EpisodeReplayBuffer,
+) -> dict:
+    hp = algorithm.hp
+    learner_group = algorithm.build_learner_group(cfg.seed, cfg.learners)
     rng = np.random.default_rng(cfg.seed)
     updates = 0
 
@@ -158,6 +187,8 @@ def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
             for _ in range(cfg.rounds):
                 rounds["store"].append(updates_per_second(from_store, cfg.updates))
                 rounds["memory"].append(updates_per_second(from_memory, cfg.updates))
+        # The trainer's sampler alone: the most updates/s one trainer process can feed, however many learners.
+        samples_per_s = updates_per_second(lambda: sample_transitions(mirror, hp, rng), cfg.updates)
     learner_group.shutdown()
     rates = {side: statistics.median(values) for side, values in rounds.items()}
     return {
@@ -169,5 +200,7 @@ def run_updates_bench(cfg: UpdatesBenchConfig) -> dict:
         "updates_per_s_store": round(rates["store"], 1),
         "updates_per_s_memory": round(rates["memory"], 1),
         "ratio": round(rates["store"] / rates["memory"], 3),
+        "learners": cfg.learners,
+        "samples_per_s": round(samples_per_s, 1),
         "rounds": {side: [round(v, 1) for v in values] for side, values in rounds.items()},
     }

@@ -13,6 +13,7 @@ from rlplatform.cli.common import (
     AlgorithmOpt,
     ConfigOpt,
     GameOpt,
+    LearnersOpt,
     MaxTransitionsOpt,
     StoreName,
     configure_logging,
@@ -60,6 +61,7 @@ def up(
     algorithm: AlgorithmOpt = None,
     config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    learners: LearnersOpt = 0,
     max_transitions: MaxTransitionsOpt = None,
     store: Annotated[
         StoreName,
@@ -93,6 +95,7 @@ def up(
             algorithm=algorithm,
             trainer_config=config.resolve() if config else None,
             seed=seed,
+            learners=learners,
             # as the option says: RLP_MAX_TRANSITIONS_PER_GAME where the option is not given
             max_transitions_per_game=load_settings(max_transitions_per_game=max_transitions).max_transitions_per_game,
             store=store.value,
@@ -244,6 +247,7 @@ def train(
         typer.Option("--learning-starts", min=1, help="Stored transitions before the first update (a hyperparameter)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    learners: LearnersOpt = 0,
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Run the learner on this Ray cluster (host:port).")
     ] = None,
@@ -258,7 +262,7 @@ def train(
     configure_logging(log_level)
     stop = threading.Event()
     set_on_signals(stop)
-    loop = {"seed": seed} | ({"publish_every_updates": publish_every} if publish_every else {})
+    loop = {"seed": seed, "learners": learners} | ({"publish_every_updates": publish_every} if publish_every else {})
     overrides = {"learning_starts": learning_starts} if learning_starts else {}
     try:
         cfg = trainer_config(game, config_file=config, algorithm=algorithm, hyperparameters=overrides, **loop)

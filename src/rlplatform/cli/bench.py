@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from rlplatform.cli.common import StoreName, configure_logging
+from rlplatform.cli.common import ConfigOpt, StoreName, configure_logging
 from rlplatform.infra import processes
 from rlplatform_client.games import DEFAULT_GAME
 
@@ -55,22 +55,49 @@ def bench_updates(
     store: Annotated[
         StoreName, typer.Option("--store", help="The store side: sqlite (a new file) or cassandra (RLP_CASSANDRA_*).")
     ] = StoreName.sqlite,
+    learners: Annotated[
+        int, typer.Option("--learners", min=0, max=64, help="Learner actors on a local Ray; 0: in this process.")
+    ] = 0,
+    config: ConfigOpt = None,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Default: runs/bench-updates-<time>.")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
 ) -> None:
     """Learner updates/s fed from the experience store vs from RLlib's in-memory replay buffer."""
     import time
 
-    from rlplatform.bench.updates import BenchUpdatesError, UpdatesBenchConfig, check_options, run_updates_bench
+    from rlplatform.bench.updates import (
+        BenchUpdatesError,
+        UpdatesBenchConfig,
+        check_config,
+        check_options,
+        run_updates_bench,
+    )
+    from rlplatform.train.algorithms import AlgorithmConfigError
+    from rlplatform.train.trainer import read_config_file
 
     configure_logging(log_level)
     try:
-        check_options(game, updates, rounds, steps)
+        spec = check_options(game, updates, rounds, steps)
+        try:
+            doc = read_config_file(config) if config else {}
+        except AlgorithmConfigError as exc:
+            raise BenchUpdatesError(f"--config: {exc}") from None
+        check_config(spec, doc.get("algorithm"), doc.get("hyperparameters", {}))
     except BenchUpdatesError as exc:
         option, _, reason = str(exc).partition(": ")
         raise typer.BadParameter(reason, param_hint=option) from None
     work = work_dir or Path("runs") / time.strftime("bench-updates-%Y%m%d-%H%M%S")
-    cfg = UpdatesBenchConfig(game=game, work_dir=work, updates=updates, rounds=rounds, steps=steps, store=store.value)
+    cfg = UpdatesBenchConfig(
+        game=game,
+        work_dir=work,
+        updates=updates,
+        rounds=rounds,
+        steps=steps,
+        store=store.value,
+        learners=learners,
+        algorithm=doc.get("algorithm"),
+        hyperparameters=doc.get("hyperparameters", {}),
+    )
     _print_result("updates", lambda: run_updates_bench(cfg))
 
 

@@ -29,6 +29,15 @@ AlgorithmOpt = Annotated[
     str | None,
     typer.Option("--algorithm", help="DQN or SAC; wins over --config. Default: DQN for discrete actions, SAC for box."),
 ]
+LearnersOpt = Annotated[
+    int,
+    typer.Option(
+        "--learners",
+        min=0,
+        max=64,
+        help="Data-parallel learner actors, one CPU each, sharing every train batch (Ray); 0: in the trainer.",
+    ),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(

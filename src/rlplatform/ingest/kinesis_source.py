@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from botocore.exceptions import ClientError
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxBytes
 from pyspark.sql.types import BinaryType, DoubleType, StringType, StructField, StructType
@@ -37,6 +39,7 @@ from rlplatform.infra import processes
 from rlplatform.settings import DEFAULT_INGEST_MAX_BATCH_BYTES
 from rlplatform_client.retry import aws_unreachable, retry
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA = StructType(
@@ -103,14 +106,29 @@ def _call(call: Callable[[], T]) -> T:
     return retry(call, service="Kinesis", endpoint=kinesis_client().meta.endpoint_url, unreachable=aws_unreachable)
 
 
-def _iterator(stream: str, shard_id: str, after: str | None) -> str:
-    kwargs = (
-        {"StartingSequenceNumber": after, "ShardIteratorType": "AFTER_SEQUENCE_NUMBER"}
-        if after
-        else {"ShardIteratorType": "TRIM_HORIZON"}
-    )
+# What Kinesis answers for a sequence number it cannot find: one past the stream's retention (AWS), or one that
+# kinesis-mock (LocalStack) lost track of under concurrent producers though it returned it from GetRecords.
+_SEQUENCE_NOT_FOUND = frozenset({"ResourceNotFoundException", "InvalidArgumentException"})
+
+
+def _iterator(stream: str, shard_id: str, after: str | None) -> tuple[str, str | None]:
+    """An iterator over the shard's records after ``after`` (all of them without), and the sequence number the
+    caller must skip records up to (None: none). When Kinesis cannot find ``after``, the iterator starts at the
+    shard's beginning and the caller skips what it read before: nothing is lost, nothing read twice."""
     client = kinesis_client()
-    return _call(lambda: client.get_shard_iterator(StreamName=stream, ShardId=shard_id, **kwargs))["ShardIterator"]
+
+    def get(**kwargs: str) -> str:
+        return _call(lambda: client.get_shard_iterator(StreamName=stream, ShardId=shard_id, **kwargs))["ShardIterator"]
+
+    if after is None:
+        return get(ShardIteratorType="TRIM_HORIZON"), None
+    try:
+        return get(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after), None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in _SEQUENCE_NOT_FOUND:
+            raise
+        log.warning("%s: Kinesis cannot find sequence number %s (%s); reading from its start", shard_id, after, exc)
+        return get(ShardIteratorType="TRIM_HORIZON"), after
 
 
 # ------------------------------------------------------------------------------ the source
@@ -214,16 +232,18 @@ class KinesisStreamReader(DataSourceStreamReader):
         import pyarrow as pa
 
         p, client, schema = partition, kinesis_client(), _arrow_schema()
-        iterator, last, count, size = _iterator(self.stream, p.shard_id, p.after), p.after, 0, 0
+        (iterator, skip), last, count, size = _iterator(self.stream, p.shard_id, p.after), p.after, 0, 0
         while iterator:
             limit = max(1, min(MAX_RECORDS_PER_CALL, p.max_records - count))
             try:
                 page = _call(lambda it=iterator, n=limit: client.get_records(ShardIterator=it, Limit=n))
             except client.exceptions.ExpiredIteratorException:
-                iterator = _iterator(self.stream, p.shard_id, last)
+                iterator, skip = _iterator(self.stream, p.shard_id, last)
                 continue
             iterator, rows, full = page.get("NextShardIterator"), [], False
             for rec in page["Records"]:
+                if skip is not None and not _after(rec["SequenceNumber"], skip):
+                    continue  # read before: Kinesis could not start after it
                 if p.stop_at is not None and _after(rec["SequenceNumber"], p.stop_at):
                     full = True
                     break
@@ -254,9 +274,15 @@ class KinesisStreamReader(DataSourceStreamReader):
     def _probe(self, shard_id: str, after: str | None) -> tuple[bool, bool]:
         """(records wait after ``after``, the shard is closed and read to its end)."""
         client = kinesis_client()
-        iterator = _iterator(self.stream, shard_id, after)
-        page = _call(lambda: client.get_records(ShardIterator=iterator, Limit=1))
-        has_data = bool(page["Records"]) or page.get("MillisBehindLatest", 0) > 0
+        iterator, skip = _iterator(self.stream, shard_id, after)
+        while True:
+            limit = 1 if skip is None else MAX_RECORDS_PER_CALL  # from the shard's start: past what was read
+            page = _call(lambda it=iterator, n=limit: client.get_records(ShardIterator=it, Limit=n))
+            new = [r for r in page["Records"] if skip is None or _after(r["SequenceNumber"], skip)]
+            if new or not page["Records"] or page.get("NextShardIterator") is None:
+                break
+            iterator = page["NextShardIterator"]
+        has_data = bool(new) or page.get("MillisBehindLatest", 0) > 0
         return has_data, not page["Records"] and page.get("NextShardIterator") is None
 
     def _list_shards(self) -> list[str]:

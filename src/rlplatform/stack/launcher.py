@@ -135,6 +135,7 @@ class Stack:
             "--config": self.cfg.trainer_config,
             "--publish-every": self.cfg.publish_every_updates,
             "--learning-starts": self.cfg.learning_starts,
+            "--learners": self.cfg.learners or None,
         }
         return argv + [str(x) for flag, value in optional.items() if value is not None for x in (flag, value)]
 

@@ -27,6 +27,7 @@ class LaunchConfig:
     # A game judged by live play is solved once its newest version finished this many episodes on target.
     live_min_episodes: int = 20
     seed: int = 0
+    learners: int = 0  # per trainer (TrainerConfig.learners)
     # None: the trainer's own default (TrainerConfig, the algorithm's hyperparameters, its config file).
     algorithm: str | None = None
     trainer_config: Path | None = None

@@ -11,6 +11,7 @@ training document is reported and nothing is started until it changes. Each game
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -142,8 +143,13 @@ class TrainingService:
                 self.reconcile()
                 self.stop.wait(self.poll_s)
         finally:
-            for game_id in list(self.games):
+            for game in self.games.values():  # all at once: each finishes its update meanwhile
+                if game.actor is not None:
+                    game.actor.stop.remote()
+            for game_id, game in self.games.items():
                 self._stop_trainer(game_id)
+                with contextlib.suppress(Exception):  # best effort: the bucket may be what failed
+                    self._publish_status(game_id, game)
             ray.shutdown()
 
     def reconcile(self) -> None:
@@ -195,6 +201,8 @@ class TrainingService:
         settings = self.settings.model_copy(update={"ray_address": None, "signing_key": pem, "signing_key_file": None})
         remote = ray.remote(TrainerActor).options(
             num_cpus=TRAINER_CPUS,
+            # Over as many nodes as there are: losing one loses as few trainers as can be.
+            scheduling_strategy="SPREAD",
             max_concurrency=2,
             name=f"trainer-{game_id}",
             runtime_env={"env_vars": aws.client_env()},
