@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import ray
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 
 from rlplatform.games import game_spec
 from rlplatform.train.algorithms.dqn import DQN
-from rlplatform.train.trainer import learner_update
+from rlplatform.train.trainer import export_policy, learner_update
 from tests.unit.test_trainer import cartpole_batch
 
 
@@ -47,5 +48,9 @@ def test_two_learners_split_each_batch_and_keep_identical_weights(local_ray: Non
         for name in first:
             np.testing.assert_array_equal(first[name], second[name], err_msg=name)
         assert any(not np.array_equal(first[name], before[0][name]) for name in first), "no update changed a weight"
+        # What a publish exports: the policy the learners share, runnable by a client.
+        obs = np.zeros((3, 4), np.float32)
+        q_values = ort.InferenceSession(export_policy(learner_group, algorithm)).run(None, {"obs": obs})[0]
+        assert q_values.shape == (3, 2) and np.all(np.isfinite(q_values))
     finally:
         learner_group.shutdown()

@@ -174,11 +174,7 @@ class Trainer:
         """Export, evaluate, checkpoint, then publish the next version (after the checkpoint, so a restarted
         trainer never publishes a learner step that was already published)."""
         algorithm = self.algorithm
-        # Export where the learner lives (this process or a Ray actor); only the ONNX bytes travel.
-        results = self.learner_group.foreach_learner(
-            lambda learner: algorithm.export_onnx(learner.module[DEFAULT_POLICY_ID])
-        )
-        onnx_bytes = next(iter(results)).get()
+        onnx_bytes = export_policy(self.learner_group, algorithm)
         obs_space, act_space = self.spec.manifest_spaces()
         eval_return = None  # a game without a simulator is judged by live play only (rlplatform models)
         if self.spec.simulator is not None:
@@ -337,6 +333,18 @@ def sample_transitions(
     mirror.refresh_if_due()
     rows = mirror.sample(hp.batch_size, rng, follow=hp.n_step - 1)
     return n_step_transitions(rows, hp.n_step, hp.gamma)
+
+
+def export_policy(learner_group: LearnerGroup, algorithm: Algorithm) -> bytes:
+    """The policy as ONNX bytes, exported where the first learner lives (this process or a Ray actor): only the
+    bytes travel. Data-parallel learners hold identical weights, each wrapped for DDP: the wrapped module is the
+    one exported."""
+    first = next(iter(learner_group.foreach_learner(
+        lambda learner: algorithm.export_onnx(learner.module[DEFAULT_POLICY_ID].unwrapped())
+    )))  # fmt: skip
+    if not first.ok:
+        raise RuntimeError(f"exporting the policy failed on its learner: {first.get()}")
+    return first.get()
 
 
 def learner_update(
