@@ -142,9 +142,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolesStack]:
             "RLP_INGEST_TRIGGER_SECONDS": "0.2",
         }
         roles = RolesStack(ids, settings, base, tmp, procs)
+        training = tmp / "training.json"
+        training.write_text(json.dumps({"publish_every_updates": 100, "hyperparameters": {"learning_starts": 300}}))
         for role, argv in (
             ("bootstrap", ["bootstrap"]),
             ("operator", ["games", "register", DECLARED, "--obs-size", "3", "--actions", "2"]),
+            ("operator", ["games", "configure", DECLARED, "--retire"]),  # no data: no trainer for it
+            ("operator", ["games", "register", GAME, "--gymnasium"]),
+            ("operator", ["games", "configure", GAME, "--config", str(training)]),
         ):
             done = roles.run(role, *argv)
             assert done.returncode == 0, f"{role}: {done.stdout}{done.stderr}"
@@ -155,7 +160,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RolesStack]:
         job.start()
         stats_dir = tmp / "clients"
         commands = {
-            "trainer": [*cli, "train", "--game", GAME, "--publish-every", "100", "--learning-starts", "300"],
+            "trainer": [*cli, "trainers", "--poll-seconds", "1"],  # the training service, on a local Ray
             "clients": [
                 sys.executable, "-m", "rlplatform_client", "simulate", "--game", GAME, "--clients", "2",
                 "--stream", settings.stream_name, "--bucket", settings.bucket, "--stats-dir", str(stats_dir),
@@ -202,6 +207,11 @@ def test_each_stage_does_its_whole_job_under_its_own_role(stack: RolesStack) -> 
     assert models.returncode == 0 and "DQN" in models.stdout, models.stdout + models.stderr
     declared = stack.run("operator", "games", "list")
     assert declared.returncode == 0 and DECLARED in declared.stdout, declared.stdout + declared.stderr
+    # ...and what the training service says of each game's trainer.
+    shown = stack.run("operator", "games", "show", GAME)
+    trainer = json.loads(shown.stdout)["trainer"]
+    assert trainer["state"] == "running" and trainer["version"] >= 1, shown.stdout + shown.stderr
+    assert json.loads(stack.run("operator", "games", "show", DECLARED).stdout)["trainer"]["state"] == "retired"
 
 
 def forbidden_to_a_client(s3: Any, kinesis: Any, bucket: str, stream: str) -> dict:
@@ -219,6 +229,9 @@ def forbidden_to_a_client(s3: Any, kinesis: Any, bucket: str, stream: str) -> di
         "read another game's pointer": get(f"models/{OTHER_GAME}/latest.json"),
         "read another game's catalog entry": get(f"games/{DECLARED}/spec.json"),
         "read dead letters": get(f"{DEAD_LETTER_PREFIX}any.jsonl"),
+        "read the trainer's checkpoint": get(f"checkpoints/{GAME}/trainer.tar.gz"),
+        "read the trainer's status": get(f"trainers/{GAME}/status.json"),
+        "write a training document": put(f"games/{GAME}/training.json"),
         "list the bucket": lambda: s3.list_objects_v2(Bucket=bucket),
         "read the stream": lambda: kinesis.list_shards(StreamName=stream),
         "create a stream": lambda: kinesis.create_stream(StreamName="junk", ShardCount=1),
