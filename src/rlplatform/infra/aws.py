@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from rlplatform.infra import processes
 from rlplatform.infra.bootstrap import bootstrap as create_resources
 from rlplatform.settings import Settings
+from rlplatform_client.models import is_missing
 
 _RETRIES = Config(retries={"max_attempts": 10, "mode": "adaptive"})
 # For a command a person waits on: an endpoint that is down is reported within seconds, not after 10 attempts.
@@ -59,6 +61,16 @@ def kinesis_client():
 
 def s3_client():
     return boto3.client("s3", config=_config)
+
+
+def object_or_none(bucket: str, key: str) -> bytes | None:
+    """The object's bytes, or None when it does not exist; any other S3 error raises."""
+    try:
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if is_missing(exc):
+            return None
+        raise
 
 
 def fail_fast() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rlplatform.infra import aws
@@ -17,7 +16,6 @@ from rlplatform_client.models import (
     MODEL_PREFIX,
     ManifestDocument,
     ModelManifest,
-    is_missing,
     latest_key,
     publish_model,
 )
@@ -34,13 +32,8 @@ def latest_manifest(bucket: str, game_id: str) -> ModelManifest | None:
     Raises ``ManifestError`` when the pointer is not a valid manifest (``ModelSignatureError``: not a valid
     envelope). The signature is not checked: this is what the pointer says, for the platform's own reports.
     """
-    try:
-        body = aws.s3_client().get_object(Bucket=bucket, Key=latest_key(game_id))["Body"].read()
-    except ClientError as exc:
-        if is_missing(exc):
-            return None
-        raise
-    return ManifestDocument.from_json(body).manifest
+    body = aws.object_or_none(bucket, latest_key(game_id))
+    return None if body is None else ManifestDocument.from_json(body).manifest
 
 
 def published_versions(bucket: str, game_id: str) -> list[int]:

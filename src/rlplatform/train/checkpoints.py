@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from rlplatform.infra import aws
-from rlplatform_client.models import is_missing
 
 CHECKPOINT_PREFIX = "checkpoints"
 _LEARNER = "learner"
@@ -57,12 +54,7 @@ def save(bucket: str, game_id: str, learner_group: Any, state: dict[str, Any]) -
 
 def fetch(bucket: str, game_id: str) -> bytes | None:
     """The game's packed checkpoint, or None when it has none yet."""
-    try:
-        return aws.s3_client().get_object(Bucket=bucket, Key=checkpoint_key(game_id))["Body"].read()
-    except ClientError as exc:
-        if is_missing(exc):
-            return None
-        raise
+    return aws.object_or_none(bucket, checkpoint_key(game_id))
 
 
 @contextlib.contextmanager

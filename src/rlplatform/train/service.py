@@ -29,7 +29,6 @@ from rlplatform.settings import Settings
 from rlplatform.train.algorithms import AlgorithmConfigError
 from rlplatform.train.trainer import Trainer, TrainerConfig
 from rlplatform.train.training import read_training, retired, training_config, training_key
-from rlplatform_client.models import is_missing
 from rlplatform_client.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -47,14 +46,8 @@ def status_key(game_id: str) -> str:
 
 def read_status(bucket: str, game_id: str) -> dict[str, Any] | None:
     """The service's last word on the game's trainer, or None when no service has run it."""
-    from botocore.exceptions import ClientError
-
-    try:
-        return json.loads(aws.s3_client().get_object(Bucket=bucket, Key=status_key(game_id))["Body"].read())
-    except ClientError as exc:
-        if is_missing(exc):
-            return None
-        raise
+    body = aws.object_or_none(bucket, status_key(game_id))
+    return None if body is None else json.loads(body)
 
 
 class TrainerActor:

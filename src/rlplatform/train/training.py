@@ -15,14 +15,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from rlplatform.games import GameSpec
 from rlplatform.infra import aws
 from rlplatform.train.algorithms import AlgorithmConfigError, algorithm_class
 from rlplatform.train.trainer import TrainerConfig, checked_config
 from rlplatform_client.games import GAMES_PREFIX
-from rlplatform_client.models import is_missing
 
 KEYS = ("algorithm", "hyperparameters", "publish_every_updates", "learners", "retired")
 # Learner actors per game: each takes one CPU of the cluster.
@@ -36,12 +33,9 @@ def training_key(game_id: str) -> str:
 def read_training(bucket: str, game_id: str) -> dict[str, Any]:
     """The game's training document as stored ({} when there is none); ``AlgorithmConfigError`` when it is not
     JSON. Checked by ``training_config``, not here: a bad one is reported, not hidden."""
-    try:
-        body = aws.s3_client().get_object(Bucket=bucket, Key=training_key(game_id))["Body"].read()
-    except ClientError as exc:
-        if is_missing(exc):
-            return {}
-        raise
+    body = aws.object_or_none(bucket, training_key(game_id))
+    if body is None:
+        return {}
     try:
         return json.loads(body)
     except ValueError as exc:
