@@ -70,11 +70,10 @@ def games_configure(
     ] = None,
 ) -> None:
     """How the training service trains a declared game (games/GAME/training.json); checked before it is stored."""
-    import yaml
-
     from rlplatform.games import GameCatalog
     from rlplatform.train.algorithms import AlgorithmConfigError
-    from rlplatform.train.training import read_training, write_training
+    from rlplatform.train.trainer import read_config_file
+    from rlplatform.train.training import KEYS, read_training, write_training
 
     bucket = load_settings().bucket
     try:
@@ -84,12 +83,9 @@ def games_configure(
                 typer.echo(f"error: {game!r} is not declared (rlplatform games register)", err=True)
                 raise typer.Exit(1)
             doc = read_training(bucket, game)
-            if config is not None:
-                try:
-                    doc = {"retired": doc["retired"]} if "retired" in doc else {}
-                    doc |= yaml.safe_load(config.read_text()) or {}
-                except (yaml.YAMLError, TypeError, ValueError) as exc:
-                    raise AlgorithmConfigError(f"{config}: not a JSON or YAML mapping: {exc}") from None
+            if config is not None:  # replaces the document; the retired flag is --retire/--resume's
+                kept = {"retired": doc["retired"]} if "retired" in doc else {}
+                doc = kept | read_config_file(config, KEYS)
             if retire is not None:
                 doc["retired"] = retire
             cfg = write_training(bucket, spec, doc)

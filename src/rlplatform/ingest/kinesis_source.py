@@ -37,6 +37,7 @@ from pyspark.sql.types import BinaryType, DoubleType, StringType, StructField, S
 
 from rlplatform.infra import processes
 from rlplatform.settings import DEFAULT_INGEST_MAX_BATCH_BYTES
+from rlplatform_client.models import error_code
 from rlplatform_client.retry import aws_unreachable, retry
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _iterator(stream: str, shard_id: str, after: str | None) -> tuple[str, str |
     try:
         return get(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after), None
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in _SEQUENCE_NOT_FOUND:
+        if error_code(exc) not in _SEQUENCE_NOT_FOUND:
             raise
         log.warning("%s: Kinesis cannot find sequence number %s (%s); reading from its start", shard_id, after, exc)
         return get(ShardIteratorType="TRIM_HORIZON"), after

@@ -76,8 +76,9 @@ class TrainerConfig:
     unreachable_backoff: Backoff = Backoff()
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A per-game trainer config, JSON or YAML: ``{"algorithm": "SAC", "hyperparameters": {...}}``, both optional.
+def read_config_file(path: Path, allowed: Collection[str] = ("algorithm", "hyperparameters")) -> dict[str, Any]:
+    """A per-game trainer config, JSON or YAML: ``{"algorithm": "SAC", "hyperparameters": {...}}``, both optional
+    (or any of the keys ``allowed``, e.g. a training document's).
 
     Raises ``AlgorithmConfigError`` naming the field that is wrong.
     """
@@ -87,7 +88,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise AlgorithmConfigError(f"{path}: neither JSON nor YAML: {exc}") from None
-    return checked_config(doc, str(path))
+    return checked_config(doc, str(path), allowed)
 
 
 def checked_config(doc: object, where: str, allowed: Collection[str] = ("algorithm", "hyperparameters")) -> dict:
@@ -337,8 +338,8 @@ def sample_transitions(
 
 def export_policy(learner_group: LearnerGroup, algorithm: Algorithm) -> bytes:
     """The policy as ONNX bytes, exported where the first learner lives (this process or a Ray actor): only the
-    bytes travel. Data-parallel learners hold identical weights, each wrapped for DDP: the wrapped module is the
-    one exported."""
+    bytes travel. Data-parallel learners hold identical weights, each wrapped for DDP: the module inside the
+    wrapper is the one exported."""
     first = next(iter(learner_group.foreach_learner(
         lambda learner: algorithm.export_onnx(learner.module[DEFAULT_POLICY_ID].unwrapped())
     )))  # fmt: skip
