@@ -188,8 +188,8 @@ class TrainingService:
         except (AlgorithmConfigError, UnknownGameError) as exc:
             self._refuse(game_id, game, str(exc))
             return
-        # The learner runs inside the trainer's actor; the signing key travels with the settings, as the
-        # actor's node may not hold the service's key file.
+        # No Ray address: the actor already runs in the cluster (learner actors, if any, join it there). The
+        # signing key travels with the settings, as the actor's node may not hold the service's key file.
         pem = SecretStr(keys.private_pem(keys.signing_key(self.settings)).decode())
         settings = self.settings.model_copy(update={"ray_address": None, "signing_key": pem, "signing_key_file": None})
         remote = ray.remote(TrainerActor).options(
@@ -219,18 +219,20 @@ class TrainingService:
             except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
                 pass  # busy or gone: the run reference says which
             return
+        refused = None
         try:
             game.progress = ray.get(game.run_ref)
             error = "the trainer stopped by itself"
         except AlgorithmConfigError as exc:  # e.g. a checkpoint of other networks: a restart would not help
-            game.actor = game.run_ref = None
-            self._refuse(game_id, game, str(exc))
-            return
+            refused = error = str(exc)
         except Exception as exc:  # noqa: BLE001 - whatever ended it (a crash, its node lost), it is restarted
             error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        ray.kill(game.actor)
+        ray.kill(game.actor)  # its run ended, but the actor (and its CPU) stays until killed
         game.actor = game.run_ref = None
         game.node = {}
+        if refused is not None:
+            self._refuse(game_id, game, refused)
+            return
         game.error = error
         if game.restarts >= self.max_restarts:
             game.state = "failed"
