@@ -156,7 +156,7 @@ def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None
         assert (result["target_return"], result["judged_by"], result["solved"]) == (target, "simulator", False)
         assert result["algorithm"] == algorithm and result["seconds_to_solve"] is None
     assert summary["transitions_sent"] == sum(g["transitions_sent"] for g in summary["games"].values())
-    assert summary["restarts"] == {"ingest": 0, f"trainer-{GAME}": 0, "trainer-Pendulum-v1": 0}
+    assert summary["restarts"] == {"ingest": 0, "trainers": 0, f"trainer-{GAME}": 0, "trainer-Pendulum-v1": 0}
     assert json.loads((run_dir / "summary.json").read_text())["games"] == summary["games"]
     assert (run_dir / "learning_curve.png").stat().st_size > 0
     with sqlite3.connect(run_dir / "experience.sqlite") as conn:  # the bound holds in the file itself
@@ -198,9 +198,8 @@ def test_ctrl_c_stops_the_stack_cleanly_and_reconciles(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        game_dir = run_dir / "games" / GAME
-        wait_for(lambda: (game_dir / "trainer-status.json").exists() and any((game_dir / "clients").glob("*.json")),
-                 300, "the stack to run")  # fmt: skip
+        clients = run_dir / "games" / GAME / "clients"
+        wait_for(lambda: any(s["steps_acked"] for s in client_stats(clients)), 300, "the stack to run")
         os.killpg(proc.pid, signal.SIGINT)
         stdout, _ = proc.communicate(timeout=300)
     finally:

@@ -1,7 +1,9 @@
-"""Data-parallel learners: two learner actors on a local Ray share every update and stay identical."""
+"""Data-parallel learners: two learner actors on a local Ray share every update and stay identical; joining Ray
+keeps the process's own SIGTERM handler."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,18 +13,30 @@ import ray
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID
 
 from rlplatform.games import game_spec
+from rlplatform.infra.ray_cluster import init_ray
 from rlplatform.train.algorithms.dqn import DQN
 from rlplatform.train.trainer import export_policy, learner_update
 from tests.unit.test_trainer import cartpole_batch
 
 
-@pytest.fixture
+def on_sigterm(signum: int, frame: object) -> None:
+    """This process's own SIGTERM handler, as a service or trainer sets one before it joins Ray."""
+
+
+@pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_joining_ray_leaves_the_processs_sigterm_handler(local_ray: None) -> None:
+    # ray.init alone replaces it with one that exits at once: a stopped service would not stop its trainers.
+    assert signal.getsignal(signal.SIGTERM) is on_sigterm
 
 
 def learner_weights(learner_group) -> list[dict[str, np.ndarray]]:

@@ -34,9 +34,9 @@ def test_no_document_trains_with_the_games_default_algorithm() -> None:
 
 def test_a_document_sets_algorithm_hyperparameters_and_cadence() -> None:
     doc = {"algorithm": "SAC", "hyperparameters": {"batch_size": 64}, "publish_every_updates": 50, "learners": 2}
-    cfg = training_config(PENDULUM, doc, "doc")
+    cfg = training_config(PENDULUM, doc | {"seed": 7}, "doc")
     assert (cfg.algorithm, dict(cfg.hyperparameters), cfg.publish_every_updates) == ("SAC", {"batch_size": 64}, 50)
-    assert cfg.learners == 2
+    assert (cfg.learners, cfg.seed) == (2, 7)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,7 @@ def test_a_document_sets_algorithm_hyperparameters_and_cadence() -> None:
         ({"publish_every_updates": 0}, "doc: publish_every_updates: must be an int >= 1"),
         ({"retired": "yes"}, "doc: retired: must be true or false"),
         ({"learners": -1}, "doc: learners: must be an int in [0, 64]"),
+        ({"seed": 1.5}, "doc: seed: must be an int"),
         ({"learnerz": 2}, "doc: learnerz: unknown key"),
         ([1, 2], "doc: must be a mapping"),
     ],

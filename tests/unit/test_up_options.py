@@ -1,4 +1,4 @@
-"""`rlplatform up`'s games and targets, and how a game without a simulator is judged."""
+"""`rlplatform up`'s games, targets and training documents, and how a game without a simulator is judged."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from rlplatform.cli.app import _targets, app
-from rlplatform.stack.launcher import live_target_reached
+from rlplatform.games import game_spec
+from rlplatform.stack.launcher import LaunchConfig, Stack, live_target_reached
 from rlplatform.store.base import LiveReturns
+from rlplatform.train.training import training_config
 
 
 def test_targets_default_to_gymnasium_and_take_one_bare_value_or_per_game_values() -> None:
@@ -57,3 +59,24 @@ def test_retention_bound_comes_from_the_option_else_the_environment(monkeypatch:
     assert CliRunner().invoke(app, ["up"]).exit_code == 0
     assert CliRunner().invoke(app, ["up", "--max-transitions-per-game", "2000"]).exit_code == 0
     assert [cfg.max_transitions_per_game for cfg in launched] == [5000, 2000]
+
+
+def test_launch_options_become_each_games_training_document(tmp_path) -> None:
+    """What the training service trains every game of the run with; unset options are left to the algorithm."""
+    config = tmp_path / "pendulum.yaml"
+    config.write_text("algorithm: SAC\nhyperparameters: {batch_size: 64}\n")
+    cfg = LaunchConfig(
+        targets={"Pendulum-v1": -250.0},
+        trainer_config=config,
+        learning_starts=300,
+        learners=2,
+        seed=3,
+        publish_every_updates=50,
+    )
+    doc = Stack(cfg, tmp_path / "run").training_document()
+    hyperparameters = {"batch_size": 64, "learning_starts": 300}
+    assert doc == {"algorithm": "SAC", "hyperparameters": hyperparameters, "publish_every_updates": 50, "learners": 2,
+                   "seed": 3}  # fmt: skip
+    trains_with = training_config(game_spec("Pendulum-v1"), doc, "doc")
+    assert (trains_with.algorithm, trains_with.learners, trains_with.seed) == ("SAC", 2, 3)
+    assert Stack(LaunchConfig(), tmp_path / "defaults").training_document() == {"seed": 0}

@@ -287,6 +287,15 @@ def trainers(
         float, typer.Option("--poll-seconds", min=0.5, help="How often the catalog is read for games to train.")
     ] = 5.0,
     max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Restarts of a failing trainer.")] = 3,
+    cpus: Annotated[
+        int | None,
+        typer.Option(
+            "--cpus",
+            min=1,
+            help="Logical CPUs of the local Ray (one per trainer, one per learner actor). Default: this machine's "
+            "cores. Not with --ray-address: a cluster's nodes declare their own.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """The training service: a trainer (a Ray actor) for every declared game, until SIGTERM/SIGINT."""
@@ -294,10 +303,13 @@ def trainers(
     from rlplatform.train.service import TrainingService
     from rlplatform_client.stopping import set_on_signals
 
+    settings = load_settings(ray_address=ray_address)
+    if cpus is not None and settings.ray_address:
+        raise typer.BadParameter(f"the Ray cluster at {settings.ray_address} has its own CPUs", param_hint="--cpus")
     configure_logging(log_level)
     stop = threading.Event()
     set_on_signals(stop)
-    service = TrainingService(load_settings(ray_address=ray_address), stop, poll_seconds, max_restarts)
+    service = TrainingService(settings, stop, poll_seconds, max_restarts, local_cpus=cpus)
     try:
         with until_stopped():
             service.run()

@@ -51,6 +51,7 @@ ConfigOpt = Annotated[
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # at INFO, a line for every client made
 
 
 @contextlib.contextmanager

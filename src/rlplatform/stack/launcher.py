@@ -1,26 +1,30 @@
-"""The embedded stack: moto, one Spark ingest job for every game, and per game an RLlib trainer and N bot
-clients, one process each.
+"""The embedded stack: moto, one Spark ingest job for every game, the training service on a local Ray (a
+trainer actor per game) and per game N bot clients, one process each.
 
-``run_stack`` starts everything, shows live progress and judges each game's newest model until every
-game reaches its target return or the time budget ends. A game with a simulator is judged by greedy
-evaluation of the ONNX bytes a client would load (sha256-checked); a game without one by the live return
-its clients played with the newest version (``LaunchConfig.live_min_episodes`` finished episodes at
-least). A solved game's clients and trainer stop, so the cores go to the games still learning.
+``run_stack`` declares each gymnasium game in the bucket's catalog with its training document (what ``--algorithm``,
+``--config`` and the other trainer options say), starts everything, shows live progress (each trainer's from the
+service's status document in the bucket) and judges each game's newest model until every game reaches its target
+return or the time budget ends. A game with a simulator is judged by greedy evaluation of the ONNX bytes a client
+would load (sha256-checked); a game without one by the live return its clients played with the newest version
+(``LaunchConfig.live_min_episodes`` finished episodes at least). A solved game's clients stop and it is retired in
+its training document, so the service stops its trainer and the cores go to the games still learning.
 
 A game that is not a gymnasium id gets no simulated clients: its own clients play it, pointed at the
-stack by ``client.env`` in the run dir, and declare it (its trainer waits for the declaration).
+stack by ``client.env`` in the run dir, and declare it (the service trains it once they have).
 
-A crashed ingest or trainer is restarted (after a backoff delay, at most ``max_restarts`` times per
-stage; both resume from their checkpoints). Shutdown is ordered so nothing is lost, on every exit path
-(success, time budget, Ctrl-C, error, a stage out of restarts): clients stop and flush, ingest drains
-(restarted if it dies) until the store holds every transition acknowledged to the simulated clients or
-the drain timeout passes, then ingest, trainers and moto stop.
+A crashed ingest or training service is restarted (after a backoff delay, at most ``max_restarts`` times per
+stage); a crashed trainer is restarted by the service (as many times); all resume from their checkpoints. A
+trainer out of restarts or refused for its document ends the run with its error. Shutdown is ordered so nothing
+is lost, on every exit path (success, time budget, Ctrl-C, error, a stage out of restarts): clients stop and
+flush, ingest drains (restarted if it dies) until the store holds every transition acknowledged to the simulated
+clients or the drain timeout passes, then ingest, the training service and moto stop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -38,11 +42,14 @@ from rlplatform.infra.names import slug
 from rlplatform.registry import keys
 from rlplatform.settings import CassandraSettings, Settings, SqliteSettings, settings_env
 from rlplatform.stack.progress import GameProgress, LaunchConfig, Progress
-from rlplatform.stack.supervisor import Supervisor
+from rlplatform.stack.supervisor import StageFailed, Supervisor
 from rlplatform.stack.view import progress_table, summary, write_outputs
 from rlplatform.store import ExperienceStore, open_reachable, open_store
 from rlplatform.store.base import LiveReturns
 from rlplatform.train.evaluate import evaluate
+from rlplatform.train.service import read_status
+from rlplatform.train.trainer import read_config_file
+from rlplatform.train.training import put_training, read_training, write_training
 from rlplatform_client.models import ModelError
 from rlplatform_client.stopping import set_on_signals
 from rlplatform_client.subscriber import ModelSubscriber
@@ -97,7 +104,8 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         assert self.moto is not None
-        return settings_env(self.settings, self.moto.env())
+        # Stage logs are files: Ray's lines from the trainer actors come without terminal colour codes.
+        return settings_env(self.settings, self.moto.env()) | {"RAY_COLOR_PREFIX": "0"}
 
     def start(self) -> None:
         self.moto = aws.MotoServer.start()
@@ -105,19 +113,48 @@ class Stack:
         aws.bootstrap(self.settings)
         open_reachable(self.settings).close()  # an unreachable store is one clear error, not stages restarting
         self._write_client_env()
+        for game in self.cfg.games:
+            self._declare(game)
         python = sys.executable
         spawn = self.supervisor.spawn
         spawn("ingest", [python, "-m", "rlplatform", "ingest", "--checkpoint", str(self.run_dir / "ingest-ckpt")], True)
+        spawn("trainers", self._trainers_argv(), restartable=True)
         for game in self.cfg.games:
             self.game_dir(game).mkdir(parents=True, exist_ok=True)
-            spawn(stage("trainer", game), self._trainer_argv(game), restartable=True)
             if self.cfg.clients and simulated(game):
                 spawn(stage("clients", game), self._clients_argv(game))
             else:
                 console.print(
                     f"{game}: no simulated clients; play it with your own, configured by {self.client_env_file} "
-                    "(its trainer waits until they declare the game)"
+                    "(it is trained once they declare the game)"
                 )
+
+    def _declare(self, game: str) -> None:
+        """The game's training document and, for a gymnasium id, its declaration: what the service trains. A game
+        its clients declare gets its document now, checked by the service once they have."""
+        doc = self.training_document()
+        if simulated(game):
+            GameCatalog(self.settings.bucket, wait=False).register(game_spec(game))
+            write_training(self.settings.bucket, game_spec(game), doc)
+        else:
+            put_training(self.settings.bucket, game, doc)
+
+    def training_document(self) -> dict:
+        """Every game's training document (``train.training``) from the launch options; unset ones are left out,
+        so the algorithm's defaults apply."""
+        cfg = self.cfg
+        trainer = read_config_file(cfg.trainer_config) if cfg.trainer_config is not None else {}
+        hyperparameters = trainer.get("hyperparameters", {})
+        if cfg.learning_starts is not None:
+            hyperparameters = {**hyperparameters, "learning_starts": cfg.learning_starts}
+        doc = {
+            "algorithm": cfg.algorithm or trainer.get("algorithm"),
+            "hyperparameters": hyperparameters or None,
+            "publish_every_updates": cfg.publish_every_updates,
+            "learners": cfg.learners or None,
+            "seed": cfg.seed,
+        }
+        return {key: value for key, value in doc.items() if value is not None}
 
     def _write_client_env(self) -> None:
         """What a game's own clients need to reach this stack, as shell assignments."""
@@ -127,17 +164,12 @@ class Stack:
         wanted |= {"RLP_TRUSTED_KEYS": str(self.trusted_keys)}
         self.client_env_file.write_text("".join(f"{key}={value}\n" for key, value in wanted.items()))
 
-    def _trainer_argv(self, game: str) -> list[str]:
-        argv = [sys.executable, "-m", "rlplatform", "train", "--game", game]
-        argv += ["--status-file", str(self.trainer_status(game)), "--seed", str(self.cfg.seed)]
-        optional = {
-            "--algorithm": self.cfg.algorithm,
-            "--config": self.cfg.trainer_config,
-            "--publish-every": self.cfg.publish_every_updates,
-            "--learning-starts": self.cfg.learning_starts,
-            "--learners": self.cfg.learners or None,
-        }
-        return argv + [str(x) for flag, value in optional.items() if value is not None for x in (flag, value)]
+    def _trainers_argv(self) -> list[str]:
+        """The training service on a local Ray with a logical CPU for every trainer and learner actor (Ray would
+        otherwise offer this machine's cores and leave the trainers that do not fit waiting)."""
+        cpus = max(os.cpu_count() or 1, len(self.cfg.games) * (1 + self.cfg.learners))
+        argv = [sys.executable, "-m", "rlplatform", "trainers", "--poll-seconds", "1", "--cpus", str(cpus)]
+        return argv + ["--max-restarts", str(self.cfg.max_restarts)]
 
     def _clients_argv(self, game: str) -> list[str]:
         return [
@@ -180,9 +212,6 @@ class Stack:
     def game_dir(self, game: str) -> Path:
         return self.run_dir / "games" / slug(game, keep=".-")
 
-    def trainer_status(self, game: str) -> Path:
-        return self.game_dir(game) / "trainer-status.json"
-
     def client_stats_dir(self, game: str) -> Path:
         return self.game_dir(game) / "clients"
 
@@ -198,15 +227,15 @@ class Stack:
             self.terminate(stage("clients", game))
 
     def retire(self, game: str) -> None:
-        """A solved game: its clients (they flush) and its trainer stop; ingest goes on storing its data."""
+        """A solved game: its clients stop (they flush) and its training document says retired, so the service
+        stops its trainer; ingest goes on storing its data."""
         self.terminate(stage("clients", game))
-        self.terminate(stage("trainer", game))
+        put_training(self.settings.bucket, game, {**read_training(self.settings.bucket, game), "retired": True})
 
     def stop(self) -> None:
         self.stop_clients()
         self.terminate("ingest")
-        for game in self.cfg.games:
-            self.terminate(stage("trainer", game))
+        self.terminate("trainers")
         if self.moto is not None:
             self.moto.stop()
 
@@ -366,12 +395,17 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _read_trainer(stack: Stack, g: GameProgress) -> None:
-    status = _read_json(stack.trainer_status(g.game))
-    if status:
-        g.updates = status["updates"]
-        g.algorithm = status.get("algorithm")
-        if g.judged_by == "live play":  # the simulator judge tracks the version it evaluated instead
-            g.model_version = status.get("version", 0)
+    """The service's status of the game's trainer; ``StageFailed`` once the service gave up on it."""
+    status = read_status(stack.settings.bucket, g.game)
+    if not status:
+        return
+    if status["state"] in ("failed", "config_error"):
+        raise StageFailed(f"{g.game}: trainer {status['state']}: {status['error']}; see {stack.logs / 'trainers.log'}")
+    g.updates = status.get("updates", g.updates)
+    g.algorithm = status.get("algorithm", g.algorithm)
+    g.trainer_restarts = status["restarts"]
+    if g.judged_by == "live play":  # the simulator judge tracks the version it evaluated instead
+        g.model_version = status.get("version", g.model_version)
 
 
 def _read_clients(stack: Stack, g: GameProgress, elapsed: float | None) -> None:

@@ -38,7 +38,9 @@ class LaunchConfig:
     store: str = "sqlite"
     drain_timeout_s: float = 120.0
     live_every_s: float = 10.0
-    max_restarts: int = 3  # per restartable stage (ingest, each trainer); one more crash fails the run
+    # Per restartable stage (ingest, the training service) and per trainer (by the service); one more crash fails
+    # the run.
+    max_restarts: int = 3
     restart_backoff: Backoff = Backoff(base_s=1.0, cap_s=30.0)
 
     @property
@@ -58,6 +60,7 @@ class GameProgress:
     ingest_rate: float = 0.0
     algorithm: str | None = None
     updates: int = 0
+    trainer_restarts: int = 0  # by the training service
     model_version: int = 0
     clients_mean_return: float | None = None
     transitions_sent: int = 0  # acknowledged to the simulated clients
@@ -81,7 +84,11 @@ class GameProgress:
 class Progress:
     games: dict[str, GameProgress] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
-    restarts: dict[str, int] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # the supervisor's, by stage
+
+    def all_restarts(self) -> dict[str, int]:
+        """The stages' restarts and, as ``trainer-{game}``, each trainer's."""
+        return self.restarts | {f"trainer-{g.game}": g.trainer_restarts for g in self.games.values()}
 
     @classmethod
     def of(cls, cfg: LaunchConfig) -> Progress:

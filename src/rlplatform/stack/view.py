@@ -24,7 +24,7 @@ def progress_table(progress: Progress, cfg: LaunchConfig) -> Table:
         table.add_column(g.game)
     blank = [""] * (len(games) - 1)
     table.add_row("elapsed", f"{progress.elapsed():.0f} s of {cfg.max_minutes * 60:.0f} s", *blank)
-    table.add_row("stage restarts", _fmt_restarts(progress.restarts, cfg.max_restarts), *blank)
+    table.add_row("stage restarts", _fmt_restarts(progress.all_restarts(), cfg.max_restarts), *blank)
     rows = [
         ("ingested transitions/s", lambda g: f"{g.ingest_rate:,.0f}"),
         ("stored transitions", lambda g: f"{g.stored_rows:,}"),
@@ -76,7 +76,7 @@ def summary(cfg: LaunchConfig, progress: Progress, run_dir: Path, error: str | N
         "games": games,
         "transitions_sent": sum(g.transitions_sent for g in progress.games.values()),
         "transitions_stored": sum(g.stored_rows for g in progress.games.values()),
-        "restarts": progress.restarts,
+        "restarts": progress.all_restarts(),
         "drained": drained,
         "clients": cfg.clients,
         "seconds_total": round(progress.elapsed(), 1),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from pydantic import SecretStr
 
 from rlplatform.games import GameCatalog, UnknownGameError
 from rlplatform.infra import aws
+from rlplatform.infra.ray_cluster import init_ray
 from rlplatform.registry import keys
 from rlplatform.settings import Settings
 from rlplatform.train.algorithms import AlgorithmConfigError
@@ -73,9 +75,10 @@ class TrainerActor:
     def status(self) -> dict[str, Any]:
         return {} if self.trainer is None else asdict(self.trainer.status)
 
-    def node(self) -> dict[str, str]:
+    def node(self) -> dict[str, Any]:
+        """Where this trainer runs: its Ray node, and its process there (what an operator inspects or kills)."""
         context = ray.get_runtime_context()
-        return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+        return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
     def stop(self) -> None:
         self.stopping.set()
@@ -92,7 +95,7 @@ class GameTrainer:
     restart_at: float = 0.0
     actor: Any = None
     run_ref: Any = None
-    node: dict[str, str] = field(default_factory=dict)
+    node: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
 
     def document(self, game_id: str) -> dict[str, Any]:
@@ -116,8 +119,10 @@ class TrainingService:
         poll_s: float = 5.0,
         max_restarts: int = 3,
         backoff: Backoff | None = None,
+        local_cpus: int | None = None,
     ) -> None:
         self.settings = settings
+        self.local_cpus = local_cpus
         self.stop = stop
         self.poll_s = poll_s
         self.max_restarts = max_restarts
@@ -127,9 +132,13 @@ class TrainingService:
         self._written: dict[str, dict[str, Any]] = {}
 
     def run(self) -> None:
-        """Attach to Ray (``settings.ray_address``, else a local Ray) and reconcile until ``stop`` is set."""
+        """Attach to Ray (``settings.ray_address``, else a local Ray of ``local_cpus`` logical CPUs) and reconcile
+        until ``stop`` is set."""
         keys.signing_key(self.settings)  # a missing signing key fails here, not in every trainer
-        ray.init(address=self.settings.ray_address, log_to_driver=True)
+        if self.settings.ray_address:
+            init_ray(self.settings.ray_address, log_to_driver=True)
+        else:  # no dashboard: on a laptop its processes would take CPU from the trainers
+            init_ray(num_cpus=self.local_cpus, include_dashboard=False, log_to_driver=True)
         log.info("training service attached to Ray (%s)", self.settings.ray_address or "local")
         try:
             while not self.stop.is_set():

@@ -3,11 +3,12 @@
 ``games/{game_id}/training.json`` (written by the operator, ``rlplatform games configure``), all keys optional::
 
     {"algorithm": "DQN", "hyperparameters": {"batch_size": 64}, "publish_every_updates": 500, "learners": 2,
-     "retired": false}
+     "seed": 0, "retired": false}
 
 No document: the defaults (the game's default algorithm with its default hyperparameters). ``retired``: the
 service stops the game's trainer and starts none (its data and models stay). ``learners``: data-parallel learner
 actors (``Algorithm.build_learner_group``); 0, the default, runs the learner inside the trainer's own actor.
+``seed``: the trainer's sampling and network initialisation (a restarted trainer resumes its weights regardless).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rlplatform.train.algorithms import AlgorithmConfigError, algorithm_class
 from rlplatform.train.trainer import TrainerConfig, checked_config
 from rlplatform_client.games import GAMES_PREFIX
 
-KEYS = ("algorithm", "hyperparameters", "publish_every_updates", "learners", "retired")
+KEYS = ("algorithm", "hyperparameters", "publish_every_updates", "learners", "seed", "retired")
 # Learner actors per game: each takes one CPU of the cluster.
 MAX_LEARNERS = 64
 
@@ -45,9 +46,15 @@ def read_training(bucket: str, game_id: str) -> dict[str, Any]:
 def write_training(bucket: str, spec: GameSpec, doc: dict[str, Any]) -> TrainerConfig:
     """Check ``doc`` against the game (``training_config``), then store it; returns what it trains with."""
     cfg = training_config(spec, doc, training_key(spec.game_id))
-    body = json.dumps(doc, indent=2, sort_keys=True).encode()
-    aws.s3_client().put_object(Bucket=bucket, Key=training_key(spec.game_id), Body=body)
+    put_training(bucket, spec.game_id, doc)
     return cfg
+
+
+def put_training(bucket: str, game_id: str, doc: dict[str, Any]) -> None:
+    """Store ``doc`` as it is: for a game whose spec is not known yet (its clients will declare it), which the
+    service checks once they have."""
+    body = json.dumps(doc, indent=2, sort_keys=True).encode()
+    aws.s3_client().put_object(Bucket=bucket, Key=training_key(game_id), Body=body)
 
 
 def training_config(spec: GameSpec, doc: object, where: str) -> TrainerConfig:
@@ -60,6 +67,8 @@ def training_config(spec: GameSpec, doc: object, where: str) -> TrainerConfig:
     learners = doc.get("learners", 0)
     if type(learners) is not int or not 0 <= learners <= MAX_LEARNERS:
         raise AlgorithmConfigError(f"{where}: learners: must be an int in [0, {MAX_LEARNERS}], got {learners!r}")
+    if type(doc.get("seed", 0)) is not int:
+        raise AlgorithmConfigError(f"{where}: seed: must be an int, got {doc['seed']!r}")
     if type(doc.get("retired", False)) is not bool:
         raise AlgorithmConfigError(f"{where}: retired: must be true or false, got {doc['retired']!r}")
     try:
@@ -73,6 +82,7 @@ def training_config(spec: GameSpec, doc: object, where: str) -> TrainerConfig:
         hyperparameters=doc.get("hyperparameters", {}),
         publish_every_updates=publish_every,
         learners=learners,
+        seed=doc.get("seed", 0),
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import ray
 import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.columns import Columns
@@ -24,6 +25,7 @@ from ray.rllib.core.learner.learner_group import LearnerGroup
 from ray.rllib.policy.sample_batch import DEFAULT_POLICY_ID, MultiAgentBatch, SampleBatch
 
 from rlplatform.games import GameSpec
+from rlplatform.infra.ray_cluster import init_ray
 from rlplatform.store import TransitionBatch
 
 log = logging.getLogger(__name__)
@@ -135,10 +137,10 @@ class Algorithm(abc.ABC):
         config = self.rllib_config().environment(observation_space=obs_space, action_space=act_space)
         config = config.debugging(seed=seed)
         if ray_address:
-            import ray
-
-            ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+            init_ray(ray_address, ignore_reinit_error=True, log_to_driver=False)
             log.info("joined Ray cluster at %s: the learners run there as Ray actors", ray_address)
+        elif num_learners and not ray.is_initialized():  # RLlib would start one itself, taking SIGTERM over
+            init_ray(include_dashboard=False, log_to_driver=False)
         if num_learners:
             config = config.learners(num_learners=num_learners, num_cpus_per_learner=1)
         return config.build_learner_group(spaces={DEFAULT_POLICY_ID: (obs_space, act_space)})
