@@ -122,6 +122,7 @@ def test_sigkilled_trainer_is_restarted_and_resumes(tmp_path: Path) -> None:
         assert values == sorted(set(values)), f"{attribute} went back after the restart: {values}"
     log = (run_dir / "logs" / "trainers.log").read_text()
     assert "restart 1 of 3" in log and "resumed from" in log
+    assert f"{GAME}: trainer stopped" in log  # Ctrl-C reached the service, which stopped its trainer itself
 
     assert proc.returncode == 0
     summary = json.loads(stdout.strip().splitlines()[-1])

@@ -145,6 +145,7 @@ class TrainingService:
                 self.reconcile()
                 self.stop.wait(self.poll_s)
         finally:
+            log.info("training service stopping: stopping its trainers")
             for game in self.games.values():  # all at once: each finishes its update meanwhile
                 if game.actor is not None:
                     game.actor.stop.remote()
@@ -263,6 +264,8 @@ class TrainingService:
         ray.kill(game.actor)
         game.actor = game.run_ref = None
         game.state = "stopped"
+        updates, version = game.progress.get("updates"), game.progress.get("version")
+        log.info("%s: trainer stopped (updates %s, version %s)", game_id, updates, version)
 
     def _publish_status(self, game_id: str, game: GameTrainer) -> None:
         document = game.document(game_id)
