@@ -203,7 +203,7 @@ def test_each_stage_does_its_whole_job_under_its_own_role(stack: RolesStack) -> 
     # The operator reads them, and how each version played; and sees the game it declared.
     dlq = stack.run("operator", "dlq")
     assert dlq.returncode == 0 and "dead letters in s3://" in dlq.stdout, dlq.stdout + dlq.stderr
-    models = stack.run("operator", "models", "--game", GAME)
+    models = stack.run("operator", "models", "list", "--game", GAME)
     assert models.returncode == 0 and "DQN" in models.stdout, models.stdout + models.stderr
     declared = stack.run("operator", "games", "list")
     assert declared.returncode == 0 and DECLARED in declared.stdout, declared.stdout + declared.stderr

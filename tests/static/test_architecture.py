@@ -64,7 +64,8 @@ def test_light_commands_import_neither_spark_nor_ray(tmp_path: Path) -> None:
             runs = [
                 ["dlq", "--help"], ["dlq"],
                 ["games", "list"], ["games", "show", "CartPole-v1"],
-                ["models", "--help"], ["models", "--game", "CartPole-v1"],
+                ["models", "--help"], ["models", "list", "--game", "CartPole-v1"],
+                ["models", "show", "--game", "CartPole-v1"],
             ]
             for args in runs:
                 result = CliRunner().invoke(app, args)

@@ -398,14 +398,15 @@ def test_builds_use_repo_root_context(base: dict, aws_override: dict) -> None:
                 assert svc["build"]["dockerfile"].startswith("docker/"), name
 
 
-def test_only_the_trainer_holds_the_signing_key_and_clients_trust_its_public_keys(
+def test_only_the_trainer_and_operator_hold_the_signing_key_and_clients_trust_its_public_keys(
     base: dict, merged_aws: dict, env_example: dict
 ) -> None:
     for label, config in both_configs(base, merged_aws):
         holders = {name for name, svc in config["services"].items() if svc.get("secrets")}
-        assert holders == {"trainer"}, f"{label}: {holders}"
-        trainer = config["services"]["trainer"]
-        assert _env_dict(trainer["environment"])["RLP_SIGNING_KEY_FILE"] == "/run/secrets/model-signing-key", label
+        assert holders == {"trainer", "operator"}, f"{label}: {holders}"  # models, and release changes
+        for holder in holders:
+            env = _env_dict(config["services"][holder]["environment"])
+            assert env["RLP_SIGNING_KEY_FILE"] == "/run/secrets/model-signing-key", (label, holder)
         assert config["secrets"]["model-signing-key"]["file"] == "./keys/signing.key", label
         clients = config["services"]["clients"]
         assert "./keys/trusted.pem:/etc/rlplatform/trusted.pem:ro" in clients["volumes"], label

@@ -38,7 +38,7 @@ def test_models_lists_versions_with_their_live_returns(tmp_path: Path, monkeypat
                 eval_return=eval_return,
             )
             publish_model(s3, "rlp-models", manifest, b"onnx", SIGNING_KEY)
-        out = CliRunner().invoke(app, ["models", "--game", "CartPole-v1"], terminal_width=200)
+        out = CliRunner().invoke(app, ["models", "list", "--game", "CartPole-v1"], terminal_width=200)
     assert out.exit_code == 0, out.output
     rows = {line.split("│")[1].strip(): line for line in out.output.splitlines() if line.count("│") > 5}
     assert "random play" in rows["0"] and "12.0 ± 2.0 (n=2, len 12)" in rows["0"]

@@ -16,7 +16,8 @@ COMMANDS = [
     ["games", "list"],
     ["games", "show", "Racer-v1"],
     ["games", "register", "Racer-v1", "--obs-size", "3", "--actions", "2"],
-    ["models", "--game", "CartPole-v1"],
+    ["models", "list", "--game", "CartPole-v1"],
+    ["models", "show", "--game", "CartPole-v1"],
 ]
 
 
@@ -38,7 +39,7 @@ def test_an_unreachable_store_is_one_line_naming_it(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(aws, "_config", aws._config)
     port = free_port()
     env = {"RLP_STORE": "cassandra", "RLP_CASSANDRA_CONTACT_POINTS": "127.0.0.1", "RLP_CASSANDRA_PORT": str(port)}
-    result = CliRunner().invoke(app, ["models", "--game", "CartPole-v1"], env=env)
+    result = CliRunner().invoke(app, ["models", "list", "--game", "CartPole-v1"], env=env)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert lines[0].startswith(f"error: the cassandra store at 127.0.0.1 port {port} does not answer"), lines

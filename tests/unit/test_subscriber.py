@@ -5,6 +5,7 @@ import boto3
 import numpy as np
 import onnx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from moto import mock_aws
 from onnx import TensorProto, helper, numpy_helper
 
@@ -15,6 +16,7 @@ from rlplatform_client.models import (
     ManifestError,
     ModelError,
     ModelManifest,
+    ModelSignatureError,
     latest_key,
     manifest_document,
     manifest_key,
@@ -22,6 +24,7 @@ from rlplatform_client.models import (
     publish_model,
     sha256_hex,
 )
+from rlplatform_client.releases import ReleaseError, ReleaseState, release_document, release_key
 from rlplatform_client.retry import Backoff
 from rlplatform_client.subscriber import (
     MISSING_MODEL_BACKOFF,
@@ -461,3 +464,47 @@ def test_nothing_the_bucket_holds_reaches_the_game_as_anything_but_a_model_error
     with pytest.raises(ModelLoadError, match="the model pointer could not be read: KeyError"):
         sub.poll()
     assert (sub.version, sub.rejected_loads) == (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------- release state
+
+
+def release(s3: Any, revision: int, stable: int, candidate: int | None = None, share: float = 0.0, key=None) -> None:
+    state = ReleaseState(GAME, revision, stable, candidate, share)
+    s3.put_object(Bucket=BUCKET, Key=release_key(GAME), Body=release_document(state, key or SIGNING_KEY))
+
+
+def test_clients_play_the_version_the_release_names_for_them_and_follow_a_rollback(s3: Any) -> None:
+    v1, v2 = tiny_model(PICK_FIRST), tiny_model(PICK_SECOND)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1, SIGNING_KEY, pointer=False)
+    publish_model(s3, BUCKET, manifest_for(2, v2), v2, SIGNING_KEY, pointer=False)
+    release(s3, 1, stable=1, candidate=2, share=1.0)  # every client with an id is in the candidate's share
+    canary = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, client_id="client-0")
+    plain = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=SpyS3(s3))
+    assert canary.poll() and plain.poll()
+    assert (canary.version, plain.version) == (2, 1)
+    assert plain.poll() is False and plain._s3.gets[-1][1] == "304"  # unchanged: one conditional GET
+
+    release(s3, 2, stable=1)  # the candidate is rolled back: its clients go back to v1, an older version
+    assert canary.poll() is True and canary.version == 1 and canary.act([1.0, 0.0, 0.0, 0.0]) == 0
+    assert plain.poll() is False and plain.version == 1
+
+
+def test_a_release_state_that_is_forged_or_replayed_is_refused_and_the_model_kept(s3: Any) -> None:
+    v1, v2 = tiny_model(PICK_FIRST), tiny_model(PICK_SECOND)
+    publish_model(s3, BUCKET, manifest_for(1, v1), v1, SIGNING_KEY, pointer=False)
+    publish_model(s3, BUCKET, manifest_for(2, v2), v2, SIGNING_KEY, pointer=False)
+    release(s3, 5, stable=1)
+    sub = ModelSubscriber(BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, client_id="client-0")
+    assert sub.poll() and sub.version == 1
+
+    release(s3, 6, stable=2, key=Ed25519PrivateKey.generate())  # someone with write access but not the key
+    with pytest.raises(ModelSignatureError, match="release state: signed by key"):
+        sub.poll()
+    release(s3, 4, stable=2)  # a genuine but older state, written back
+    with pytest.raises(ReleaseError, match="revision: 4 is older than revision 5"):
+        sub.poll()
+    release(s3, 7, stable=3)  # names a version that was never published
+    with pytest.raises(ReleaseError, match="names v3, whose manifest .* does not exist; keeping model v1"):
+        sub.poll()
+    assert (sub.version, sub.rejected_loads, sub.act([1.0, 0.0, 0.0, 0.0])) == (1, 3, 0)

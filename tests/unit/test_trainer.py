@@ -18,6 +18,8 @@ from moto import mock_aws
 
 from rlplatform import registry
 from rlplatform.games import game_spec
+from rlplatform.registry import keys
+from rlplatform.release import state as release
 from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store import TransitionBatch
 from rlplatform.store.sqlite import SqliteStore
@@ -27,6 +29,7 @@ from rlplatform.train.trainer import PrefetchingSampler, Trainer, TrainerConfig
 from rlplatform_client.models import ManifestDocument, ModelManifest, latest_key, publish_model, sha256_hex
 from rlplatform_client.retry import Backoff
 from rlplatform_client.subscriber import ModelMissingError
+from tests.contract.test_store_contract import episode
 from tests.support import SIGNING_KEY
 
 FAST = TrainerConfig(
@@ -103,6 +106,37 @@ def test_trainer_publishes_models_and_resumes_with_increasing_versions(settings:
     resumed.run(threading.Event(), max_updates=30)
     latest = latest_manifest(s3, settings.bucket)
     assert latest.version == 3 and latest.learner_step == 30
+
+
+def test_with_a_canary_share_new_versions_are_candidates_and_the_pointer_stays_on_stable(settings: Settings) -> None:
+    Trainer(settings, dataclasses.replace(FAST, canary_share=0.25)).run(threading.Event(), max_updates=30)
+    current, _ = release.read_release(settings.bucket, "CartPole-v1", keys.signing_keys(settings).trusted)
+    assert (current.stable, current.candidate, current.share) == (1, 3, 0.25)
+    assert latest_manifest(boto3.client("s3"), settings.bucket).version == 1
+    changes = release.history(settings.bucket, "CartPole-v1")
+    assert [(c.by, c.action, c.after["candidate"]) for c in changes] == [
+        ("trainer", "publish", None), ("trainer", "publish", 2), ("trainer", "publish", 3)
+    ]  # fmt: skip
+
+
+def test_the_trainer_judges_its_candidate_and_rolls_back_a_worse_one(settings: Settings) -> None:
+    """A candidate whose clients' episodes return much less than the stable version's over the same period."""
+    trainer = Trainer(settings, dataclasses.replace(FAST, canary_share=0.5))
+    trainer.run(threading.Event(), max_updates=20)  # v1 stable, v2 the candidate
+    trusted = keys.signing_keys(settings).trusted
+    with SqliteStore(settings.sqlite.path) as store:
+        said = trainer.releaser.judge(store)  # the watch begins: play stored from now on is judged
+        assert said.startswith("v2 against v1: waiting for 50 finished episodes")
+        rng = np.random.default_rng(0)
+        for _ in range(60):
+            store.write("CartPole-v1", episode(int(rng.integers(40, 60)), version=1, reward=1.0))
+            store.write("CartPole-v1", episode(int(rng.integers(5, 15)), version=2, reward=1.0))
+        trainer.releaser.judge(store)
+    current, _ = release.read_release(settings.bucket, "CartPole-v1", trusted)
+    assert (current.stable, current.candidate) == (1, None)
+    last = release.history(settings.bucket, "CartPole-v1")[-1]
+    assert (last.by, last.action, last.before["candidate"]) == ("judge", "rollback", 2)
+    assert last.why.startswith("worse: p ") and "50 episodes each" in last.why
 
 
 def test_a_checkpoint_of_other_networks_is_refused_naming_both_and_kept(settings: Settings) -> None:

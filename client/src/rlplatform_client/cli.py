@@ -56,6 +56,16 @@ def simulate(
     accept_unsigned: Annotated[
         bool, typer.Option("--accept-unsigned", help="Development only: load models whose signature is not verified.")
     ] = False,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--epsilon",
+            min=0.0,
+            max=1.0,
+            help="Every client's exploration rate (epsilon-greedy, or the noise scale). Default: a different one per "
+            "client, 0.4 down to 0.4**8 (Ape-X), which makes clients play unalike.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run N bot clients (separate processes) that play, stream experience and follow the newest model.
@@ -81,6 +91,7 @@ def simulate(
         log_level=log_level.upper(),
         max_steps_per_second=max_steps_per_second,
         accept_unsigned=accept_unsigned,
+        epsilon=epsilon,
     )
     if trusted_keys is not None:
         try:

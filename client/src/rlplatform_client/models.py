@@ -34,6 +34,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
@@ -122,7 +123,7 @@ class ModelManifest:
     @classmethod
     def from_json(cls, data: bytes | str) -> ModelManifest:
         """Parse and validate; raises ``ManifestError`` naming the offending field."""
-        return cls.from_doc(_json_object(data))
+        return cls.from_doc(json_object(data))
 
     @classmethod
     def from_doc(cls, doc: dict) -> ModelManifest:
@@ -175,7 +176,7 @@ class ManifestDocument:
     @classmethod
     def from_json(cls, data: bytes) -> ManifestDocument:
         """Raises ``ManifestError`` (not a manifest) or ``ModelSignatureError`` (a malformed envelope)."""
-        doc = _json_object(data)
+        doc = json_object(data)
         if "payloadType" not in doc:
             return cls(ModelManifest.from_doc(doc), None)
         try:
@@ -202,11 +203,17 @@ def greedy_action(row: np.ndarray, kind: str, action_space: dict) -> int | np.nd
 
 
 def publish_model(
-    s3: Any, bucket: str, manifest: ModelManifest, onnx_bytes: bytes, signing_key: Ed25519PrivateKey | None
+    s3: Any,
+    bucket: str,
+    manifest: ModelManifest,
+    onnx_bytes: bytes,
+    signing_key: Ed25519PrivateKey | None,
+    *,
+    pointer: bool = True,
 ) -> None:
     """Write model, manifest, then pointer (in that order, so the pointer never names a missing model), the
     manifest signed by ``signing_key`` (None publishes it unsigned: clients refuse it unless they accept
-    unsigned models)."""
+    unsigned models). ``pointer=False`` leaves the pointer to whoever releases versions (``releases.py``)."""
     body = manifest_document(manifest, signing_key)
     s3.put_object(Bucket=bucket, Key=manifest.onnx_key, Body=onnx_bytes, ContentType="application/octet-stream")
     s3.put_object(
@@ -215,19 +222,21 @@ def publish_model(
         Body=body,
         ContentType="application/json",
     )
-    s3.put_object(Bucket=bucket, Key=latest_key(manifest.game_id), Body=body, ContentType="application/json")
+    if pointer:
+        s3.put_object(Bucket=bucket, Key=latest_key(manifest.game_id), Body=body, ContentType="application/json")
 
 
 # ---------------------------------------------------------------------- validation
 
 
-def _json_object(data: bytes | str) -> dict:
+def json_object(data: bytes | str, error: Callable[[str, str], ModelError] = ManifestError) -> dict:
+    """``data`` parsed as a JSON object; ``error(field, reason)`` (a manifest's, by default) when it is not one."""
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ManifestError("(document)", f"not JSON: {exc}") from None
+        raise error("(document)", f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise ManifestError("(document)", "must be a JSON object")
+        raise error("(document)", "must be a JSON object")
     return doc
 
 

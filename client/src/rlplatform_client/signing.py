@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PAYLOAD_TYPE = "application/vnd.rlplatform.manifest+json"
+# A game's release state (``releases.py``): signed like a manifest, under its own type so neither passes for the other.
+RELEASE_PAYLOAD_TYPE = "application/vnd.rlplatform.release+json"
 KEY_ID_HEX_CHARS = 16
 _PEM_BLOCK = b"-----BEGIN PUBLIC KEY-----"
 
@@ -105,11 +107,12 @@ class Envelope:
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
-    def from_doc(cls, doc: dict) -> Envelope:
-        """From a parsed JSON envelope; ``SignatureError`` names the field that breaks the format."""
+    def from_doc(cls, doc: dict, expected_type: str = PAYLOAD_TYPE) -> Envelope:
+        """From a parsed JSON envelope of ``expected_type``; ``SignatureError`` names the field that breaks the
+        format."""
         payload_type = doc.get("payloadType")
-        if payload_type != PAYLOAD_TYPE:
-            raise SignatureError(f"envelope.payloadType: must be {PAYLOAD_TYPE!r}, got {payload_type!r}")
+        if payload_type != expected_type:
+            raise SignatureError(f"envelope.payloadType: must be {expected_type!r}, got {payload_type!r}")
         payload = _b64(doc.get("payload"), "envelope.payload")
         entries = doc.get("signatures")
         if not isinstance(entries, list):
@@ -138,14 +141,15 @@ class Envelope:
                 continue
             return kid
         raise SignatureError(
-            f"the signature by key {known[0][0]} does not verify: the manifest was changed after it was signed, "
+            f"the signature by key {known[0][0]} does not verify: the document was changed after it was signed, "
             "or another key signed it under this key's id"
         )
 
 
-def sign(payload: bytes, key: Ed25519PrivateKey) -> Envelope:
-    """``payload`` in an envelope signed by ``key``."""
-    return Envelope(PAYLOAD_TYPE, payload, ((key_id(key.public_key()), key.sign(pae(PAYLOAD_TYPE, payload))),))
+def sign(payload: bytes, key: Ed25519PrivateKey, payload_type: str = PAYLOAD_TYPE) -> Envelope:
+    """``payload`` in an envelope of ``payload_type`` signed by ``key``."""
+    signature = key.sign(pae(payload_type, payload))
+    return Envelope(payload_type, payload, ((key_id(key.public_key()), signature),))
 
 
 def _b64(value: object, field: str) -> bytes:

@@ -70,6 +70,8 @@ class SimConfig:
     max_steps_per_second: float | None = None  # Per client; None = as fast as the CPU allows.
     trusted_keys: str | None = None  # PEM bundle of the public keys models must be signed by
     accept_unsigned: bool = False  # development only: load models whose signature is not verified
+    # Every client's exploration rate; None: Ape-X's, a different one per client (``epsilon``).
+    epsilon: float | None = None
 
 
 def epsilon(index: int, clients: int) -> float:
@@ -176,7 +178,7 @@ class BotClient:
         self.client_id = f"{cfg.client_prefix}-{index}"
         self.parent_pid = parent_pid
         self.stop = stop
-        self.epsilon = epsilon(index, cfg.clients)
+        self.epsilon = epsilon(index, cfg.clients) if cfg.epsilon is None else cfg.epsilon
         self.rng = np.random.default_rng([cfg.seed, index])
         self.episodes = 0
         self.returns: deque[float] = deque(maxlen=20)
@@ -202,6 +204,7 @@ class BotClient:
             spec=spec,
             trusted_keys=self.cfg.trusted_keys,
             accept_unsigned=self.cfg.accept_unsigned,
+            client_id=self.client_id,  # a release candidate's share of clients is chosen by id
         )
         flushed = False
         try:

@@ -1,4 +1,9 @@
-"""Polls the S3 model registry and serves greedy actions from the newest verified ONNX model.
+"""Polls the S3 model registry and serves greedy actions from the verified ONNX model the game's release names.
+
+Which version: the game's release state (``releases.py``) names a stable version and maybe a candidate for a
+share of the clients; the subscriber plays the one its ``client_id`` gets, following a rollback to an older
+version too, and refuses a release state it cannot verify or one older than it has seen (keeping its model).
+A bucket without a release state is read through the latest pointer, whose newest version is played.
 
 Why a conditional GET: thousands of clients poll the small pointer object; with ``IfNoneMatch`` an
 unchanged pointer costs a 304 and no body. S3 (and moto) surface the 304 as a botocore ``ClientError``
@@ -51,8 +56,10 @@ from .models import (
     greedy_action,
     is_missing,
     latest_key,
+    manifest_key,
     sha256_hex,
 )
+from .releases import MAX_RELEASE_BYTES, ReleaseError, read_release_document, release_key
 from .retry import Backoff
 from .signing import SignatureError, TrustedKeys, load_trusted_keys
 
@@ -151,6 +158,7 @@ class ModelSubscriber:
         intra_op_num_threads: int = 1,
         backoff: Backoff = MISSING_MODEL_BACKOFF,
         clock: Callable[[], float] = time.monotonic,
+        client_id: str | None = None,
     ) -> None:
         if s3 is None:
             import boto3  # Lazy: callers that inject a client need no AWS config.
@@ -175,6 +183,9 @@ class ModelSubscriber:
         self._lock = threading.Lock()  # Guards _loaded and counters.
         self._poll_lock = threading.Lock()  # One poll at a time; keeps ETag bookkeeping consistent.
         self._etag: str | None = None
+        self.client_id = client_id
+        self._release_etag: str | None = None
+        self._revision = 0  # the highest release revision seen: an older one is a replay
         self._loaded: _Loaded | None = None
         self._missing: _MissingModel | None = None
         self._backoff = backoff
@@ -186,15 +197,19 @@ class ModelSubscriber:
     # ------------------------------------------------------------------ polling
 
     def poll(self) -> bool:
-        """Check the pointer; load a newer model if there is one. True iff a new model was loaded.
+        """Check the release state (else the pointer); load the version it names for this client if that is not the
+        one held (through the pointer: a newer one). True iff a model was loaded.
 
-        Raises ``ModelSignatureError`` (not signed by a trusted key), ``ModelIntegrityError`` (hash mismatch),
-        ``ModelMissingError`` (no object at the
-        pointer's ``onnx_key``), ``ModelLoadError`` or ``ManifestError``; the current model stays loaded
-        in every failure case. A missing pointer means "no model yet"; an unchanged one (304) and a
-        version not newer than the loaded one are not errors either.
+        Raises ``ReleaseError`` (a release state that is not valid, not this game's, older than one seen, or
+        naming a version without a manifest), ``ModelSignatureError`` (not signed by a trusted key),
+        ``ModelIntegrityError`` (hash mismatch), ``ModelMissingError`` (no object at the manifest's ``onnx_key``),
+        ``ModelLoadError`` or ``ManifestError``; the current model stays loaded in every failure case. Nothing
+        published means "no model yet"; an unchanged state or pointer (304) is not an error either.
         """
         with self._poll_lock:
+            released = self._poll_release()
+            if released is not None:
+                return released
             retry_due = self._missing is not None and self._clock() >= self._missing.retry_at
             pointer = self._get_pointer(conditional=not retry_due)
             if pointer is None:
@@ -220,8 +235,69 @@ class ModelSubscriber:
             log.info("loaded model %s v%d (sha256 %s…)", self.game_id, manifest.version, manifest.sha256[:12])
             return True
 
-    def _verified(self, body: bytes) -> tuple[ModelManifest, _Loaded | None]:
-        """The pointer's manifest and its model, loaded and checked (None: not newer than the one held).
+    def _poll_release(self) -> bool | None:
+        """``poll`` through the release state: whether a model was loaded, or None when the bucket has none."""
+        retry_due = self._missing is not None and self._clock() >= self._missing.retry_at
+        kwargs = {"Bucket": self.bucket, "Key": release_key(self.game_id)}
+        if self._release_etag is not None and not retry_due:
+            kwargs["IfNoneMatch"] = self._release_etag
+        try:
+            response = self._s3.get_object(**kwargs)
+        except ClientError as exc:
+            if error_code(exc) in _NOT_MODIFIED_CODES:
+                return False
+            if is_missing(exc):
+                return None
+            raise
+        etag = response["ETag"]
+        try:
+            target = self._release_target(response["Body"].read(MAX_RELEASE_BYTES + 1))
+            if target == self.version:
+                self._settle(etag, release=True)
+                return False
+            manifest, loaded = self._verified(self._release_manifest(target), newer_only=False)
+        except ModelError as exc:
+            self._settle(etag, missing=isinstance(exc, ModelMissingError), release=True)
+            with self._lock:
+                self.rejected_loads += 1
+            raise
+        self._settle(etag, release=True)
+        return self._swap(manifest, loaded)
+
+    def _release_manifest(self, version: int) -> bytes:
+        """The manifest document of the version the release state names."""
+        key = manifest_key(self.game_id, version)
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read(MAX_MANIFEST_BYTES + 1)
+        except ClientError as exc:
+            if not is_missing(exc):
+                raise
+            reason = f"names v{version}, whose manifest s3://{self.bucket}/{key} does not exist"
+            raise ReleaseError("(version)", f"{reason}; keeping model v{self.version}") from None
+
+    def _release_target(self, body: bytes) -> int:
+        """The version the release state ``body`` names for this client, once verified and not a replay."""
+        state, signer = read_release_document(body, self._trusted, verify=not self._accept_unsigned)
+        if state.game_id != self.game_id:
+            raise ReleaseError("game_id", f"release state for {self.game_id!r} names game {state.game_id!r}")
+        if state.revision < self._revision:
+            raise ReleaseError("revision", f"{state.revision} is older than revision {self._revision}, seen before")
+        self._revision = state.revision
+        log.debug("release r%d of %s (signed by %s)", state.revision, self.game_id, signer)
+        return state.version_for(self.client_id)
+
+    def _swap(self, manifest: ModelManifest, loaded: _Loaded | None) -> bool:
+        if loaded is None:
+            return False
+        with self._lock:
+            self._loaded = loaded
+            self.verified_loads += 1
+        log.info("loaded model %s v%d (sha256 %s…)", self.game_id, manifest.version, manifest.sha256[:12])
+        return True
+
+    def _verified(self, body: bytes, newer_only: bool = True) -> tuple[ModelManifest, _Loaded | None]:
+        """The manifest ``body`` holds and its model, loaded and checked (None: ``newer_only`` and not newer than
+        the one held).
 
         Whatever the bucket holds ends here as a ``ModelError``: an unexpected failure while reading what it
         holds is one too (``ModelLoadError``), so it reaches the game as a refused model, never as another
@@ -229,7 +305,7 @@ class ModelSubscriber:
         """
         try:
             manifest = self._parse(body)
-            if manifest.version <= self.version:
+            if manifest.version == self.version or (newer_only and manifest.version < self.version):
                 return manifest, None
             return manifest, self._download_and_load(manifest)
         except (ModelError, ClientError, BotoCoreError):
@@ -238,9 +314,13 @@ class ModelSubscriber:
             log.exception("unexpected failure reading the model pointer of %s", self.game_id)
             raise ModelLoadError(f"the model pointer could not be read: {type(exc).__name__}: {exc}") from exc
 
-    def _settle(self, etag: str, missing: bool = False) -> None:
-        """Done with the pointer ``etag``; a missing model is looked for again after a backoff delay."""
-        self._etag = etag
+    def _settle(self, etag: str, missing: bool = False, release: bool = False) -> None:
+        """Done with the pointer's (or ``release`` state's) ``etag``; a missing model is looked for again after a
+        backoff delay."""
+        if release:
+            self._release_etag = etag
+        else:
+            self._etag = etag
         if not missing:
             self._missing = None
             return

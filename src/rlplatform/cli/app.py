@@ -22,6 +22,7 @@ from rlplatform.cli.common import (
 )
 from rlplatform.cli.games import games_app
 from rlplatform.cli.keys import keys_app
+from rlplatform.cli.models import models_app
 from rlplatform.settings import load_settings
 from rlplatform_client.games import DEFAULT_GAME
 
@@ -29,6 +30,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RL bot
 app.add_typer(games_app, name="games")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
 
 
 @app.command()
@@ -62,6 +64,26 @@ def up(
     config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     learners: LearnersOpt = 0,
+    canary_share: Annotated[
+        float,
+        typer.Option(
+            "--canary-share",
+            min=0.0,
+            max=1.0,
+            help="Share of each game's clients that plays a new version as the release candidate, judged against "
+            "the stable version by live play; 0: every new version is stable at once.",
+        ),
+    ] = 0.0,
+    client_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            "--client-epsilon",
+            min=0.0,
+            max=1.0,
+            help="Every simulated client's exploration rate. Default: a different one per client (0.4 down to "
+            "0.4**8), which helps learning but makes a canary's clients play unlike the others.",
+        ),
+    ] = None,
     max_transitions: MaxTransitionsOpt = None,
     store: Annotated[
         StoreName,
@@ -96,6 +118,8 @@ def up(
             trainer_config=config.resolve() if config else None,
             seed=seed,
             learners=learners,
+            canary_share=canary_share,
+            client_epsilon=client_epsilon,
             # as the option says: RLP_MAX_TRANSITIONS_PER_GAME where the option is not given
             max_transitions_per_game=load_settings(max_transitions_per_game=max_transitions).max_transitions_per_game,
             store=store.value,
@@ -316,31 +340,3 @@ def trainers(
     except KeyringError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-
-
-@app.command()
-def models(game: GameOpt = DEFAULT_GAME) -> None:
-    """Published versions of a game with how the clients that ran them played (live return from the store)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from rlplatform.registry.report import LIVE_NOTE, live_cell, version_reports
-    from rlplatform.store import open_reachable
-
-    settings = load_settings()
-    with one_line_errors(), open_reachable(settings) as store:
-        reports = version_reports(settings.bucket, game, store)
-    table = Table(title=f"{game}: models in s3://{settings.bucket}/", caption=LIVE_NOTE)
-    for column in ("version", "algorithm", "published at", "learner step", "live return", "simulator eval"):
-        table.add_column(column)
-    for r in reports:
-        m = r.manifest
-        if r.version == 0:
-            cells = ("random play", "-", "-")
-        elif m is None:
-            cells = ("?", "manifest unreadable", "-")
-        else:
-            cells = (m.algorithm, m.created_at[:19], str(m.learner_step))
-        evaluation = "-" if m is None or m.eval_return is None else f"{m.eval_return:.1f}"
-        table.add_row(str(r.version), *cells, live_cell(r.live), evaluation)
-    Console().print(table)

@@ -9,8 +9,10 @@ from typing import Annotated
 
 import typer
 
+from rlplatform.bench.judge import JudgeBenchConfig
 from rlplatform.cli.common import ConfigOpt, StoreName, configure_logging
 from rlplatform.infra import processes
+from rlplatform.release.judge import JudgePolicy
 from rlplatform_client.games import DEFAULT_GAME
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print numbers (one JSON line last).")
@@ -99,6 +101,37 @@ def bench_updates(
         hyperparameters=doc.get("hyperparameters", {}),
     )
     _print_result("updates", lambda: run_updates_bench(cfg))
+
+
+@bench_app.command("judge")
+def bench_judge(
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Simulated canaries per distribution and shift.")] = (
+        JudgeBenchConfig.trials
+    ),
+    seed: Annotated[int, typer.Option("--seed")] = JudgeBenchConfig.seed,
+    margin_sd: Annotated[
+        float, typer.Option("--margin-sd", min=0.0, help="The judge's margin, in sd of the stable version's returns.")
+    ] = JudgePolicy.margin_sd,
+    alpha: Annotated[
+        float, typer.Option("--alpha", min=0.0001, max=0.5, help="Each error rate's bound over all looks.")
+    ] = JudgePolicy.alpha,
+) -> None:
+    """The release judge's false-promotion and false-rollback rates, by simulation (a table, then one JSON line)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlplatform.bench.judge import run_judge_bench
+
+    result = run_judge_bench(JudgeBenchConfig(trials, seed, JudgePolicy(margin_sd=margin_sd, alpha=alpha)))
+    table = Table(title=f"release judge, {trials} trials per row (margin {margin_sd} sd, alpha {alpha})")
+    columns = ("returns", "candidate shift (sd)", "promoted", "rolled back", "of which undecided", "median episodes")
+    for column in columns:
+        table.add_column(column)
+    for row in result["rows"]:
+        cells = (row["promoted"], row["rolled_back"], row["of_which_undecided"], row["median_episodes_per_version"])
+        table.add_row(row["distribution"], f"{row['shift_sd']:+g}", *(f"{c:g}" for c in cells))
+    Console(stderr=True).print(table)
+    print(json.dumps(result), flush=True)
 
 
 @bench_app.command("store")

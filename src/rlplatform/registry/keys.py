@@ -96,6 +96,26 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
         raise KeyringError(f"{source}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class SigningKeys:
+    """What the platform signs its documents with, and the public keys it accepts its own earlier documents from
+    (a release state signed before a rotation)."""
+
+    signing: Ed25519PrivateKey
+    trusted: dict[str, Ed25519PublicKey]
+
+
+def signing_keys(settings: Settings) -> SigningKeys:
+    """The signing key (``signing_key``) and, trusted, its public key and those of the keyring's trusted.pem
+    when ``RLP_SIGNING_KEY_FILE`` is in a keyring."""
+    signing = signing_key(settings)
+    public = signing.public_key()
+    trusted = {key_id(public): public}
+    if settings.signing_key_file is not None:
+        trusted |= _trusted(settings.signing_key_file.parent, missing_ok=True)
+    return SigningKeys(signing, trusted)
+
+
 # ---------------------------------------------------------------------- files
 
 

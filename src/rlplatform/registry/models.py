@@ -2,7 +2,8 @@
 
 The key layout and manifest schema are the client's (``rlplatform_client.models``): publisher and
 subscriber share one definition. The versioned keys are the record of what was published; the latest
-pointer is only a hint for clients, so the next version number comes from the keys, never the pointer.
+pointer names the stable release (``rlplatform.release``) and is only a hint, so the next version number comes
+from the keys, never the pointer.
 """
 
 from __future__ import annotations
@@ -65,4 +66,6 @@ def check_pointer(bucket: str, game_id: str) -> None:
 
 
 def publish(bucket: str, manifest: ModelManifest, onnx_bytes: bytes, signing_key: Ed25519PrivateKey) -> None:
-    publish_model(aws.s3_client(), bucket, manifest, onnx_bytes, signing_key)
+    """The version's model and signed manifest; which version clients play (and the pointer names) is the
+    release state's (``rlplatform.release``)."""
+    publish_model(aws.s3_client(), bucket, manifest, onnx_bytes, signing_key, pointer=False)

@@ -40,6 +40,7 @@ from rlplatform.games import GameCatalog, UnknownGameError, game_spec
 from rlplatform.infra import aws
 from rlplatform.infra.names import slug
 from rlplatform.registry import keys
+from rlplatform.release.state import Change, history, peek_release
 from rlplatform.settings import CassandraSettings, Settings, SqliteSettings, settings_env
 from rlplatform.stack.progress import GameProgress, LaunchConfig, Progress
 from rlplatform.stack.supervisor import StageFailed, Supervisor
@@ -152,6 +153,7 @@ class Stack:
             "hyperparameters": hyperparameters or None,
             "publish_every_updates": cfg.publish_every_updates,
             "learners": cfg.learners or None,
+            "canary_share": cfg.canary_share or None,
             "seed": cfg.seed,
         }
         return {key: value for key, value in doc.items() if value is not None}
@@ -195,6 +197,7 @@ class Stack:
             str(self.cfg.client_steps_per_second),
             "--trusted-keys",
             str(self.trusted_keys),
+            *(["--epsilon", str(self.cfg.client_epsilon)] if self.cfg.client_epsilon is not None else []),
         ]
 
     @property
@@ -261,6 +264,7 @@ def run_stack(cfg: LaunchConfig) -> dict:
         console.print("stopping clients and draining ingest ...")
         _drain(stack, cfg, progress)
         drained = True
+        _read_releases(stack, progress)
     except Exception as exc:  # noqa: BLE001 - reported in the summary, then the stack is stopped
         errors.append(_report(exc))
     finally:
@@ -387,6 +391,21 @@ def _drain(stack: Stack, cfg: LaunchConfig, progress: Progress) -> None:
             g.live = store.live_returns(g.game)  # every acknowledged step counted
 
 
+def _read_releases(stack: Stack, progress: Progress) -> None:
+    """Each game's release state at the end, and its history, for the summary."""
+    for g in progress.games.values():
+        with contextlib.suppress(ModelError):  # a broken release state is the trainer's and the operator's to see
+            g.release = peek_release(stack.settings.bucket, g.game)
+        g.release_history = [_entry(c) for c in history(stack.settings.bucket, g.game)]
+
+
+def _entry(change: Change) -> dict:
+    """A history entry as the summary shows it: who moved what, and why."""
+    after = change.after
+    return {"revision": change.revision, "by": change.by, "action": change.action, "stable": after["stable"],
+            "candidate": after["candidate"], "why": change.why}  # fmt: skip
+
+
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -404,6 +423,9 @@ def _read_trainer(stack: Stack, g: GameProgress) -> None:
     g.updates = status.get("updates", g.updates)
     g.algorithm = status.get("algorithm", g.algorithm)
     g.trainer_restarts = status["restarts"]
+    g.judge = status.get("judge")
+    with contextlib.suppress(ModelError):  # a broken release state is the trainer's and the operator's to see
+        g.release = peek_release(stack.settings.bucket, g.game)
     if g.judged_by == "live play":  # the simulator judge tracks the version it evaluated instead
         g.model_version = status.get("version", g.model_version)
 

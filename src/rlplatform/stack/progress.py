@@ -12,6 +12,7 @@ from rlplatform.games import GameSpec, reward_threshold
 from rlplatform.settings import DEFAULT_MAX_TRANSITIONS_PER_GAME
 from rlplatform.store.base import LiveReturns
 from rlplatform_client.games import DEFAULT_GAME
+from rlplatform_client.releases import ReleaseState
 from rlplatform_client.retry import Backoff
 
 
@@ -23,11 +24,14 @@ class LaunchConfig:
     max_minutes: float = 15.0
     run_dir: Path | None = None
     client_steps_per_second: float = 100.0
+    # Every simulated client's exploration rate; None: a different one per client (rlplatform_client.simulate).
+    client_epsilon: float | None = None
     eval_episodes: int = 20
     # A game judged by live play is solved once its newest version finished this many episodes on target.
     live_min_episodes: int = 20
     seed: int = 0
     learners: int = 0  # per trainer (TrainerConfig.learners)
+    canary_share: float = 0.0  # per game (TrainerConfig.canary_share): 0, every new version is stable at once
     # None: the trainer's own default (TrainerConfig, the algorithm's hyperparameters, its config file).
     algorithm: str | None = None
     trainer_config: Path | None = None
@@ -61,6 +65,10 @@ class GameProgress:
     algorithm: str | None = None
     updates: int = 0
     trainer_restarts: int = 0  # by the training service
+    # The release state (rlplatform_client.releases) as the clients see it, and the judge's last word on its candidate.
+    release: ReleaseState | None = None
+    judge: str | None = None
+    release_history: list[dict] = field(default_factory=list)  # read once, at the end
     model_version: int = 0
     clients_mean_return: float | None = None
     transitions_sent: int = 0  # acknowledged to the simulated clients

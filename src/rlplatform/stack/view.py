@@ -32,6 +32,8 @@ def progress_table(progress: Progress, cfg: LaunchConfig) -> Table:
         ("transitions sent (acked)", lambda g: f"{g.transitions_sent:,}"),
         ("learner updates", lambda g: f"{g.updates:,} ({g.algorithm or '-'})"),
         ("model version", lambda g: str(g.model_version)),
+        ("release: stable, candidate (share)", _release_cell),
+        ("judge", lambda g: g.judge or "-"),
         ("clients' mean return", lambda g: _fmt(g.clients_mean_return)),
         ("live return, newest version", lambda g: _fmt_live(g.live)),
         (f"judged by ({cfg.eval_episodes} greedy episodes, or live play)", _judge_cell),
@@ -39,6 +41,14 @@ def progress_table(progress: Progress, cfg: LaunchConfig) -> Table:
     for label, cell in rows:
         table.add_row(label, *[cell(g) for g in games])
     return table
+
+
+def _release_cell(g: GameProgress) -> str:
+    r = g.release
+    if r is None:
+        return "-"
+    candidate = "" if r.candidate is None else f", v{r.candidate} ({r.share:.0%})"
+    return f"v{r.stable}{candidate}{' pinned' if r.pinned else ''}"
 
 
 def _judge_cell(g: GameProgress) -> str:
@@ -101,7 +111,17 @@ def _game_summary(g: GameProgress) -> dict:
         "model_versions": g.model_version,
         "learner_updates": g.updates,
         "algorithm": g.algorithm,
+        "release": _release(g),
     }
+
+
+def _release(g: GameProgress) -> dict | None:
+    """The release state at the end and every change to it (who moved what, and why)."""
+    r = g.release
+    if r is None:
+        return None
+    state = {"stable": r.stable, "candidate": r.candidate, "share": r.share, "pinned": r.pinned}
+    return {**state, "judge": g.judge, "history": g.release_history}
 
 
 def _pickup(pickup_s: dict[int, float]) -> dict | None:

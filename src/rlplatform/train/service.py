@@ -105,7 +105,7 @@ class GameTrainer:
             "error": self.error,
             "restarts": self.restarts,
             **self.node,
-            **{k: self.progress[k] for k in ("algorithm", "updates", "version") if k in self.progress},
+            **{k: self.progress[k] for k in ("algorithm", "updates", "version", "judge") if k in self.progress},
             "training": self.doc,
             "updated_at": time.time(),
         }

@@ -51,6 +51,7 @@ from rlplatform.train.algorithms import (
 from rlplatform.train.evaluate import evaluate_onnx
 from rlplatform.train.mirror import ReplayMirror
 from rlplatform.train.n_step import n_step_transitions
+from rlplatform.train.releasing import JUDGE_EVERY_S, Releaser
 from rlplatform_client.games import DEFAULT_GAME
 from rlplatform_client.models import ModelError, ModelManifest
 from rlplatform_client.retry import Backoff, RetryStopped, aws_unreachable, retry
@@ -70,6 +71,9 @@ class TrainerConfig:
     publish_every_updates: int | None = None
     # Learner actors (Algorithm.build_learner_group); 0: in this process, or 1 on the cluster RLP_RAY_ADDRESS names.
     learners: int = 0
+    # Of the game's clients, the share that plays a new version as the release candidate (rlplatform.release);
+    # 0: every new version is the stable one at once.
+    canary_share: float = 0.0
     eval_episodes: int = 5
     seed: int = 0
     # Waits between attempts to reach an unreachable S3 or store.
@@ -134,6 +138,7 @@ class TrainerStatus:
     loss: float | None = None
     eval_return: float | None = None
     published_at: float | None = None
+    judge: str | None = None  # the judge's last word on the release candidate, if there is one
 
 
 class Trainer:
@@ -163,6 +168,7 @@ class Trainer:
         self.learner_group = self.algorithm.build_learner_group(cfg.seed, learners, settings.ray_address)
         self.status = TrainerStatus(algorithm=self.algorithm.name)
         self.status_path = status_path
+        self.releaser = Releaser(settings, cfg.game_id, cfg.canary_share, self._s3, self._store)
         self._restore()
 
     def train_step(self, sampler: PrefetchingSampler) -> float:
@@ -193,8 +199,9 @@ class Trainer:
             output=algorithm.output,
         )
         self._checkpoint()
-        signing_key = keys.signing_key(self.settings)  # read at each publish: a rotated key needs no restart
-        self._s3(lambda: registry.publish(self.settings.bucket, manifest, onnx_bytes, signing_key))
+        signing = keys.signing_keys(self.settings)  # read at each publish: a rotated key needs no restart
+        self._s3(lambda: registry.publish(self.settings.bucket, manifest, onnx_bytes, signing.signing))
+        self.releaser.propose(manifest, signing)
         self.status.version = manifest.version
         self.status.eval_return = eval_return
         self.status.published_at = time.time()
@@ -225,7 +232,7 @@ class Trainer:
         self.learner_group.shutdown()
 
     def _train(self, store: ExperienceStore, max_updates: int | None) -> None:
-        last_count_at = 0.0
+        last_count_at = judged_at = 0.0
         mirror = ReplayMirror(store, self.cfg.game_id, self.hp.replay_window)
         with PrefetchingSampler(lambda: self._store(lambda: sample_transitions(mirror, self.hp, self.rng))) as sampler:
             while not self.stop.is_set() and (max_updates is None or self.status.updates < max_updates):
@@ -233,6 +240,9 @@ class Trainer:
                     self.status.stored_rows = self._store(lambda: store.count(self.cfg.game_id))
                     last_count_at = time.monotonic()
                     self._write_status()
+                if time.monotonic() - judged_at > JUDGE_EVERY_S:
+                    self.status.judge = self.releaser.judge(store)
+                    judged_at = time.monotonic()
                 if not self._may_update():
                     self.stop.wait(0.2)
                     continue

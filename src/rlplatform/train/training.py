@@ -3,12 +3,14 @@
 ``games/{game_id}/training.json`` (written by the operator, ``rlplatform games configure``), all keys optional::
 
     {"algorithm": "DQN", "hyperparameters": {"batch_size": 64}, "publish_every_updates": 500, "learners": 2,
-     "seed": 0, "retired": false}
+     "seed": 0, "canary_share": 0.1, "retired": false}
 
 No document: the defaults (the game's default algorithm with its default hyperparameters). ``retired``: the
 service stops the game's trainer and starts none (its data and models stay). ``learners``: data-parallel learner
 actors (``Algorithm.build_learner_group``); 0, the default, runs the learner inside the trainer's own actor.
 ``seed``: the trainer's sampling and network initialisation (a restarted trainer resumes its weights regardless).
+``canary_share``: of the game's clients, the share that plays each new version as the release candidate
+(``rlplatform.release``); 0, the default, makes every new version the stable one at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rlplatform.train.algorithms import AlgorithmConfigError, algorithm_class
 from rlplatform.train.trainer import TrainerConfig, checked_config
 from rlplatform_client.games import GAMES_PREFIX
 
-KEYS = ("algorithm", "hyperparameters", "publish_every_updates", "learners", "seed", "retired")
+KEYS = ("algorithm", "hyperparameters", "publish_every_updates", "learners", "seed", "canary_share", "retired")
 # Learner actors per game: each takes one CPU of the cluster.
 MAX_LEARNERS = 64
 
@@ -67,6 +69,9 @@ def training_config(spec: GameSpec, doc: object, where: str) -> TrainerConfig:
     learners = doc.get("learners", 0)
     if type(learners) is not int or not 0 <= learners <= MAX_LEARNERS:
         raise AlgorithmConfigError(f"{where}: learners: must be an int in [0, {MAX_LEARNERS}], got {learners!r}")
+    share = doc.get("canary_share", 0.0)
+    if type(share) not in (int, float) or not 0 <= share <= 1:
+        raise AlgorithmConfigError(f"{where}: canary_share: must be a number in [0, 1], got {share!r}")
     if type(doc.get("seed", 0)) is not int:
         raise AlgorithmConfigError(f"{where}: seed: must be an int, got {doc['seed']!r}")
     if type(doc.get("retired", False)) is not bool:
@@ -83,6 +88,7 @@ def training_config(spec: GameSpec, doc: object, where: str) -> TrainerConfig:
         publish_every_updates=publish_every,
         learners=learners,
         seed=doc.get("seed", 0),
+        canary_share=float(share),
     )
 
 
