@@ -155,6 +155,15 @@ def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None
         assert result["transitions_retained"] == min(result["transitions_stored"], 2000), game
         assert (result["target_return"], result["judged_by"], result["solved"]) == (target, "simulator", False)
         assert result["algorithm"] == algorithm and result["seconds_to_solve"] is None
+        # No canary share: each version the trainer published became stable at once, as its history says.
+        release = result["release"]
+        assert release is not None or result["model_versions"] == 0, result  # a model evaluated was released
+        if release is None:
+            continue
+        assert release["stable"] >= result["model_versions"] and release["candidate"] is None, release
+        assert [(h["by"], h["action"], h["stable"]) for h in release["history"]] == [
+            ("trainer", "publish", v) for v in range(1, release["stable"] + 1)
+        ], release["history"]
     assert summary["transitions_sent"] == sum(g["transitions_sent"] for g in summary["games"].values())
     assert summary["restarts"] == {"ingest": 0, "trainers": 0, f"trainer-{GAME}": 0, "trainer-Pendulum-v1": 0}
     assert json.loads((run_dir / "summary.json").read_text())["games"] == summary["games"]

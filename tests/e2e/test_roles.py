@@ -205,6 +205,9 @@ def test_each_stage_does_its_whole_job_under_its_own_role(stack: RolesStack) -> 
     assert dlq.returncode == 0 and "dead letters in s3://" in dlq.stdout, dlq.stdout + dlq.stderr
     models = stack.run("operator", "models", "list", "--game", GAME)
     assert models.returncode == 0 and "DQN" in models.stdout, models.stdout + models.stderr
+    # The operator moves the release by hand (signed with the studio's key, as the trainer signs).
+    pinned = stack.run("operator", "models", "pin", "--game", GAME, "--why", "release freeze")
+    assert pinned.returncode == 0 and "(pinned)" in pinned.stdout, pinned.stdout + pinned.stderr
     declared = stack.run("operator", "games", "list")
     assert declared.returncode == 0 and DECLARED in declared.stdout, declared.stdout + declared.stderr
     # ...and what the training service says of each game's trainer.
@@ -223,6 +226,8 @@ def forbidden_to_a_client(s3: Any, kinesis: Any, bucket: str, stream: str) -> di
         "write a model": put(f"models/{GAME}/{version}/model.onnx"),
         "write a manifest": put(f"models/{GAME}/{version}/manifest.json"),
         "write the pointer": put(f"models/{GAME}/latest.json"),
+        "write the release state": put(f"models/{GAME}/release.json"),
+        "write a release history entry": put(f"models/{GAME}/releases/00000099.json"),
         "write a catalog entry": put(f"games/{GAME}/spec.json"),
         "declare a game": lambda: declare_game(bucket, GameSpec("Junk", 2, 2), s3=s3),
         "write a dead letter": put(f"{DEAD_LETTER_PREFIX}forged.jsonl"),

@@ -52,3 +52,18 @@ def test_embedded_environment_drops_the_users_own_aws_settings() -> None:
     assert not {k for k in env if k.startswith("AWS_ENDPOINT_URL_")}
     assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
     assert env["AWS_CONFIG_FILE"] == env["AWS_SHARED_CREDENTIALS_FILE"] == os.devnull
+
+
+def test_the_capped_get_records_reads_what_the_installed_moto_stores() -> None:
+    """The server swaps in its own ``Shard.get_records``: it must keep working with the moto installed (a patch
+    release that changed how records are stamped made every GetRecords an internal error)."""
+    from moto.kinesis.models import Shard
+
+    from rlplatform.infra.moto_server import _get_records_capped
+
+    shard = Shard(0, "0", str(2**128 - 1), "123456789012", "us-east-1")
+    for n in range(3):
+        shard.put_record(f"key-{n}", b"eyJhIjogMX0=", None)  # moto keeps data base64-encoded
+    records, last, behind_ms = _get_records_capped(shard, "0", limit=2)
+    assert [r.partition_key for r in records] == ["key-0", "key-1"] and last == 2 and behind_ms >= 0
+    assert _get_records_capped(shard, str(last), limit=None)[0][0].partition_key == "key-2"

@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 from moto.kinesis.models import Record, Shard
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -66,7 +67,10 @@ def _get_records_capped(shard: Shard, last_sequence_id: str, limit: int | None) 
     if not results:
         return results, last, 0
     newest = shard.records[next(reversed(shard.records))]
-    return results, last, int((newest.created_at - results[-1].created_at) * 1000)
+    behind = newest.created_at - results[-1].created_at
+    # moto < 5.2.6 stamps a record with Unix seconds, later ones with a datetime.
+    seconds = behind.total_seconds() if isinstance(behind, timedelta) else behind
+    return results, last, int(seconds * 1000)
 
 
 def main() -> None:
