@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint cassandra-jars cassandra localstack-install localstack spark-cluster
+.PHONY: install up test lint browser cassandra-jars cassandra localstack-install localstack spark-cluster
 
 install: $(STAMP)
 
@@ -20,8 +20,15 @@ $(STAMP): pyproject.toml client/pyproject.toml
 up: install
 	$(BIN)/rlplatform up --game CartPole-v1 --clients 4 --target-return 475 --max-minutes 15
 
-test: install cassandra-jars localstack-install
+test: install cassandra-jars localstack-install browser
 	$(BIN)/python -m pytest
+
+# A real browser for the dashboard's tests: Debian's chromium and its chromedriver (no browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver || { \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }; }
 
 # A real Cassandra for the tests, without Docker: its jars from Maven Central (tests/cassandra_node.py).
 CASSANDRA_JARS := .cache/cassandra/lib

@@ -46,6 +46,19 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+@contextlib.contextmanager
+def started_stack(cfg: Any, run_dir: Path) -> Iterator[Any]:
+    """The embedded stack of ``cfg`` (a ``LaunchConfig``) running in ``run_dir``, stopped at the end even on failure."""
+    from rlplatform.stack.launcher import Stack
+
+    stack = Stack(cfg, run_dir)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
 def running(procs: Mapping[str, subprocess.Popen], logs: Path | None = None) -> Callable[[], None]:
     """A ``check`` for :func:`wait_for`: fails naming the first of ``procs`` that exited (and its log)."""
 

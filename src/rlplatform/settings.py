@@ -28,6 +28,9 @@ from rlplatform_client.contract import DEFAULT_BUCKET, DEFAULT_STREAM_NAME
 DEFAULT_MAX_TRANSITIONS_PER_GAME = 1_000_000
 # A micro-batch of ingest reads at most this many bytes of records (plus one GetRecords response per shard).
 DEFAULT_INGEST_MAX_BATCH_BYTES = 16 * 1024 * 1024
+# rlplatform dashboard (and the one `up` starts): where it listens, and how often it reads the bucket and store.
+DEFAULT_DASHBOARD_PORT = 8050
+DEFAULT_DASHBOARD_REFRESH_S = 5.0
 
 
 class SqliteSettings(BaseSettings):
@@ -111,6 +114,13 @@ class Settings(BaseSettings):
         le=1024**3,
         description="Record bytes one ingest micro-batch reads at most: bounds ingest's memory under any backlog.",
     )
+    ingest_status_seconds: float = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Ingest writes its status (lag, batch counts) to `ingest/status.json` in the bucket at most "
+        "this often, from its micro-batches (one PUT per interval: ~8,640 a day at 10 s).",
+    )
     ingest_ui_port: int | None = Field(
         None,
         ge=1,
@@ -128,6 +138,11 @@ class Settings(BaseSettings):
     )
     ray_address: str | None = Field(
         None, description='Ray cluster for the trainer\'s learner ("host:port" or "auto"); unset: in-process.'
+    )
+    dashboard_token: SecretStr | None = Field(
+        None,
+        description="What every request to `rlplatform dashboard` must carry when it listens off loopback; unset "
+        "or empty: it makes one and prints the URL with it.",
     )
 
     @classmethod

@@ -165,7 +165,13 @@ def test_up_trains_two_games_at_once_and_reconciles_each(tmp_path: Path) -> None
             ("trainer", "publish", v) for v in range(1, release["stable"] + 1)
         ], release["history"]
     assert summary["transitions_sent"] == sum(g["transitions_sent"] for g in summary["games"].values())
-    assert summary["restarts"] == {"ingest": 0, "trainers": 0, f"trainer-{GAME}": 0, "trainer-Pendulum-v1": 0}
+    assert summary["restarts"] == {
+        "ingest": 0,
+        "trainers": 0,
+        "dashboard": 0,
+        f"trainer-{GAME}": 0,
+        "trainer-Pendulum-v1": 0,
+    }
     assert json.loads((run_dir / "summary.json").read_text())["games"] == summary["games"]
     assert (run_dir / "learning_curve.png").stat().st_size > 0
     with sqlite3.connect(run_dir / "experience.sqlite") as conn:  # the bound holds in the file itself

@@ -17,6 +17,7 @@ import pytest
 from rlplatform.bench.ingest import IngestJob
 from rlplatform.infra import aws
 from rlplatform.ingest.dead_letters import read_dead_letters
+from rlplatform.ingest.status import read_ingest_status
 from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client.contract import Chunk, Step, encode_chunk
@@ -54,6 +55,14 @@ def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path
         dead_letters = lambda: sum(read_dead_letters(settings.bucket).counts.values())  # noqa: E731
         with SqliteStore(settings.sqlite.path) as store:
             wait_for(lambda: store.count("CartPole-v1") == 15, 180, "15 stored steps", job.check_alive)
+            # Its status in the bucket, for a dashboard: the first batch is written at once, with its lag.
+            status = lambda: read_ingest_status(settings.bucket) or {}  # noqa: E731
+            wait_for(
+                lambda: status().get("stored", 0) > 0 and isinstance(status()["last_batch"]["lag_max_s"], float),
+                60,
+                "an ingest status with stored rows and a lag",
+                job.check_alive,
+            )
             wait_for(lambda: dead_letters() == len(bad), 60, "every bad record dead-lettered", job.check_alive)
             report = read_dead_letters(settings.bucket)
             kinds = [kind for _, kind in cases]
@@ -73,6 +82,10 @@ def test_bad_records_go_to_dead_letters_and_the_job_keeps_running(tmp_path: Path
             put(settings.stream_name, [good_record(3), bad[0], good_record(4)])
             wait_for(lambda: store.count("CartPole-v1") == 32, 180, "32 stored steps", job.check_alive)
             wait_for(lambda: dead_letters() == len(bad) + 3, 60, "one more dead letter", job.check_alive)
+            # A stopping job writes its last status: the restarted job's own counts, 3 + 4 new steps.
+            job.stop()
+            last = status()
+            assert last["stopped"] and last["stored"] == 7, last
     finally:
         if job is not None:
             job.stop()

@@ -18,12 +18,12 @@ from rlplatform.games import game_spec
 from rlplatform.registry import keys
 from rlplatform.release import state as release
 from rlplatform.stack.launcher import LaunchConfig, Progress, Stack, _drain
-from rlplatform.train.service import read_status
+from rlplatform.train.status import read_status
 from rlplatform.train.training import read_training, write_training
 from rlplatform_client.contract import decode_chunk
 from rlplatform_client.models import ManifestDocument, ModelManifest, manifest_key
 from rlplatform_client.releases import ReleaseState, in_candidate_share
-from tests.support import client_stats, stream_records, wait_for
+from tests.support import client_stats, started_stack, stream_records, wait_for
 from tests.unit.test_subscriber import tiny_model
 
 pytestmark = pytest.mark.e2e
@@ -37,12 +37,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     # Clients that explore alike: the canary and the others then differ only in the version they play.
     cfg = LaunchConfig(targets={GAME: 1e9}, clients=CLIENTS, client_steps_per_second=150, publish_every_updates=500,
                        learning_starts=300, client_epsilon=0.05)  # fmt: skip
-    s = Stack(cfg, tmp_path / "run")
-    try:
-        s.start()
+    with started_stack(cfg, tmp_path / "run") as s:
         yield s
-    finally:
-        s.stop()
 
 
 def stable_version(stack: Stack) -> int:

@@ -126,6 +126,6 @@ def test_sigkilled_trainer_is_restarted_and_resumes(tmp_path: Path) -> None:
 
     assert proc.returncode == 0
     summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["restarts"] == {"ingest": 0, "trainers": 0, f"trainer-{GAME}": 1}
+    assert summary["restarts"] == {"ingest": 0, "trainers": 0, "dashboard": 0, f"trainer-{GAME}": 1}
     assert summary["error"] is None and summary["drained"] is True
     assert summary["transitions_sent"] == summary["transitions_stored"] > 0

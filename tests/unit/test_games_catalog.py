@@ -8,10 +8,8 @@ import threading
 import uuid
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
-from moto import mock_aws
 from typer.testing import CliRunner
 
 from rlplatform.cli import app
@@ -28,14 +26,6 @@ RACER = {
     "observation_space": {"type": "box", "shape": [3], "dtype": "float32"},
     "action_space": {"type": "box", "low": [-1, 0], "high": [1, None]},
 }
-
-
-@pytest.fixture
-def s3():
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 class Clock:

@@ -170,8 +170,13 @@ def test_a_write_task_stores_its_shard_and_reports_counts_and_its_last_sequence_
     # One [arrival, steps] pair per stored record, in order; the driver needs nothing else.
     arrivals = json.loads(row["arrivals"])
     assert [n for _, n in arrivals] == [1 + i % 5 for i in range(20)] and arrivals[0][0] == 1000.0
+    # The first and last records are good ones: they bound the shard's stored arrivals (ingest lag).
+    assert (row["oldest_arrival"], row["newest_arrival"]) == (1000.0, 1000.0 + len(records) - 1)
     [again] = replay[0].to_pylist()
     assert again["stored"] == 0 and json.loads(again["arrivals"]) == []
+    # A replay stored nothing: no arrival of its records is a lag (typed nulls, not an untyped column).
+    assert (again["oldest_arrival"], again["newest_arrival"]) == (None, None)
+    assert replay[0].schema.field("oldest_arrival").type == pa.float64()
     assert [o["Key"] for o in letters] == ["dead-letters/1970/01/01/j1/batch-000000003-shard-1.jsonl"]
     with SqliteStore(settings.sqlite.path) as store:
         assert store.count("CartPole-v1") == steps

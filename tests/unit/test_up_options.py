@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from typer.testing import CliRunner
 
 from rlplatform.cli.app import _targets, app
 from rlplatform.games import game_spec
-from rlplatform.stack.launcher import LaunchConfig, Stack, live_target_reached
+from rlplatform.stack.launcher import LaunchConfig, Stack, _listenable, live_target_reached
 from rlplatform.store.base import LiveReturns
 from rlplatform.train.training import training_config
 
@@ -80,3 +82,18 @@ def test_launch_options_become_each_games_training_document(tmp_path) -> None:
     trains_with = training_config(game_spec("Pendulum-v1"), doc, "doc")
     assert (trains_with.algorithm, trains_with.learners, trains_with.seed) == ("SAC", 2, 3)
     assert Stack(LaunchConfig(), tmp_path / "defaults").training_document() == {"seed": 0}
+
+
+def test_the_dashboard_listens_where_asked_else_on_a_free_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    launched = []
+    monkeypatch.setattr("rlplatform.stack.launcher.run_stack", lambda cfg: launched.append(cfg) or {"error": None})
+    for argv in ([], ["--dashboard-port", "9123"], ["--no-dashboard"]):
+        assert CliRunner().invoke(app, ["up", *argv]).exit_code == 0
+    assert [cfg.dashboard_port for cfg in launched] == [8050, 9123, None]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        other = _listenable(port)
+        assert other != port and other > 0
+    assert _listenable(port) == port  # free again
+    assert _listenable(0) > 0

@@ -23,7 +23,7 @@ from rlplatform.cli.common import (
 from rlplatform.cli.games import games_app
 from rlplatform.cli.keys import keys_app
 from rlplatform.cli.models import models_app
-from rlplatform.settings import load_settings
+from rlplatform.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_DASHBOARD_REFRESH_S, load_settings
 from rlplatform_client.games import DEFAULT_GAME
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RL bots from real play.")
@@ -93,6 +93,16 @@ def up(
             "RLP_CASSANDRA_* names, e.g. `make cassandra`).",
         ),
     ] = StoreName.sqlite,
+    dashboard_port: Annotated[
+        int,
+        typer.Option(
+            "--dashboard-port",
+            min=0,
+            max=65535,
+            help="Where the run's dashboard listens on 127.0.0.1 (a free port if taken; 0: any free port).",
+        ),
+    ] = DEFAULT_DASHBOARD_PORT,
+    no_dashboard: Annotated[bool, typer.Option("--no-dashboard", help="Start no dashboard.")] = False,
 ) -> None:
     """Start the embedded stack (moto, Spark ingest, an RLlib trainer and N clients per game) and train until
     every game reaches its target return."""
@@ -123,6 +133,7 @@ def up(
             # as the option says: RLP_MAX_TRANSITIONS_PER_GAME where the option is not given
             max_transitions_per_game=load_settings(max_transitions_per_game=max_transitions).max_transitions_per_game,
             store=store.value,
+            dashboard_port=None if no_dashboard else dashboard_port,
         )
     )
     raise typer.Exit(0 if summary.get("error") is None else 1)
@@ -340,3 +351,36 @@ def trainers(
     except KeyringError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def dashboard(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; any but loopback requires the token.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port; 0 picks a free one.")
+    ] = DEFAULT_DASHBOARD_PORT,
+    refresh_seconds: Annotated[
+        float, typer.Option("--refresh-seconds", min=1.0, help="How often the bucket and the store are read.")
+    ] = DEFAULT_DASHBOARD_REFRESH_S,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="What every request must carry off loopback. Default: RLP_DASHBOARD_TOKEN."),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """A live web page of games, model versions and their live returns, releases, ingest and dead letters,
+    read from the bucket and the store (any profile), until SIGTERM/SIGINT."""
+    from rlplatform.dashboard.server import serve
+    from rlplatform.infra import aws
+
+    settings = load_settings()
+    configure_logging(log_level)
+    aws.fail_fast()  # a refresh against an unreachable bucket reports it at once instead of retrying for minutes
+    try:
+        token = token or (settings.dashboard_token.get_secret_value() if settings.dashboard_token else None)
+        serve(settings, host, port, refresh_seconds, token or None, announce=lambda line: typer.echo(line))
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -162,6 +162,44 @@ def bench_store(
     _print_result("store", lambda: run_store_bench(cfg))
 
 
+@bench_app.command("dashboard")
+def bench_dashboard(
+    transitions: Annotated[
+        int, typer.Option("--transitions", help="Steps stored before the dashboard opens (over all games).")
+    ] = 1_000_000,
+    games: Annotated[int, typer.Option("--games", help="Games, each with a table of its own.")] = 1,
+    new_steps: Annotated[
+        int, typer.Option("--new-steps", help="Steps stored before each refresh of the new-steps part.")
+    ] = 10_000,
+    refreshes: Annotated[int, typer.Option("--refreshes", help="Timed refreshes per steady-state part.")] = 5,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--work-dir", help="Holds the SQLite store, deleted at the end. Default: runs/bench-dashboard-<time>."
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+) -> None:
+    """What one dashboard refresh costs beside a large SQLite store: catching up, idle, with new steps, and the
+    full recompute of live returns it replaces."""
+    import time
+
+    from rlplatform.dashboard.bench import BenchDashboardError, DashboardBenchConfig, check_options, run_dashboard_bench
+
+    configure_logging(log_level)
+    work = (work_dir or Path("runs") / time.strftime("bench-dashboard-%Y%m%d-%H%M%S")).resolve()
+    cfg = DashboardBenchConfig(
+        transitions=transitions, games=games, new_steps=new_steps, refreshes=refreshes, work_dir=work
+    )
+    try:
+        check_options(cfg)
+    except BenchDashboardError as exc:
+        option, _, reason = str(exc).partition(": ")
+        raise typer.BadParameter(reason, param_hint=option) from None
+    processes.interrupt_on_sigterm()
+    _print_result("dashboard", lambda: run_dashboard_bench(cfg))
+
+
 @bench_app.command("ingest")
 def bench_ingest(
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="How long producers push.")] = 30.0,

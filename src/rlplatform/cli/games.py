@@ -141,7 +141,7 @@ def games_show(game: Annotated[str, typer.Argument(help="A declared game_id or a
 def _training(bucket: str, game: str) -> dict:
     """The game's training document and what the training service last said of its trainer."""
     from rlplatform.train.algorithms import AlgorithmConfigError
-    from rlplatform.train.service import read_status
+    from rlplatform.train.status import read_status
     from rlplatform.train.training import read_training
 
     try:

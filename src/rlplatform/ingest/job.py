@@ -37,14 +37,19 @@ from rlplatform.ingest.dead_letters import (
 )
 from rlplatform.ingest.kinesis_source import record_progress
 from rlplatform.ingest.parse import Rejected, parse
+from rlplatform.ingest.status import StatusPublisher
 from rlplatform.settings import Settings
 from rlplatform.store import ExperienceStore, TransitionBatch, open_store, wait_for_store
 from rlplatform_client.contract import GZIP_MAGIC, MAX_DECOMPRESSED_BYTES
 from rlplatform_client.stopping import set_on_signals
 
 log = logging.getLogger(__name__)
-# What each write task sends back to the driver: one row per shard, no record data.
-RESULT_SCHEMA = "shard_id string, last_seq string, records long, stored long, rejected string, arrivals string"
+# What each write task sends back to the driver: one row per shard, no record data. The arrival times bound the
+# shard's stored records (ingest lag, see status.py); null when it stored nothing.
+RESULT_SCHEMA = (
+    "shard_id string, last_seq string, records long, stored long, rejected string, arrivals string,"
+    " oldest_arrival double, newest_arrival double"
+)
 T = TypeVar("T")
 # Records per Arrow batch handed to a write task (see run).
 WRITE_BATCH_RECORDS = 256
@@ -58,6 +63,9 @@ class BatchResult:
     stored: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     steps: list[int] = field(default_factory=list)  # per input record; 0 for a rejected one
+    # Kinesis arrival times (epoch s) of the first and last stored record; None while nothing was stored.
+    oldest_arrival: float | None = None
+    newest_arrival: float | None = None
 
     def merge(self, other: BatchResult) -> None:
         self.records += other.records
@@ -65,6 +73,13 @@ class BatchResult:
         for kind, n in other.rejected.items():
             self.rejected[kind] += n
         self.steps += other.steps
+        self.add_arrivals(other.oldest_arrival, other.newest_arrival)
+
+    def add_arrivals(self, oldest: float | None, newest: float | None) -> None:
+        if oldest is not None:
+            self.oldest_arrival = oldest if self.oldest_arrival is None else min(self.oldest_arrival, oldest)
+        if newest is not None:
+            self.newest_arrival = newest if self.newest_arrival is None else max(self.newest_arrival, newest)
 
 
 @dataclass
@@ -257,8 +272,9 @@ def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_a
     """Executor (``mapInArrow``): one task's records (one shard's, in order) parsed, validated and stored as
     their pages arrive (the reading worker fetches the next page meanwhile), dead letters written under the
     job's id ``job`` (``dead_letter_key``); yields one
-    ``RESULT_SCHEMA`` row per shard: counts and the last sequence number stored (the driver's progress mark),
-    with ``[arrival_ts, steps]`` per stored record when asked."""
+    ``RESULT_SCHEMA`` row per shard: counts, the last sequence number stored (the driver's progress mark), the
+    oldest and newest arrival time of its stored records, and ``[arrival_ts, steps]`` per stored record when
+    asked."""
     import pyarrow as pa
 
     shards: dict[str, dict] = {}
@@ -279,6 +295,11 @@ def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_a
         acc["result"].merge(result)
         acc["dead"] += dead
         acc["last_seq"] = cols["sequence_number"][-1]
+        # Records with steps, in a batch that stored rows: the store counts new rows per game and slice, not per
+        # record, and a replayed batch (stored 0) must not show its old arrivals as lag.
+        if result.stored:
+            stored = [ts for ts, n in zip(cols["arrival_ts"], result.steps, strict=True) if n]
+            acc["result"].add_arrivals(min(stored), max(stored))
         if with_arrivals:
             acc["arrivals"] += [[ts, n] for ts, n in zip(cols["arrival_ts"], result.steps, strict=True) if n]
     rows = []
@@ -295,17 +316,31 @@ def write_partition(batches: Iterable, batch_id: int, settings: Settings, with_a
                 "stored": result.stored,
                 "rejected": json.dumps(dict(result.rejected)),
                 "arrivals": json.dumps(acc["arrivals"]),
+                "oldest_arrival": result.oldest_arrival,
+                "newest_arrival": result.newest_arrival,
             }
         )
     if rows:
-        yield pa.RecordBatch.from_pylist(rows)
+        yield pa.RecordBatch.from_pylist(rows, schema=_result_arrow_schema())
+
+
+@functools.cache
+def _result_arrow_schema():
+    """RESULT_SCHEMA in Arrow, stated: a column of nulls (no shard stored anything) has no type to infer."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "long": pa.int64(), "double": pa.float64()}
+    return pa.schema([(name, types[kind]) for name, kind in (col.split() for col in RESULT_SCHEMA.split(","))])
 
 
 def merge_results(rows: Iterable) -> tuple[BatchResult, list[list[float]]]:
-    """The batch's counts from the per-shard rows, and its ``[arrival_ts, steps]`` pairs."""
+    """The batch's counts from the per-shard rows (with the oldest and newest arrival of every shard's stored
+    records, None when none stored anything), and its ``[arrival_ts, steps]`` pairs."""
     total, arrivals = BatchResult(), []
     for row in rows:
-        total.merge(BatchResult(row["records"], row["stored"], json.loads(row["rejected"])))
+        shard = BatchResult(row["records"], row["stored"], json.loads(row["rejected"]))
+        shard.add_arrivals(row["oldest_arrival"], row["newest_arrival"])
+        total.merge(shard)
         arrivals += json.loads(row["arrivals"])
     return total, arrivals
 
@@ -323,7 +358,8 @@ def run(
     """Run the streaming query until ``stop`` is set or SIGTERM/SIGINT arrives.
 
     With ``metrics``, one JSON line per micro-batch is appended there: counts, the time its rows became
-    visible in the store, and each record's Kinesis arrival time and step count (for latency).
+    visible in the store, and each record's Kinesis arrival time and step count (for latency). Always, a status
+    document (lag, counts) goes to the bucket at most every ``settings.ingest_status_seconds`` (status.py).
     """
     from pyspark.sql import SparkSession
 
@@ -375,6 +411,7 @@ def run(
     spark.dataSource.register(KinesisDataSource)
     progress = checkpoint / "progress.json"
     job = job_id(checkpoint)
+    status = StatusPublisher(settings.bucket, job, settings.ingest_status_seconds)
 
     def on_batch(batch_df, batch_id: int) -> None:
         started = time.perf_counter()
@@ -384,7 +421,9 @@ def run(
         rows = [row.asDict() for row in batch_df.mapInArrow(write, RESULT_SCHEMA).collect()]
         # Only now, with every shard's records stored, may the next batch start after them.
         record_progress(progress, {row["shard_id"]: row["last_seq"] for row in rows})
+        visible_at = time.time()
         result, arrivals = merge_results(rows)
+        status.on_batch(batch_id, visible_at, result, result.oldest_arrival, result.newest_arrival)
         if metrics is not None:
             _append_metrics(metrics, batch_id, result, arrivals)
         log.info(
@@ -420,6 +459,7 @@ def run(
     finally:
         _stop_between_batches(query)
         spark.stop()
+        status.publish(stopped=True)  # best effort, like every status write: it never raises
 
 
 def _stop_between_batches(query) -> None:

@@ -32,10 +32,11 @@ def version_reports(bucket: str, game_id: str, store: ExperienceStore) -> list[V
     """Version 0 (play before any model) and every published version, newest last."""
     live = store.live_returns(game_id)
     versions = sorted({0, *registry.published_versions(bucket, game_id), *live})
-    return [VersionReport(v, _manifest(bucket, game_id, v) if v else None, live.get(v)) for v in versions]
+    return [VersionReport(v, read_manifest(bucket, game_id, v) if v else None, live.get(v)) for v in versions]
 
 
-def _manifest(bucket: str, game_id: str, version: int) -> ModelManifest | None:
+def read_manifest(bucket: str, game_id: str, version: int) -> ModelManifest | None:
+    """The version's manifest, or None where it is missing or unreadable."""
     try:
         body = aws.s3_client().get_object(Bucket=bucket, Key=manifest_key(game_id, version))["Body"].read()
         return ManifestDocument.from_json(body).manifest

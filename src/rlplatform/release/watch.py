@@ -16,26 +16,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from rlplatform.store import ExperienceStore, TransitionBatch
+from rlplatform.store.episodes import EpisodeAssembler
 
 # Steps read from the store per read at most (a watch that falls behind catches up over several updates).
 READ_STEPS = 65_536
 # An unfinished episode without a new step for this long was abandoned by its client.
 STALE_S = 120.0
-
-
-@dataclass
-class _Open:
-    version: int
-    started: int  # its first step's place in the order steps were read
-    next_t: int
-    total: float
-    whole: bool
-    seen_at: float
 
 
 class CandidateWatch:
@@ -54,8 +44,7 @@ class CandidateWatch:
         self.stable, self.candidate = stable, candidate
         self.cursor = start_seq
         self.clock = clock
-        self._read = 0  # steps read so far: the order episodes start in
-        self._open: dict[str, _Open] = {}
+        self._episodes = EpisodeAssembler()
         self._finished: dict[int, list[tuple[int, float]]] = {stable: [], candidate: []}  # (started, return)
 
     @classmethod
@@ -76,29 +65,18 @@ class CandidateWatch:
 
     def feed(self, rows: TransitionBatch) -> None:
         """Account for stored steps, in seq order."""
-        now = self.clock()
-        ended = rows.terminated | rows.truncated
-        for episode_id, t, reward, version, done in zip(
-            rows.episode_id, rows.t.tolist(), rows.reward.tolist(), rows.model_version.tolist(), ended.tolist(),
-            strict=True,
-        ):  # fmt: skip
-            self._read += 1
-            episode = self._open.get(episode_id)
-            if episode is None:
-                episode = self._open[episode_id] = _Open(version, self._read, 0, 0.0, t == 0, now)
-            episode.whole &= t == episode.next_t and version == episode.version
-            episode.next_t, episode.total, episode.seen_at = t + 1, episode.total + reward, now
-            if done:
-                del self._open[episode_id]
-                if episode.whole and version in self._finished:
-                    self._finished[version].append((episode.started, episode.total))
+        for episode in self._episodes.feed(rows, self.clock()):
+            if episode.whole and episode.version in self._finished:
+                self._finished[episode.version].append((episode.started, episode.total))
 
     def returns(self, version: int) -> np.ndarray:
         """float64[n]: the returns of the version's finished, whole episodes in the order they started, up to the
         first one of its episodes still running (so long episodes count as much as short ones)."""
         now = self.clock()
         running = [
-            e.started for e in self._open.values() if e.version == version and e.whole and now - e.seen_at < STALE_S
+            e.started
+            for e in self._episodes.open.values()
+            if e.version == version and e.whole and now - e.seen_at < STALE_S
         ]
         cutoff = min(running, default=None)
         started = sorted(self._finished.get(version, []))

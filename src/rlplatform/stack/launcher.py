@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -47,8 +48,9 @@ from rlplatform.stack.supervisor import StageFailed, Supervisor
 from rlplatform.stack.view import progress_table, summary, write_outputs
 from rlplatform.store import ExperienceStore, open_reachable, open_store
 from rlplatform.store.base import LiveReturns
+from rlplatform.store.live import GameLive
 from rlplatform.train.evaluate import evaluate
-from rlplatform.train.service import read_status
+from rlplatform.train.status import read_status
 from rlplatform.train.trainer import read_config_file
 from rlplatform.train.training import put_training, read_training, write_training
 from rlplatform_client.models import ModelError
@@ -61,6 +63,15 @@ console = Console(stderr=True)
 def stage(kind: str, game: str) -> str:
     """The supervisor's name of a game's stage, e.g. ``trainer-CartPole-v1`` (also its log file's name)."""
     return f"{kind}-{slug(game, keep='.-')}"
+
+
+def _listenable(port: int) -> int:
+    """``port`` if it is free on 127.0.0.1, else (or for 0) a free one."""
+    if port:
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    return aws.free_port()
 
 
 def simulated(game: str) -> bool:
@@ -93,6 +104,7 @@ class Stack:
         )
         keys.init(self.keys_dir)  # the embedded profile signs with a key pair of its own
         self.moto: aws.MotoServer | None = None
+        self.dashboard_url: str | None = None
         self.supervisor = Supervisor(self.logs, self.env, cfg.max_restarts, cfg.restart_backoff)
 
     @property
@@ -120,6 +132,11 @@ class Stack:
         spawn = self.supervisor.spawn
         spawn("ingest", [python, "-m", "rlplatform", "ingest", "--checkpoint", str(self.run_dir / "ingest-ckpt")], True)
         spawn("trainers", self._trainers_argv(), restartable=True)
+        if self.cfg.dashboard_port is not None:
+            port = _listenable(self.cfg.dashboard_port)
+            self.dashboard_url = f"http://127.0.0.1:{port}/"
+            spawn("dashboard", [python, "-m", "rlplatform", "dashboard", "--port", str(port)], restartable=True)
+            console.print(f"dashboard: {self.dashboard_url}")
         for game in self.cfg.games:
             self.game_dir(game).mkdir(parents=True, exist_ok=True)
             if self.cfg.clients and simulated(game):
@@ -236,6 +253,7 @@ class Stack:
         put_training(self.settings.bucket, game, {**read_training(self.settings.bucket, game), "retired": True})
 
     def stop(self) -> None:
+        self.terminate("dashboard")
         self.stop_clients()
         self.terminate("ingest")
         self.terminate("trainers")
@@ -290,20 +308,22 @@ def _watch(stack: Stack, cfg: LaunchConfig, progress: Progress, stop: threading.
     trusted = stack.trusted_keys.read_bytes()
     subscribers = {game: ModelSubscriber(stack.settings.bucket, game, trusted_keys=trusted) for game in cfg.games}
     deadline = progress.started + cfg.max_minutes * 60
+    live_returns = {game: GameLive(game) for game in cfg.games}  # each stored step read once
     with open_store(stack.settings) as store, Live(progress_table(progress, cfg), console=console) as live:
-        last_t, live_at = time.monotonic(), 0.0
+        last_t = time.monotonic()
         while progress.unsolved() and not stop.is_set() and time.monotonic() < deadline:
             stack.check_alive()
             progress.restarts = stack.restarts
             now = time.monotonic()
-            refresh_live = now - live_at >= cfg.live_every_s  # reads every stored step: not every second
             for g in progress.unsolved():
-                _observe(stack, store, catalog, g, max(now - last_t, 1e-6), refresh_live, progress.elapsed())
+                _observe(stack, store, catalog, g, max(now - last_t, 1e-6), progress.elapsed())
+                live_returns[g.game].update(store, now)
+                g.live = live_returns[g.game].returns()
                 if _judge(g, subscribers[g.game], cfg, progress.elapsed()):
                     console.print(f"[green]{g.game} reached {g.target:g} at {g.solved_at:.0f} s[/]")
                     if progress.unsolved():
                         stack.retire(g.game)
-            last_t, live_at = now, now if refresh_live else live_at
+            last_t = now
             live.update(progress_table(progress, cfg))
             stop.wait(1.0)
 
@@ -314,7 +334,6 @@ def _observe(
     catalog: GameCatalog,
     g: GameProgress,
     dt: float,
-    refresh_live: bool,
     elapsed: float,
 ) -> None:
     if g.spec is None:
@@ -324,8 +343,6 @@ def _observe(
     g.ingest_rate, g.stored_rows, g.retained_rows = (stored - g.stored_rows) / dt, stored, store.count(g.game)
     _read_trainer(stack, g)
     _read_clients(stack, g, elapsed)
-    if refresh_live:
-        g.live = store.live_returns(g.game)
 
 
 def _judge(g: GameProgress, subscriber: ModelSubscriber, cfg: LaunchConfig, elapsed: float) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlplatform.games import GameSpec, reward_threshold
-from rlplatform.settings import DEFAULT_MAX_TRANSITIONS_PER_GAME
+from rlplatform.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_MAX_TRANSITIONS_PER_GAME
 from rlplatform.store.base import LiveReturns
 from rlplatform_client.games import DEFAULT_GAME
 from rlplatform_client.releases import ReleaseState
@@ -40,8 +40,9 @@ class LaunchConfig:
     max_transitions_per_game: int = DEFAULT_MAX_TRANSITIONS_PER_GAME
     # "sqlite": a file in the run dir; "cassandra": a keyspace of this run's own on the cluster RLP_CASSANDRA_* names.
     store: str = "sqlite"
+    # The dashboard's port on 127.0.0.1 (another free one if taken; 0: any); None: no dashboard.
+    dashboard_port: int | None = DEFAULT_DASHBOARD_PORT
     drain_timeout_s: float = 120.0
-    live_every_s: float = 10.0
     # Per restartable stage (ingest, the training service) and per trainer (by the service); one more crash fails
     # the run.
     max_restarts: int = 3
@@ -74,7 +75,7 @@ class GameProgress:
     transitions_sent: int = 0  # acknowledged to the simulated clients
     evals: list[dict] = field(default_factory=list)  # {"seconds", "version", "eval_return"}
     client_curve: list[tuple[float, float]] = field(default_factory=list)
-    # Per model version, how the (exploring) clients played it, from the store; refreshed every few seconds.
+    # Per model version, how the (exploring) clients played it, from the store (each step read once).
     live: dict[int, LiveReturns] = field(default_factory=dict)
     # Per model version, seconds from its publish to the first step any client acted with it.
     pickup_s: dict[int, float] = field(default_factory=dict)

@@ -29,27 +29,17 @@ from rlplatform.infra.ray_cluster import init_ray
 from rlplatform.registry import keys
 from rlplatform.settings import Settings
 from rlplatform.train.algorithms import AlgorithmConfigError
+from rlplatform.train.status import status_key
 from rlplatform.train.trainer import Trainer, TrainerConfig
 from rlplatform.train.training import read_training, retired, training_config, training_key
 from rlplatform_client.retry import Backoff
 
 log = logging.getLogger(__name__)
 
-STATUS_PREFIX = "trainers"
 # A trainer's own CPU: it samples the store, runs its learner (in the same process) and evaluates models.
 TRAINER_CPUS = 1
 # How long a stopping trainer may take to finish its update and leave (then it is killed).
 STOP_TIMEOUT_S = 60.0
-
-
-def status_key(game_id: str) -> str:
-    return f"{STATUS_PREFIX}/{game_id}/status.json"
-
-
-def read_status(bucket: str, game_id: str) -> dict[str, Any] | None:
-    """The service's last word on the game's trainer, or None when no service has run it."""
-    body = aws.object_or_none(bucket, status_key(game_id))
-    return None if body is None else json.loads(body)
 
 
 class TrainerActor:

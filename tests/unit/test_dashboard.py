@@ -1,0 +1,193 @@
+"""The dashboard's reading (``dashboard.collect``) against moto and a SQLite store, and its token guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlplatform.dashboard.collect import Collector, GameView, VersionView, rank
+from rlplatform.dashboard.page import build_app, page
+from rlplatform.dashboard.server import TOKEN_COOKIE, loopback, require_token
+from rlplatform.games import GameCatalog, game_spec
+from rlplatform.ingest.dead_letters import read_dead_letters
+from rlplatform.settings import Settings, SqliteSettings
+from rlplatform.store.live import MAX_POINTS, SERIES_GROUP, GameLive, VersionLive
+from rlplatform.store.sqlite import SqliteStore
+from rlplatform_client.models import ModelManifest, latest_key, publish_model
+from tests.contract.test_store_contract import episode
+from tests.support import SIGNING_KEY
+
+GAME = "CartPole-v1"
+BUCKET = "rlp-models"
+
+
+class CountingStore:
+    """The store, counting the steps read through ``read_seqs``."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store, self.steps_read = store, 0
+
+    def read_seqs(self, game_id: str, first: int, last: int):
+        seqs, rows = self.store.read_seqs(game_id, first, last)
+        self.steps_read += len(seqs)
+        return seqs, rows
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with SqliteStore(tmp_path / "s.sqlite") as s:
+        yield CountingStore(s)
+
+
+def collector(tmp_path: Path, store: CountingStore | None = None, bucket: str = BUCKET) -> Collector:
+    settings = Settings(bucket=bucket, sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
+    return Collector(settings, store_factory=(lambda _: store) if store else SqliteStore.from_settings)
+
+
+def publish(s3, version: int, eval_return: float | None = None) -> None:
+    manifest = ModelManifest.create(
+        GAME, version, b"onnx", algorithm="DQN", learner_step=100 * version,
+        observation_space={"type": "box", "shape": [4], "dtype": "float32"},
+        action_space={"type": "discrete", "n": 2}, eval_return=eval_return,
+    )  # fmt: skip
+    publish_model(s3, BUCKET, manifest, b"onnx", SIGNING_KEY)
+
+
+def versions(view: GameView) -> dict[int, VersionView]:
+    return {v.version: v for v in view.versions}
+
+
+def test_live_returns_are_counted_once_per_step_and_match_the_store(s3, store, tmp_path: Path) -> None:
+    GameCatalog(BUCKET, wait=False).register(game_spec(GAME))
+    publish(s3, 1, eval_return=42.0)
+    for n in (10, 14):
+        store.write(GAME, episode(n, version=0, reward=1.0))
+    store.write(GAME, episode(30, version=1, reward=0.5))
+    c = collector(tmp_path, store)
+
+    (game,) = c.refresh().games
+    shown = versions(game)
+    assert game.problems == ["no training service has run this game"]
+    assert (shown[0].episodes, shown[0].mean_return, shown[0].std_return) == (2, 12.0, 2.0)
+    assert (shown[1].episodes, shown[1].mean_return, shown[1].eval_return) == (1, 15.0, 42.0)
+    assert game.stored == game.retained == 54 and store.steps_read == 54
+
+    open_episode = episode(20, version=1, reward=1.0)
+    store.write(GAME, open_episode[:12])  # an episode in two chunks, across a refresh
+    c.refresh()
+    store.write(GAME, open_episode[12:])
+    (game,) = c.refresh().games
+    assert store.steps_read == 74  # each step read once, whatever the number of refreshes
+    live = store.live_returns(GAME)
+    for version, view in versions(game).items():
+        assert (view.episodes, view.mean_return) == (live[version].episodes, pytest.approx(live[version].mean_return))
+        assert view.std_return == pytest.approx(live[version].std_return)
+    assert versions(game)[1].series[-1].episodes == 2  # the group still filling is the curve's last point
+
+
+def test_bad_states_are_named_and_what_was_read_stays(s3, store, tmp_path: Path) -> None:
+    c = collector(tmp_path, store)
+    snap = c.refresh()
+    assert snap.games == [] and snap.errors == {}
+    assert "no-games" in json.dumps(page(snap), default=lambda o: o.to_plotly_json())
+
+    GameCatalog(BUCKET, wait=False).register(game_spec(GAME))
+    (game,) = c.refresh().games
+    assert "no model published yet" in game.problems
+
+    publish(s3, 1)
+    s3.put_object(Bucket=BUCKET, Key=latest_key(GAME), Body=b"{broken")
+    (game,) = c.refresh().games
+    assert any(p.startswith("the latest pointer is broken") for p in game.problems)
+
+    c.settings = c.settings.model_copy(update={"bucket": "no-such-bucket"})
+    c.store_factory = lambda _: (_ for _ in ()).throw(ConnectionRefusedError("store down"))
+    c.close()
+    snap = c.refresh()
+    assert set(snap.errors) == {"bucket", "store"} and "NoSuchBucket" in snap.errors["bucket"]
+    assert snap.errors["store"] == "ConnectionRefusedError: store down"
+    assert [g.game_id for g in snap.games] == [GAME]  # the last read stays on the page
+
+    c.settings = c.settings.model_copy(update={"bucket": BUCKET})
+    c.store_factory = lambda _: store
+    assert c.refresh().errors == {}
+
+
+def test_games_rank_by_how_much_better_their_newest_version_plays() -> None:
+    def game(game_id: str, returns: dict[int, tuple[float, float, int]]) -> GameView:
+        views = [VersionView(v, "", None, None, n, m, s, 1.0, []) for v, (m, s, n) in returns.items()]
+        return GameView(game_id, "", None, None, None, views, None, [], 0, 0, None, [])
+
+    better = game("b", {0: (10.0, 5.0, 50), 1: (60.0, 5.0, 10)})  # +10 sd
+    worse = game("a", {0: (-1000.0, 100.0, 50), 1: (-900.0, 100.0, 50), 2: (0.0, 1.0, 3)})  # v2 unranked: +1 sd
+    unplayed = game("c", {0: (0.0, 1.0, 9)})
+    assert [g.game_id for g in rank([unplayed, worse, better])] == ["b", "a", "c"]
+    assert worse.lift == pytest.approx(1.0) and unplayed.lift is None
+
+
+def test_dead_letters_are_read_once_per_object(s3) -> None:
+    s3.put_object(Bucket=BUCKET, Key="dead-letters/a.jsonl", Body=b'{"kind": "not_json", "error": "x"}')
+    report = read_dead_letters(BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="dead-letters/b.jsonl", Body=b'{"kind": "not_json"}\n{"kind": "too_large"}')
+    report = read_dead_letters(BUCKET, report=report)
+    assert report.counts == {"not_json": 2, "too_large": 1} and report.objects == 2
+    assert read_dead_letters(BUCKET, report=report).counts == {"not_json": 2, "too_large": 1}
+
+
+def test_off_loopback_every_request_needs_the_token(s3, tmp_path: Path) -> None:
+    assert loopback("127.0.0.1") and loopback("::1") and loopback("localhost") and not loopback("0.0.0.0")
+    snap = collector(tmp_path).refresh()
+    app = build_app(lambda: snap, 5.0)
+    require_token(app.server, "s3cret")
+    client = app.server.test_client()
+    assert client.get("/").status_code == 401
+    assert client.get("/?token=wrong").status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    moved = client.get("/?token=s3cret")
+    assert moved.status_code == 302 and "token" not in moved.headers["Location"]
+    assert f"{TOKEN_COOKIE}=s3cret" in moved.headers["Set-Cookie"] and "HttpOnly" in moved.headers["Set-Cookie"]
+    assert client.get("/_dash-layout").status_code == 200  # the cookie now carries it
+
+
+def test_a_long_played_version_keeps_a_bounded_curve_with_the_same_statistics() -> None:
+    rng = np.random.default_rng(0)
+    returns = rng.normal(100.0, 15.0, size=SERIES_GROUP * MAX_POINTS * 3)
+    live = VersionLive(1)
+    for i, r in enumerate(returns):
+        live.add(float(r), 10, at_step=10 * (i + 1))
+    points = live.points(at_step=10 * len(returns))
+    assert len(points) <= MAX_POINTS and sum(p.episodes for p in points) == len(returns)
+    assert [p.at_step for p in points] == sorted(p.at_step for p in points)
+    # Each point is still the mean and spread of exactly the episodes it covers.
+    start = 0
+    for p in points:
+        covered = returns[start : start + p.episodes]
+        assert p.mean == pytest.approx(covered.mean()) and p.std == pytest.approx(covered.std())
+        start += p.episodes
+    assert (live.mean, live.std) == (pytest.approx(returns.mean()), pytest.approx(returns.std()))
+
+
+def test_game_live_counts_what_the_store_counts_reading_each_step_once(store) -> None:
+    """``up`` judges a game without a simulator by these: the same episodes as ``store.live_returns``."""
+    live = GameLive(GAME)
+    for batch in (episode(10, version=0, reward=1.0), episode(7, version=2, reward=0.5, ended="truncated")):
+        store.write(GAME, batch)
+    live.update(store, now=0.0)
+    store.write(GAME, episode(5, version=2, reward=9.0, start_t=3))  # steps 0..2 missing: not whole
+    store.write(GAME, episode(30, version=2, reward=1.5))
+    assert live.update(store, now=1.0) == 35 and live.update(store, now=2.0) == 0
+    expected = store.live_returns(GAME)
+    assert live.returns().keys() == expected.keys() == {0, 2}
+    for version, got in live.returns().items():
+        want = expected[version]
+        assert (got.episodes, got.mean_length) == (want.episodes, want.mean_length)
+        assert (got.mean_return, got.std_return) == (pytest.approx(want.mean_return), pytest.approx(want.std_return))
