@@ -98,6 +98,9 @@ def test_the_page_follows_two_games_new_versions_and_dead_letters(stack: Stack) 
             shown = shown_versions(driver, CARTPOLE)
             live = store.live_returns(CARTPOLE)
         assert set(shown) - {0} <= set(registry.published_versions(bucket, CARTPOLE))
+        # Its release: every version the trainer published became stable (no canary share), as the history says.
+        assert re.match(r"stable v\d+ · candidate none", text_of(driver, "release-state-CartPole-v1") or "")
+        assert re.search(r"trainer publish v\d+ published", text_of(driver, "history-CartPole-v1") or "")
         for version, row in shown.items():  # counted up to a refresh ago: never more than the store holds now
             assert episodes_in(row) <= (live[version].episodes if version in live else 0), (version, row)
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,7 +153,10 @@ class Collector:
             store=f"{self.settings.store} at {store_endpoint(self.settings)}",
             games=rank([self._view(game_id, g) for game_id, g in self._games.items()]),
             ingest=self._ingest,
-            dead_letters=self._dead,
+            # A copy: the next refresh adds to the report while pages may still be drawing this one.
+            dead_letters=DeadLetterReport(
+                Counter(self._dead.counts), {k: list(v) for k, v in self._dead.samples.items()}, self._dead.objects
+            ),
             errors=errors,
             refresh_s=now - started,
         )
@@ -190,6 +194,7 @@ class Collector:
             for revision in range(max(1, g.release.revision - HISTORY_SHOWN + 1), g.release.revision + 1):
                 if revision not in g.history and (body := aws.object_or_none(bucket, history_key(game_id, revision))):
                     g.history[revision] = Change(**json.loads(body))
+            g.history = {r: c for r, c in g.history.items() if r > g.release.revision - HISTORY_SHOWN}
         try:
             registry.check_pointer(bucket, game_id)
             g.pointer_error = None
@@ -261,7 +266,7 @@ class Collector:
             updates_per_s=g.updates_per_s,
             versions=versions,
             release=g.release,
-            history=[g.history[r] for r in sorted(g.history, reverse=True)[:HISTORY_SHOWN]],
+            history=[g.history[r] for r in sorted(g.history, reverse=True)],
             stored=g.stored,
             retained=g.retained,
             steps_per_s=g.steps_per_s,

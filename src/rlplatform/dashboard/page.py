@@ -271,7 +271,7 @@ def dead_letters(snap: Snapshot) -> html.Section:
             [
                 html.Td(kind),
                 html.Td(str(n), className="count"),
-                html.Td([html.Div(sample.get("error", ""), className="sample") for sample in report.samples[kind]]),
+                html.Td([html.Div(str(d.get("error", "")), className="sample") for d in report.samples[kind]]),
             ],
             id=f"dead-{slug(kind)}",
         )
