@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlplatform.dashboard.collect import Collector, GameView, VersionView, rank
-from rlplatform.dashboard.page import build_app, page
+from rlplatform.dashboard.page import VERSIONS_SHOWN, build_app, page, shown_versions, versions_table
 from rlplatform.dashboard.server import TOKEN_COOKIE, loopback, require_token
 from rlplatform.games import GameCatalog, game_spec
 from rlplatform.ingest.dead_letters import read_dead_letters
@@ -129,7 +129,7 @@ def test_games_rank_by_how_much_better_their_newest_version_plays() -> None:
 
     better = game("b", {0: (10.0, 5.0, 50), 1: (60.0, 5.0, 10)})  # +10 sd
     worse = game("a", {0: (-1000.0, 100.0, 50), 1: (-900.0, 100.0, 50), 2: (0.0, 1.0, 3)})  # v2 unranked: +1 sd
-    unplayed = game("c", {0: (0.0, 1.0, 9)})
+    unplayed = game("c", {0: (0.0, 1.0, 50), 1: (5.0, 1.0, 9)})  # one version played enough: nothing to compare
     assert [g.game_id for g in rank([unplayed, worse, better])] == ["b", "a", "c"]
     assert worse.lift == pytest.approx(1.0) and unplayed.lift is None
 
@@ -191,3 +191,13 @@ def test_game_live_counts_what_the_store_counts_reading_each_step_once(store) ->
         want = expected[version]
         assert (got.episodes, got.mean_length) == (want.episodes, want.mean_length)
         assert (got.mean_return, got.std_return) == (pytest.approx(want.mean_return), pytest.approx(want.std_return))
+
+
+def test_the_page_shows_v0_the_release_and_the_newest_versions() -> None:
+    versions = [VersionView(v, {1: "stable", 3: "candidate"}.get(v, ""), None, None, 0, 0.0, 0.0, 0.0, [])
+                for v in range(40)]  # fmt: skip
+    game = GameView(GAME, "", None, None, None, versions, None, [], 0, 0, None, [])
+    expected = [0, 1, 3, *range(40 - VERSIONS_SHOWN, 40)]
+    assert [v.version for v in shown_versions(game)] == expected
+    rendered = json.dumps(versions_table(game), default=lambda o: o.to_plotly_json())
+    assert f"{40 - len(expected)} older versions not shown" in rendered

@@ -71,9 +71,10 @@ class GameView:
 
     @property
     def ranked(self) -> tuple[VersionView, VersionView] | None:
-        """(baseline, newest): the oldest and the newest version with ``RANK_MIN_EPISODES`` played."""
+        """(baseline, newest): the oldest and the newest version with ``RANK_MIN_EPISODES`` played, once there are
+        two such versions."""
         played = [v for v in self.versions if v.episodes >= RANK_MIN_EPISODES]
-        return (played[0], played[-1]) if played else None
+        return (played[0], played[-1]) if len(played) >= 2 else None
 
     @property
     def lift(self) -> float | None:

@@ -28,6 +28,7 @@ section { border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem 1rem; marg
 .muted { color: #777; }
 .sample { font-family: monospace; font-size: 0.85em; max-width: 60rem; overflow-wrap: anywhere; }
 """
+VERSIONS_SHOWN = 10  # the newest, besides v0 and the release's stable and candidate
 PALETTE = qualitative.Plotly  # one colour per version (mean line and its band)
 
 
@@ -129,8 +130,8 @@ def ranking(snap: Snapshot) -> html.Section:
             html.H2("Games"),
             html.P(
                 f"Ranked by lift: how much better the newest version with {RANK_MIN_EPISODES}+ finished episodes "
-                "plays than the oldest, in the oldest's standard deviations of return (live play of the exploring "
-                "clients, from the store).",
+                "plays than the oldest such version, in the oldest's standard deviations of return (live play of the "
+                "exploring clients, from the store); games with fewer than two such versions last.",
                 className="muted",
             ),
             table(head, rows, "ranking"),
@@ -153,7 +154,15 @@ def game_section(g: GameView) -> html.Section:
     )
 
 
-def versions_table(g: GameView) -> html.Table:
+def shown_versions(g: GameView) -> list[VersionView]:
+    """v0, the release's versions and the newest ``VERSIONS_SHOWN``: what the table and the chart show."""
+    newest = {v.version for v in g.versions[-VERSIONS_SHOWN:]}
+    return [v for v in g.versions if v.version == 0 or v.role or v.version in newest]
+
+
+def versions_table(g: GameView) -> html.Div:
+    """The shown versions, and how many older ones are left out."""
+    versions = shown_versions(g)
     head = ["version", "release", "live return (mean ± sd)", "episodes", "mean length", "simulator eval", "published"]
     rows = [
         html.Tr(
@@ -168,16 +177,19 @@ def versions_table(g: GameView) -> html.Table:
             ],
             id=f"version-{slug(g.game_id)}-{v.version}",
         )
-        for v in g.versions
+        for v in versions
     ]
-    return table(head, rows, f"versions-{slug(g.game_id)}")
+    hidden = len(g.versions) - len(versions)
+    note = [html.P(f"{hidden} older versions not shown (rlplatform models list --game {g.game_id})", className="muted")]
+    return html.Div([table(head, rows, f"versions-{slug(g.game_id)}"), *(note if hidden else [])])
 
 
 def live_chart(g: GameView) -> dcc.Graph | html.P:
-    if not any(v.series for v in g.versions):
+    versions = shown_versions(g)
+    if not any(v.series for v in versions):
         return html.P("No finished episode stored yet.", id=f"live-{slug(g.game_id)}", className="muted")
     fig = go.Figure()
-    for v in g.versions:
+    for v in versions:
         if not v.series:
             continue
         color = PALETTE[v.version % len(PALETTE)]
