@@ -18,6 +18,15 @@ def test_it_waits_for_the_first_look_on_both_versions() -> None:
     assert "waiting for 50 finished episodes of each version (49 candidate, 500 stable)" in verdict.reason
 
 
+def test_a_side_without_play_by_the_last_look_keeps_the_stable_version() -> None:
+    """With few clients the share can put them all on one side: the judge does not wait for ever."""
+    for candidate, stable in ((returns(1, 800), returns(2, 0)), (returns(3, 12), returns(4, 801))):
+        verdict = judge(candidate, stable)
+        assert (verdict.decision, verdict.conclusive) == (ROLLBACK, False)
+        assert verdict.reason.startswith("one version got almost no play")
+    assert judge(returns(5, 799), returns(6, 0)).decision == WAIT
+
+
 def test_a_much_worse_candidate_is_rolled_back_at_the_first_look() -> None:
     verdict = judge(returns(1, 60, mean=-2.0), returns(2, 60))
     assert (verdict.decision, verdict.episodes, verdict.conclusive) == (ROLLBACK, 50, True)

@@ -108,35 +108,42 @@ def test_trainer_publishes_models_and_resumes_with_increasing_versions(settings:
     assert latest.version == 3 and latest.learner_step == 30
 
 
-def test_with_a_canary_share_new_versions_are_candidates_and_the_pointer_stays_on_stable(settings: Settings) -> None:
-    Trainer(settings, dataclasses.replace(FAST, canary_share=0.25)).run(threading.Event(), max_updates=30)
+def test_with_a_canary_share_a_new_version_is_the_candidate_and_newer_ones_wait_for_its_verdict(
+    settings: Settings,
+) -> None:
+    trainer = Trainer(settings, dataclasses.replace(FAST, canary_share=0.25))
+    trainer.run(threading.Event(), max_updates=40)
     current, _ = release.read_release(settings.bucket, "CartPole-v1", keys.signing_keys(settings).trusted)
-    assert (current.stable, current.candidate, current.share) == (1, 3, 0.25)
+    assert (current.stable, current.candidate, current.share) == (1, 2, 0.25)  # v3 and v4 did not restart it
+    assert trainer.releaser.waiting.version == 4  # the newest waits; v3 will be skipped
     assert latest_manifest(boto3.client("s3"), settings.bucket).version == 1
     changes = release.history(settings.bucket, "CartPole-v1")
     assert [(c.by, c.action, c.after["candidate"]) for c in changes] == [
-        ("trainer", "publish", None), ("trainer", "publish", 2), ("trainer", "publish", 3)
+        ("trainer", "publish", None), ("trainer", "publish", 2)
     ]  # fmt: skip
 
 
 def test_the_trainer_judges_its_candidate_and_rolls_back_a_worse_one(settings: Settings) -> None:
     """A candidate whose clients' episodes return much less than the stable version's over the same period."""
     trainer = Trainer(settings, dataclasses.replace(FAST, canary_share=0.5))
-    trainer.run(threading.Event(), max_updates=20)  # v1 stable, v2 the candidate
+    trainer.run(threading.Event(), max_updates=30)  # v1 stable, v2 the candidate, v3 waiting
     trusted = keys.signing_keys(settings).trusted
     with SqliteStore(settings.sqlite.path) as store:
         said = trainer.releaser.judge(store)  # the watch begins: play stored from now on is judged
         assert said.startswith("v2 against v1: waiting for 50 finished episodes")
+        assert said.endswith("; v3 waits for the verdict")
         rng = np.random.default_rng(0)
         for _ in range(60):
             store.write("CartPole-v1", episode(int(rng.integers(40, 60)), version=1, reward=1.0))
             store.write("CartPole-v1", episode(int(rng.integers(5, 15)), version=2, reward=1.0))
         trainer.releaser.judge(store)
     current, _ = release.read_release(settings.bucket, "CartPole-v1", trusted)
-    assert (current.stable, current.candidate) == (1, None)
-    last = release.history(settings.bucket, "CartPole-v1")[-1]
-    assert (last.by, last.action, last.before["candidate"]) == ("judge", "rollback", 2)
-    assert last.why.startswith("worse: p ") and "50 episodes each" in last.why
+    assert (current.stable, current.candidate) == (1, 3)  # after the verdict, the waiting version is the candidate
+    judged, proposed = release.history(settings.bucket, "CartPole-v1")[-2:]
+    assert (judged.by, judged.action, judged.before["candidate"]) == ("judge", "rollback", 2)
+    assert judged.why.startswith("worse: p ") and "50 episodes each" in judged.why
+    assert (proposed.by, proposed.action, proposed.after["candidate"]) == ("trainer", "publish", 3)
+    assert trainer.releaser.waiting is None
 
 
 def test_a_checkpoint_of_other_networks_is_refused_naming_both_and_kept(settings: Settings) -> None:

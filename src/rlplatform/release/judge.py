@@ -67,6 +67,12 @@ def judge(candidate: np.ndarray, stable: np.ndarray, policy: JudgePolicy = Judge
     reached = [n for n in policy.looks if min(len(candidate), len(stable)) >= n]
     if not reached:
         have = f"{len(candidate)} candidate, {len(stable)} stable"
+        if max(len(candidate), len(stable)) >= policy.looks[-1]:
+            # With few clients the share can put (nearly) all of them on one side, and the other never gets its
+            # episodes; each candidate splits the clients anew (releases.version_for), so the next one may not.
+            return Verdict(
+                ROLLBACK, f"one version got almost no play ({have}): the stable version stays", conclusive=False
+            )
         return Verdict(WAIT, f"waiting for {policy.looks[0]} finished episodes of each version ({have})")
     from scipy.stats import mannwhitneyu  # here: the command line imports this module, and scipy costs 0.5 s
 
