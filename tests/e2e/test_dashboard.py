@@ -13,7 +13,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -149,7 +149,8 @@ def dashboard_env(cassandra_settings: Settings) -> Iterator[tuple[dict[str, str]
 
 
 @pytest.fixture
-def dashboard(dashboard_env, tmp_path: Path) -> Iterator[Callable[[], str]]:
+def dashboard(dashboard_env, tmp_path: Path) -> Iterator[str]:
+    """The address of ``rlplatform dashboard`` running against ``dashboard_env``, refreshing every second."""
     env, _, _, _ = dashboard_env
     port = aws.free_port()
     log = (tmp_path / "dashboard.log").open("wb")
@@ -157,7 +158,7 @@ def dashboard(dashboard_env, tmp_path: Path) -> Iterator[Callable[[], str]]:
     proc = processes.spawn(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: port_open(port), 60, "the dashboard to listen", running({"dashboard": proc}))
-        yield lambda: f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/"
         assert proc.poll() is None, "the dashboard exited"
     finally:
         processes.stop(proc, 30)
@@ -167,7 +168,7 @@ def dashboard(dashboard_env, tmp_path: Path) -> Iterator[Callable[[], str]]:
 def test_bad_states_show_on_the_page_and_the_page_recovers(dashboard_env, dashboard) -> None:
     _, s3_proxy, store_proxy, bucket = dashboard_env
     with browser.chromium() as driver:
-        driver.get(dashboard())
+        driver.get(dashboard)
         wait_for(lambda: text_of(driver, "no-games"), 60, "the empty catalog's message")
 
         GameCatalog(bucket, wait=False).register(game_spec(CARTPOLE))

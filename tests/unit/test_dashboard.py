@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rlplatform.dashboard.bench import CountingStore
 from rlplatform.dashboard.collect import Collector, GameView, VersionView, rank
 from rlplatform.dashboard.page import VERSIONS_SHOWN, build_app, page, shown_versions, versions_table
 from rlplatform.dashboard.server import TOKEN_COOKIE, loopback, require_token
@@ -24,31 +25,20 @@ GAME = "CartPole-v1"
 BUCKET = "rlp-models"
 
 
-class CountingStore:
-    """The store, counting the steps read through ``read_seqs``."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self.store, self.steps_read = store, 0
-
-    def read_seqs(self, game_id: str, first: int, last: int):
-        seqs, rows = self.store.read_seqs(game_id, first, last)
-        self.steps_read += len(seqs)
-        return seqs, rows
+class KeptOpen(CountingStore):
+    """The test's store, counted; the collector's ``close`` (it closes a store that failed) leaves it open."""
 
     def close(self) -> None:
         pass
-
-    def __getattr__(self, name: str):
-        return getattr(self.store, name)
 
 
 @pytest.fixture
 def store(tmp_path: Path):
     with SqliteStore(tmp_path / "s.sqlite") as s:
-        yield CountingStore(s)
+        yield KeptOpen(s)
 
 
-def collector(tmp_path: Path, store: CountingStore | None = None, bucket: str = BUCKET) -> Collector:
+def collector(tmp_path: Path, store: KeptOpen | None = None, bucket: str = BUCKET) -> Collector:
     settings = Settings(bucket=bucket, sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
     return Collector(settings, store_factory=(lambda _: store) if store else SqliteStore.from_settings)
 

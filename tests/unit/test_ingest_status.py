@@ -27,24 +27,25 @@ class Clock:
         return self.now
 
 
-def result(records: int, stored: int, **rejected: int) -> BatchResult:
-    return BatchResult(records, stored, dict(rejected))
+def result(
+    records: int, stored: int, oldest: float | None = None, newest: float | None = None, **rejected: int
+) -> BatchResult:
+    """A batch's counts, with the arrival times of its first and last stored record."""
+    return BatchResult(records, stored, dict(rejected), oldest_arrival=oldest, newest_arrival=newest)
 
 
-def test_writes_at_most_every_interval_with_totals_and_the_worst_lag_since_the_last_write() -> None:
+def test_writes_at_most_every_interval_with_totals_and_the_worst_lag_since_the_last_write(s3) -> None:
     clock = Clock()
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
-        # The first batch is written at once: 2 s and 0.5 s from arrival to visible.
-        status.on_batch(0, 1_000.0, result(4, 30, not_json=1), 998.0, 999.5)
-        first = read_ingest_status(BUCKET)
-        clock.now = 1_005.0  # within the interval: counted, not written
-        status.on_batch(1, 1_005.0, result(3, 20, not_json=2, bad_field=1), 998.0, 1_004.0)  # lag 7 s
-        assert read_ingest_status(BUCKET) == first
-        clock.now = 1_010.0
-        status.on_batch(2, 1_010.0, result(0, 0), None, None)  # read nothing: no lag, still a batch
-        second = read_ingest_status(BUCKET)
+    status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
+    # The first batch is written at once: 2 s and 0.5 s from arrival to visible.
+    status.on_batch(0, 1_000.0, result(4, 30, 998.0, 999.5, not_json=1))
+    first = read_ingest_status(BUCKET)
+    clock.now = 1_005.0  # within the interval: counted, not written
+    status.on_batch(1, 1_005.0, result(3, 20, 998.0, 1_004.0, not_json=2, bad_field=1))  # lag 7 s
+    assert read_ingest_status(BUCKET) == first
+    clock.now = 1_010.0
+    status.on_batch(2, 1_010.0, result(0, 0))  # read nothing: no lag, still a batch
+    second = read_ingest_status(BUCKET)
     assert first == {
         "schema": 1,
         "job_id": "job-1",
@@ -75,18 +76,16 @@ def test_writes_at_most_every_interval_with_totals_and_the_worst_lag_since_the_l
     assert second["lag_max_s_since_last"] == 7.0
 
 
-def test_a_batch_that_stored_nothing_has_no_lag_and_a_stop_writes_at_once() -> None:
+def test_a_batch_that_stored_nothing_has_no_lag_and_a_stop_writes_at_once(s3) -> None:
     clock = Clock()
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
-        # Every record rejected: the executors report no arrival, nor is one used if given.
-        status.on_batch(0, 1_000.0, result(2, 0, not_json=2), 900.0, 950.0)
-        doc = read_ingest_status(BUCKET)
-        clock.now = 1_001.0
-        status.on_batch(1, 1_001.0, result(1, 5), 1_000.0, 1_000.0)
-        assert status.publish(stopped=True)
-        last = read_ingest_status(BUCKET)
+    status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
+    # Every record rejected: the executors report no arrival, nor is one used if given.
+    status.on_batch(0, 1_000.0, result(2, 0, 900.0, 950.0, not_json=2))
+    doc = read_ingest_status(BUCKET)
+    clock.now = 1_001.0
+    status.on_batch(1, 1_001.0, result(1, 5, 1_000.0, 1_000.0))
+    assert status.publish(stopped=True)
+    last = read_ingest_status(BUCKET)
     assert doc["last_batch"]["lag_max_s"] is None and doc["lag_max_s_since_last"] is None
     assert (last["updated_at"], last["batches"], last["stored"], last["stopped"]) == (1_001.0, 2, 5, True)
     assert last["lag_max_s_since_last"] == 1.0
@@ -100,9 +99,9 @@ def test_an_unreachable_s3_never_fails_ingest_and_is_written_to_once_back(
     clock, bucket = Clock(), f"status-{uuid.uuid4().hex[:8]}"
     status = StatusPublisher(bucket, "job-1", every_s=10.0, clock=clock)
     with caplog.at_level(logging.WARNING, logger="rlplatform.ingest.status"):
-        status.on_batch(0, 1_000.0, result(1, 3), 999.0, 999.0)
+        status.on_batch(0, 1_000.0, result(1, 3, 999.0, 999.0))
         clock.now = 1_001.0  # not due by the interval, but nothing was written yet: tried again
-        status.on_batch(1, 1_001.0, result(1, 3), 998.5, 999.0)  # lag 2.5 s, the worst
+        status.on_batch(1, 1_001.0, result(1, 3, 998.5, 999.0))  # lag 2.5 s, the worst
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and INGEST_STATUS_KEY in warnings[0].getMessage()
     server = ThreadedMotoServer("127.0.0.1", port, verbose=False)
@@ -111,7 +110,7 @@ def test_an_unreachable_s3_never_fails_ingest_and_is_written_to_once_back(
         s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
         s3.create_bucket(Bucket=bucket)
         clock.now = 1_002.0
-        status.on_batch(2, 1_002.0, result(1, 3), 1_000.0, 1_000.0)
+        status.on_batch(2, 1_002.0, result(1, 3, 1_000.0, 1_000.0))
         doc = read_ingest_status(bucket)
     finally:
         server.stop()
@@ -125,17 +124,15 @@ def test_a_missing_bucket_is_a_warning_and_the_next_batch_writes_once_it_exists(
     clock = Clock()
     with mock_aws(), caplog.at_level(logging.WARNING, logger="rlplatform.ingest.status"):
         status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
-        status.on_batch(0, 1_000.0, result(1, 1), 999.0, 999.0)
+        status.on_batch(0, 1_000.0, result(1, 1, 999.0, 999.0))
         assert "NoSuchBucket" in caplog.text
         boto3.client("s3").create_bucket(Bucket=BUCKET)
-        status.on_batch(1, 1_000.5, result(1, 1), 999.0, 999.0)
+        status.on_batch(1, 1_000.5, result(1, 1, 999.0, 999.0))
         assert read_ingest_status(BUCKET)["batches"] == 2
 
 
-def test_no_status_reads_as_none() -> None:
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        assert read_ingest_status(BUCKET) is None
+def test_no_status_reads_as_none(s3) -> None:
+    assert read_ingest_status(BUCKET) is None
 
 
 def row(shard: str, stored: int, oldest: float | None, newest: float | None, **rejected: int) -> dict:

@@ -423,7 +423,7 @@ def run(
         record_progress(progress, {row["shard_id"]: row["last_seq"] for row in rows})
         visible_at = time.time()
         result, arrivals = merge_results(rows)
-        status.on_batch(batch_id, visible_at, result, result.oldest_arrival, result.newest_arrival)
+        status.on_batch(batch_id, visible_at, result)
         if metrics is not None:
             _append_metrics(metrics, batch_id, result, arrivals)
         log.info(

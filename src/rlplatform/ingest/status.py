@@ -37,6 +37,9 @@ class Counts(Protocol):
     records: int
     stored: int
     rejected: Mapping[str, int]
+    # Kinesis arrival times (epoch s) of the first and last stored record; None when it stored nothing.
+    oldest_arrival: float | None
+    newest_arrival: float | None
 
 
 def read_ingest_status(bucket: str) -> dict[str, Any] | None:
@@ -76,20 +79,13 @@ class StatusPublisher:
         self._published_at: float | None = None  # of the last successful write
         self._failing = False
 
-    def on_batch(
-        self,
-        batch_id: int,
-        visible_at: float,
-        result: Counts,
-        oldest_arrival: float | None,
-        newest_arrival: float | None,
-    ) -> None:
-        """Count one micro-batch whose rows became visible at ``visible_at``; ``oldest_arrival`` and
-        ``newest_arrival`` are the Kinesis arrival times of its stored records (None: it stored nothing).
-        Writes the document when due."""
-        stored_any = result.stored > 0 and oldest_arrival is not None and newest_arrival is not None
-        lag_max = visible_at - oldest_arrival if stored_any else None
-        lag_min = visible_at - newest_arrival if stored_any else None
+    def on_batch(self, batch_id: int, visible_at: float, result: Counts) -> None:
+        """Count one micro-batch whose rows became visible at ``visible_at`` (its lag from the arrival times of
+        its stored records); writes the document when due."""
+        oldest, newest = result.oldest_arrival, result.newest_arrival
+        stored_any = result.stored > 0 and oldest is not None and newest is not None
+        lag_max = visible_at - oldest if stored_any else None
+        lag_min = visible_at - newest if stored_any else None
         self.batches += 1
         self.records += result.records
         self.stored += result.stored
