@@ -90,6 +90,20 @@ def test_unlimited_check_restarts_beyond_the_limit_for_the_named_stages_only(
     assert supervisor.restarts == {"ingest": 3, "trainer": 2}
 
 
+def test_an_optional_stage_out_of_restarts_is_left_stopped_and_the_others_go_on(
+    supervisor: Supervisor, clock: Clock
+) -> None:
+    supervisor.spawn("dashboard", CRASH, optional=True)
+    supervisor.spawn("ingest", RUN, restartable=True)
+    supervisor.restarts["dashboard"] = 2  # its restarts used up
+    assert exited(supervisor, "dashboard") == 3
+    clock.now += 100
+    supervisor.check()
+    supervisor.check()  # found dead again: already given up, not restarted, not a failure
+    assert supervisor.restarts == {"dashboard": 2, "ingest": 0} and "dashboard" in supervisor.stopped
+    assert supervisor.procs["ingest"].poll() is None
+
+
 def test_stage_that_may_not_restart_fails_at_once(supervisor: Supervisor) -> None:
     supervisor.spawn("clients", CRASH)
     exited(supervisor, "clients")

@@ -12,12 +12,13 @@ its training document, so the service stops its trainer and the cores go to the 
 A game that is not a gymnasium id gets no simulated clients: its own clients play it, pointed at the
 stack by ``client.env`` in the run dir, and declare it (the service trains it once they have).
 
-A crashed ingest or training service is restarted (after a backoff delay, at most ``max_restarts`` times per
-stage); a crashed trainer is restarted by the service (as many times); all resume from their checkpoints. A
-trainer out of restarts or refused for its document ends the run with its error. Shutdown is ordered so nothing
-is lost, on every exit path (success, time budget, Ctrl-C, error, a stage out of restarts): clients stop and
-flush, ingest drains (restarted if it dies) until the store holds every transition acknowledged to the simulated
-clients or the drain timeout passes, then ingest, the training service and moto stop.
+A crashed ingest or training service or dashboard is restarted (after a backoff delay, at most ``max_restarts``
+times per stage; a dashboard beyond that is left stopped and the run goes on); a crashed trainer is restarted by
+the service (as many times); all resume from their checkpoints. A trainer out of restarts or refused for its
+document ends the run with its error. Shutdown is ordered so nothing is lost, on every exit path (success, time
+budget, Ctrl-C, error, a stage out of restarts): clients stop and flush, ingest drains (restarted if it dies)
+until the store holds every transition acknowledged to the simulated clients or the drain timeout passes, then
+ingest, the training service and moto stop.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class Stack:
         if self.cfg.dashboard_port is not None:
             port = _listenable(self.cfg.dashboard_port)
             self.dashboard_url = f"http://127.0.0.1:{port}/"
-            spawn("dashboard", [python, "-m", "rlplatform", "dashboard", "--port", str(port)], restartable=True)
+            spawn("dashboard", [python, "-m", "rlplatform", "dashboard", "--port", str(port)], optional=True)
             console.print(f"dashboard: {self.dashboard_url}")
         for game in self.cfg.games:
             self.game_dir(game).mkdir(parents=True, exist_ok=True)

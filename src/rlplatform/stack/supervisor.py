@@ -27,7 +27,8 @@ class Supervisor:
     """Child processes by stage name; a crashed restartable stage is started again with the same command.
 
     A restart waits ``backoff.delay(n)`` after the crash was seen (a stage that crashes at start does not
-    spin), and each stage gets at most ``max_restarts``; ``check`` raises ``StageFailed`` beyond that.
+    spin), and each stage gets at most ``max_restarts``; ``check`` raises ``StageFailed`` beyond that, except for
+    an optional stage (one the run does not need, such as the dashboard), which is then left stopped.
     """
 
     def __init__(
@@ -46,13 +47,17 @@ class Supervisor:
         self.procs: dict[str, subprocess.Popen] = {}
         self.restarts: dict[str, int] = {}  # restartable stages only
         self.stopped: set[str] = set()  # deliberately terminated, so not a failure when found dead
+        self.optional: set[str] = set()
         self._argv: dict[str, list[str]] = {}
         self._restart_at: dict[str, float] = {}
 
-    def spawn(self, name: str, argv: list[str], restartable: bool = False) -> None:
+    def spawn(self, name: str, argv: list[str], restartable: bool = False, optional: bool = False) -> None:
+        """Start ``name``; a restartable or optional stage is restarted when it crashes."""
         self._argv[name] = argv
-        if restartable:
+        if restartable or optional:
             self.restarts.setdefault(name, 0)
+        if optional:
+            self.optional.add(name)
         self._start(name)
 
     def check(self, stages: Collection[str] | None = None, unlimited: bool = False) -> None:
@@ -75,10 +80,15 @@ class Supervisor:
         if restarts is None:
             raise StageFailed(f"{name} exited with code {code}; see {self.log_path(name)}")
         if restarts >= self.max_restarts and not unlimited:
-            raise StageFailed(
+            failure = (
                 f"{name} exited with code {code} after {restarts} restarts (limit {self.max_restarts}); "
                 f"see {self.log_path(name)}"
             )
+            if name not in self.optional:
+                raise StageFailed(failure)
+            console.print(f"[red]{failure}; the run goes on without it[/]")
+            self.stopped.add(name)
+            return
         if name not in self._restart_at:
             delay = self.backoff.delay(restarts + 1)
             self._restart_at[name] = self.clock() + delay
