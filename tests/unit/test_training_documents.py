@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from rlplatform.cli import app
 from rlplatform.games import GameCatalog, game_spec
+from rlplatform.infra import aws
 from rlplatform.train.algorithms import AlgorithmConfigError
 from rlplatform.train.training import read_training, training_config, training_key, write_training
 
@@ -108,3 +109,44 @@ def test_register_declares_a_gymnasium_id_with_gymnasiums_spec(bucket: str) -> N
     assert GameCatalog(bucket).declared("CartPole-v1") == CARTPOLE
     result = runner.invoke(app, ["games", "register", "NotAGymGame-v0", "--gymnasium"])
     assert result.exit_code == 1 and "NotAGymGame-v0" in result.output
+
+
+def test_register_with_a_config_stores_the_document_before_the_spec(bucket: str, tmp_path) -> None:
+    """The training service starts a declared game's trainer at once: it must find the document already there."""
+    config = tmp_path / "c.yaml"
+    config.write_text("algorithm: SAC\nhyperparameters:\n  batch_size: 64\n")
+    written: list[str] = []
+
+    def put(params: dict, **_: object) -> None:
+        written.append(params["Key"])
+
+    events = aws.s3_client().meta.events
+    events.register("before-parameter-build.s3.PutObject", put)
+    try:
+        result = CliRunner().invoke(app, ["games", "register", "Pendulum-v1", "--gymnasium", "--config", str(config)])
+    finally:
+        events.unregister("before-parameter-build.s3.PutObject", put)
+    assert result.exit_code == 0, result.output
+    assert "declared Pendulum-v1" in result.output and "Pendulum-v1: trains with SAC" in result.output
+    assert written == [training_key("Pendulum-v1"), "games/Pendulum-v1/spec.json"]
+    assert read_training(bucket, "Pendulum-v1") == {"algorithm": "SAC", "hyperparameters": {"batch_size": 64}}
+
+
+def test_register_with_a_bad_config_or_another_spec_stores_nothing(bucket: str, tmp_path) -> None:
+    runner = CliRunner()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"algorithm": "SAC"}))
+    result = runner.invoke(app, ["games", "register", "CartPole-v1", "--gymnasium", "--config", str(bad)])
+    assert result.exit_code == 1 and "algorithm: SAC learns box action spaces" in result.output
+    assert GameCatalog(bucket).declared("CartPole-v1") is None and read_training(bucket, "CartPole-v1") == {}
+
+    GameCatalog(bucket).register(CARTPOLE)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"publish_every_updates": 10}))
+    args = ["games", "register", "CartPole-v1", "--obs-size", "3", "--actions", "2", "--config", str(good)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "CartPole-v1" in result.output
+    assert read_training(bucket, "CartPole-v1") == {}
+    result = runner.invoke(app, ["games", "register", "CartPole-v1", "--gymnasium", "--config", str(good)])
+    assert result.exit_code == 0 and "already declared, same spec" in result.output
+    assert read_training(bucket, "CartPole-v1") == {"publish_every_updates": 10}

@@ -14,6 +14,17 @@ from rlplatform.settings import load_settings
 if TYPE_CHECKING:
     from rlplatform.games import GameSpec
 
+
+def _training_file(what: str) -> typer.models.OptionInfo:
+    """``--config``: a training document file (``train.training``)."""
+    return typer.Option(
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help=f"JSON or YAML with any of algorithm, hyperparameters, publish_every_updates, ...: {what}",
+    )
+
+
 games_app = typer.Typer(no_args_is_help=True, help="The game catalog: declared specs in the bucket, and gymnasium ids.")
 
 
@@ -31,11 +42,13 @@ def games_register(
     gymnasium: Annotated[
         bool, typer.Option("--gymnasium", help="GAME is a gymnasium id: declare the spec gymnasium gives it.")
     ] = False,
+    config: Annotated[Path | None, _training_file("stored before the spec: the game's first trainer uses it.")] = None,
 ) -> None:
     """Declare a game (idempotent); a different spec for a declared id is refused, naming the differences.
 
     The training service trains every declared game, gymnasium ids included once declared."""
     from rlplatform.games import GameCatalog, GameSpecConflict, GameSpecError, UnknownGameError, game_spec
+    from rlplatform.train.algorithms import AlgorithmConfigError
 
     try:
         if gymnasium:
@@ -44,27 +57,27 @@ def games_register(
             spec = game_spec(game)
         else:
             spec = _spec_from_options(game, spec_file, obs_size, actions, action_low, action_high, simulator)
+        catalog = GameCatalog(load_settings().bucket, wait=False)
         with one_line_errors():
-            created = GameCatalog(load_settings().bucket, wait=False).register(spec)
-    except (GameSpecError, GameSpecConflict, UnknownGameError) as exc:
+            trains_with, created = None, None
+            if catalog.declared(game) is not None:  # another spec is refused before any document is touched
+                created = catalog.register(spec)
+            if config is not None:  # before a new spec: the service's first trainer of the game reads it
+                trains_with = _configure(catalog.bucket, spec, config, retire=None)
+            if created is None:
+                created = catalog.register(spec)
+    except (GameSpecError, GameSpecConflict, UnknownGameError, AlgorithmConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{'declared' if created else 'already declared, same spec:'} {game}")
+    if trains_with is not None:
+        typer.echo(f"{game}: {trains_with}")
 
 
 @games_app.command("configure")
 def games_configure(
     game: Annotated[str, typer.Argument(help="A declared game_id.")],
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            exists=True,
-            dir_okay=False,
-            help="JSON or YAML with any of algorithm, hyperparameters, publish_every_updates: replaces the game's "
-            "training document.",
-        ),
-    ] = None,
+    config: Annotated[Path | None, _training_file("replaces the game's training document.")] = None,
     retire: Annotated[
         bool | None, typer.Option("--retire/--resume", help="Stop training the game / train it again.")
     ] = None,
@@ -72,8 +85,6 @@ def games_configure(
     """How the training service trains a declared game (games/GAME/training.json); checked before it is stored."""
     from rlplatform.games import GameCatalog
     from rlplatform.train.algorithms import AlgorithmConfigError
-    from rlplatform.train.trainer import read_config_file
-    from rlplatform.train.training import KEYS, read_training, write_training
 
     bucket = load_settings().bucket
     try:
@@ -82,18 +93,27 @@ def games_configure(
             if spec is None:
                 typer.echo(f"error: {game!r} is not declared (rlplatform games register)", err=True)
                 raise typer.Exit(1)
-            doc = read_training(bucket, game)
-            if config is not None:  # replaces the document; the retired flag is --retire/--resume's
-                kept = {"retired": doc["retired"]} if "retired" in doc else {}
-                doc = kept | read_config_file(config, KEYS)
-            if retire is not None:
-                doc["retired"] = retire
-            cfg = write_training(bucket, spec, doc)
+            state = _configure(bucket, spec, config, retire)
     except AlgorithmConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    state = "retired: its trainer stops" if doc.get("retired") else f"trains with {cfg.algorithm}"
     typer.echo(f"{game}: {state}")
+
+
+def _configure(bucket: str, spec: GameSpec, config: Path | None, retire: bool | None) -> str:
+    """Store the game's training document, checked: ``config`` replaces it (keeping the retired flag, which is
+    ``retire``'s); says what the game now trains with."""
+    from rlplatform.train.trainer import read_config_file
+    from rlplatform.train.training import KEYS, read_training, write_training
+
+    doc = read_training(bucket, spec.game_id)
+    if config is not None:
+        kept = {"retired": doc["retired"]} if "retired" in doc else {}
+        doc = kept | read_config_file(config, KEYS)
+    if retire is not None:
+        doc["retired"] = retire
+    cfg = write_training(bucket, spec, doc)
+    return "retired: its trainer stops" if doc.get("retired") else f"trains with {cfg.algorithm}"
 
 
 @games_app.command("list")

@@ -153,8 +153,8 @@ class Stack:
         its clients declare gets its document now, checked by the service once they have."""
         doc = self.training_document()
         if simulated(game):
+            write_training(self.settings.bucket, game_spec(game), doc)  # first: a refused document declares nothing
             GameCatalog(self.settings.bucket, wait=False).register(game_spec(game))
-            write_training(self.settings.bucket, game_spec(game), doc)
         else:
             put_training(self.settings.bucket, game, doc)
 
