@@ -321,7 +321,9 @@ def trainers(
     poll_seconds: Annotated[
         float, typer.Option("--poll-seconds", min=0.5, help="How often the catalog is read for games to train.")
     ] = 5.0,
-    max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Restarts of a failing trainer.")] = 3,
+    max_restarts: Annotated[
+        int, typer.Option("--max-restarts", min=0, help="Restarts in a row of a failing trainer.")
+    ] = 3,
     cpus: Annotated[
         int | None,
         typer.Option(

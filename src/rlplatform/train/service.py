@@ -4,9 +4,11 @@
 runs with the catalog: a trainer for every declared game that is not retired (``train.training``), started
 with the game's training document; a trainer whose document changed is restarted with the new one; a retired
 or undeclared game's trainer is stopped. A trainer that fails is started again after a backoff, on whichever
-node Ray places it (its state is in the bucket, ``train.checkpoints``), at most ``max_restarts`` times; a bad
-training document is reported and nothing is started until it changes. Each game's state goes to
-``trainers/{game_id}/status.json`` in the bucket, where ``rlplatform games show`` reads it.
+node Ray places it (its state is in the bucket, ``train.checkpoints``), at most ``max_restarts`` times in a row
+(a trainer that ran ``HEALTHY_S`` before it failed starts a new count: a service that runs for months must not
+use its restarts up on crashes weeks apart); a bad training document is reported and nothing is started until it
+changes. Each game's state goes to ``trainers/{game_id}/status.json`` in the bucket, where ``rlplatform games
+show`` reads it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 TRAINER_CPUS = 1
 # How long a stopping trainer may take to finish its update and leave (then it is killed).
 STOP_TIMEOUT_S = 60.0
+# A trainer that ran this long before it failed was healthy: its failure is the first of a new count (and
+# backoff). Ten minutes, as Kubernetes resets a container's crash backoff.
+HEALTHY_S = 600.0
 
 
 class TrainerActor:
@@ -81,12 +86,28 @@ class GameTrainer:
     doc: dict[str, Any]  # the training document it was started with (or refused for)
     state: str = "starting"  # starting | running | restarting | failed | config_error | retired
     error: str | None = None
-    restarts: int = 0
+    restarts: int = 0  # in all, as shown
+    failures_in_a_row: int = 0  # what the restart limit and the backoff count
+    started_at: float = 0.0
     restart_at: float = 0.0
     actor: Any = None
     run_ref: Any = None
     node: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
+
+    def failed(self, error: str, now: float, max_restarts: int, backoff: Backoff) -> bool:
+        """Count a failure of the trainer started at ``started_at``: True, with its restart due at ``restart_at``,
+        while ``max_restarts`` in a row are not used up; else its state is ``failed``."""
+        self.error = error
+        if now - self.started_at >= HEALTHY_S:
+            self.failures_in_a_row = 0
+        if self.failures_in_a_row >= max_restarts:
+            self.state = "failed"
+            return False
+        self.failures_in_a_row += 1
+        self.restarts += 1
+        self.state, self.restart_at = "restarting", now + backoff.delay(self.failures_in_a_row)
+        return True
 
     def document(self, game_id: str) -> dict[str, Any]:
         return {
@@ -202,7 +223,7 @@ class TrainingService:
         )
         game.actor = remote.remote(settings, cfg)
         game.run_ref = game.actor.run.remote()
-        game.state, game.error = "running", None
+        game.state, game.error, game.started_at = "running", None, time.monotonic()
         log.info("%s: trainer started (%s, restarts %d)", game_id, cfg.algorithm, game.restarts)
 
     def _refuse(self, game_id: str, game: GameTrainer, error: str) -> None:
@@ -233,14 +254,12 @@ class TrainingService:
         if refused is not None:
             self._refuse(game_id, game, refused)
             return
-        game.error = error
-        if game.restarts >= self.max_restarts:
-            game.state = "failed"
-            log.error("%s: trainer failed (%s) after %d restarts; not restarting it", game_id, error, game.restarts)
-            return
-        game.restarts += 1
-        game.state, game.restart_at = "restarting", time.monotonic() + self.backoff.delay(game.restarts)
-        log.warning("%s: trainer failed (%s); restart %d of %d", game_id, error, game.restarts, self.max_restarts)
+        restarting = game.failed(error, time.monotonic(), self.max_restarts, self.backoff)
+        in_a_row, limit = game.failures_in_a_row, self.max_restarts
+        if restarting:
+            log.warning("%s: trainer failed (%s); restart %d of %d in a row", game_id, error, in_a_row, limit)
+        else:
+            log.error("%s: trainer failed (%s) after %d restarts in a row; not restarting it", game_id, error, in_a_row)
 
     def _stop_trainer(self, game_id: str) -> None:
         game = self.games.get(game_id)
