@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import boto3
 from moto import mock_aws
@@ -32,6 +33,25 @@ def test_moto_server_runs_in_its_own_process_and_stops() -> None:
         server.stop()
     assert server.process.poll() is not None
     assert dict(os.environ) == before, "stop() must undo apply_env()"
+
+
+def test_clients_are_made_once_per_endpoint_and_retry_policy(monkeypatch) -> None:
+    """Threads share one client; another endpoint or ``fail_fast`` gets a client that reaches it."""
+    first = aws.s3_client()
+    shared: list = []
+    threads = [threading.Thread(target=lambda: shared.append(aws.s3_client())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(client is first for client in shared) and aws.kinesis_client() is not first
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
+    moved = aws.s3_client()
+    assert moved is not first and moved.meta.endpoint_url == "http://127.0.0.1:1234"
+    monkeypatch.setattr(aws, "_config", aws._FAIL_FAST)
+    patient = moved.meta.config.retries["total_max_attempts"]
+    assert aws.s3_client().meta.config.retries["total_max_attempts"] < patient
 
 
 def test_embedded_environment_drops_the_users_own_aws_settings() -> None:

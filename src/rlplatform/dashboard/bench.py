@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import boto3
 import numpy as np
 
 from rlplatform.dashboard.collect import Collector, Snapshot
@@ -152,11 +151,9 @@ def prepare_bucket(settings: Settings, ids: list[str]) -> None:
 
 @contextlib.contextmanager
 def counted_s3_requests() -> Iterator[Counter]:
-    """S3 requests by operation, of every client made from boto3's default session while open (the collector
-    makes its clients through ``aws.s3_client``): a hook on the session's events, which each new client copies."""
-    if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session()
-    events = boto3.DEFAULT_SESSION.events  # type: ignore[union-attr]
+    """S3 requests by operation sent through this process's S3 client (``aws.s3_client``, which the collector
+    reads through) while open: a hook on the client's events."""
+    events = aws.s3_client().meta.events
     counts: Counter = Counter()
 
     def count(model: Any, **_: Any) -> None:
