@@ -118,8 +118,8 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         allow_inf_nan=False,
-        description="Ingest writes its status (lag, batch counts) to `ingest/status.json` in the bucket at most "
-        "this often, from its micro-batches (one PUT per interval: ~8,640 a day at 10 s).",
+        description="Ingest writes its status (lag, batch counts) to `ingest/status.json` in the bucket this "
+        "often while it runs, batches or none (one PUT per interval: ~8,640 a day at 10 s).",
     )
     ingest_ui_port: int | None = Field(
         None,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from rlplatform.dashboard.bench import CountingStore
-from rlplatform.dashboard.collect import Collector, GameView, VersionView, rank
-from rlplatform.dashboard.page import VERSIONS_SHOWN, build_app, page, shown_versions, versions_table
+from rlplatform.dashboard.collect import Collector, GameView, Snapshot, VersionView, rank
+from rlplatform.dashboard.page import VERSIONS_SHOWN, build_app, ingest, page, shown_versions, versions_table
 from rlplatform.dashboard.server import TOKEN_COOKIE, loopback, require_token
 from rlplatform.games import GameCatalog, game_spec
-from rlplatform.ingest.dead_letters import read_dead_letters
+from rlplatform.ingest.dead_letters import DeadLetterReport, read_dead_letters
 from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store.live import MAX_POINTS, SERIES_GROUP, GameLive, VersionLive
 from rlplatform.store.sqlite import SqliteStore
@@ -191,3 +191,22 @@ def test_the_page_shows_v0_the_release_and_the_newest_versions() -> None:
     assert [v.version for v in shown_versions(game)] == expected
     rendered = json.dumps(versions_table(game), default=lambda o: o.to_plotly_json())
     assert f"{40 - len(expected)} older versions not shown" in rendered
+
+
+@pytest.mark.parametrize(
+    ("reported_s_ago", "stopped", "says"),
+    [
+        (5, False, "reported 5 s ago; last batch 40 s ago"),  # idle: its heartbeat keeps the report fresh
+        (31, False, "reported 31 s ago (it reports every 10 s while it runs: is it running?); last batch 40 s ago"),
+        (31, True, "stopped; last batch 40 s ago"),
+    ],
+)
+def test_the_ingest_panel_tells_an_idle_job_from_one_that_stopped_reporting(
+    reported_s_ago: float, stopped: bool, says: str
+) -> None:
+    now = 10_000.0
+    job = {"job_id": "j", "updated_at": now - reported_s_ago, "every_s": 10.0, "stopped": stopped,
+           "last_batch": {"visible_at": now - 40}}  # fmt: skip
+    snap = Snapshot(1, now, BUCKET, "sqlite", [], job, DeadLetterReport(), {}, 0.0)
+    rendered = json.dumps(ingest(snap), default=lambda o: o.to_plotly_json())
+    assert says in rendered

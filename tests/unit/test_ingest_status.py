@@ -131,6 +131,26 @@ def test_a_missing_bucket_is_a_warning_and_the_next_batch_writes_once_it_exists(
         assert read_ingest_status(BUCKET)["batches"] == 2
 
 
+def test_an_idle_job_still_writes_every_interval_so_it_reads_alive(s3) -> None:
+    clock = Clock()
+    status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
+    status.heartbeat()  # a job that started says so before any batch
+    assert read_ingest_status(BUCKET)["updated_at"] == 1_000.0 and read_ingest_status(BUCKET)["batches"] == 0
+    clock.now = 1_005.0
+    status.heartbeat()
+    assert read_ingest_status(BUCKET)["updated_at"] == 1_000.0  # not due yet
+    status.on_batch(0, 1_005.0, result(1, 3, 1_004.0, 1_004.0))  # the first batch is news: written at once
+    assert read_ingest_status(BUCKET)["last_batch"]["lag_max_s"] == 1.0
+    clock.now = 1_010.0
+    status.on_batch(1, 1_010.0, result(0, 0))
+    status.heartbeat()
+    assert read_ingest_status(BUCKET)["updated_at"] == 1_005.0  # neither is due before 1_015
+    clock.now = 1_025.0  # idle since: the heartbeat keeps the document fresh, the last batch as it was
+    status.heartbeat()
+    doc = read_ingest_status(BUCKET)
+    assert (doc["updated_at"], doc["batches"], doc["last_batch"]["visible_at"]) == (1_025.0, 2, 1_010.0)
+
+
 def test_no_status_reads_as_none(s3) -> None:
     assert read_ingest_status(BUCKET) is None
 

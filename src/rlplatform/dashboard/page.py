@@ -30,6 +30,8 @@ section { border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem 1rem; marg
 """
 VERSIONS_SHOWN = 10  # the newest, besides v0 and the release's stable and candidate
 PALETTE = qualitative.Plotly  # one colour per version (mean line and its band)
+# Reports an ingest job may miss (a slow S3, a long batch) before the page asks whether it still runs.
+STALE_REPORTS = 3
 
 
 def slug(name: str) -> str:
@@ -262,6 +264,10 @@ def ingest(snap: Snapshot) -> html.Section:
         lag = job.get("lag_max_s_since_last")
         age = snap.at - job.get("updated_at", snap.at)
         state = "stopped" if job.get("stopped") else f"reported {age:.0f} s ago"
+        if not job.get("stopped") and age > STALE_REPORTS * job.get("every_s", 0):  # a running job reports anyway
+            state += f" (it reports every {job.get('every_s', 0):g} s while it runs: is it running?)"
+        if job.get("last_batch"):
+            state += f"; last batch {snap.at - job['last_batch']['visible_at']:.0f} s ago"
         status = html.P(
             f"job {job.get('job_id', '?')}: {job.get('batches', 0):,} batches, {job.get('records', 0):,} records, "
             f"{job.get('stored', 0):,} rows stored; lag from arrival in the stream to stored, at most "

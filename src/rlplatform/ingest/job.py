@@ -452,6 +452,7 @@ def run(
     try:
         last_logged = None
         while query.isActive and not stop.is_set():
+            status.heartbeat()
             query.awaitTermination(1)
             last_logged = _log_progress(query, last_logged)
         if query.exception() is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -60,7 +61,8 @@ def _best_effort_s3():
 
 class StatusPublisher:
     """Totals since this job started and the latest batch, written to ``INGEST_STATUS_KEY`` at most once every
-    ``every_s`` seconds (the first batch at once), so the cost in PUTs is bounded whatever the batch rate.
+    ``every_s`` seconds (the first batch at once), so the cost in PUTs is bounded whatever the batch rate; and
+    every ``every_s`` while no batch runs (``heartbeat``), so a reader tells an idle job from a gone one.
 
     Best effort: a failed write is logged (a warning when writes start failing, not at every batch) and the next
     batch tries again; nothing here raises into ingest. ``clock`` gives epoch seconds (injectable for tests).
@@ -77,11 +79,32 @@ class StatusPublisher:
         self.last_batch: dict[str, Any] | None = None
         self._lag_max_since_last: float | None = None
         self._published_at: float | None = None  # of the last successful write
+        self._attempted_at: float | None = None
         self._failing = False
+        # Batches (Spark's foreachBatch thread) and heartbeats (the driver's loop) publish from two threads.
+        self._lock = threading.RLock()
 
     def on_batch(self, batch_id: int, visible_at: float, result: Counts) -> None:
         """Count one micro-batch whose rows became visible at ``visible_at`` (its lag from the arrival times of
         its stored records); writes the document when due."""
+        with self._lock:
+            self._count(batch_id, visible_at, result)
+            first = self.batches == 1  # written at once, even just after a heartbeat: the job's first news
+            if first or self._published_at is None or self.clock() - self._published_at >= self.every_s:
+                self._publish(stopped=False)
+
+    def heartbeat(self) -> None:
+        """Write the document at once (a job that started) and then whenever ``every_s`` passed since the last
+        write or attempt (an idle job runs no batch); skipped while a batch publishes (it writes the news)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._attempted_at is None or self.clock() - self._attempted_at >= self.every_s:
+                self._publish(stopped=False)
+        finally:
+            self._lock.release()
+
+    def _count(self, batch_id: int, visible_at: float, result: Counts) -> None:
         oldest, newest = result.oldest_arrival, result.newest_arrival
         stored_any = result.stored > 0 and oldest is not None and newest is not None
         lag_max = visible_at - oldest if stored_any else None
@@ -101,8 +124,6 @@ class StatusPublisher:
         }
         if lag_max is not None and (self._lag_max_since_last is None or lag_max > self._lag_max_since_last):
             self._lag_max_since_last = lag_max
-        if self._published_at is None or self.clock() - self._published_at >= self.every_s:
-            self.publish()
 
     def document(self, stopped: bool = False) -> dict[str, Any]:
         """The status now. ``every_s`` lets a reader tell a stale document (a job gone without a word, or idle:
@@ -125,6 +146,11 @@ class StatusPublisher:
     def publish(self, stopped: bool = False) -> bool:
         """Write the document now (``stopped``: the job's last); True if it was written. Never raises: the status
         is an observer of ingest, and a fault in it (S3 away, denied, or a bug here) must not stop the job."""
+        with self._lock:
+            return self._publish(stopped)
+
+    def _publish(self, stopped: bool) -> bool:
+        self._attempted_at = self.clock()
         try:
             doc = self.document(stopped)
             if self._s3 is None:
