@@ -31,6 +31,8 @@ DEFAULT_INGEST_MAX_BATCH_BYTES = 16 * 1024 * 1024
 # rlplatform dashboard (and the one `up` starts): where it listens, and how often it reads the bucket and store.
 DEFAULT_DASHBOARD_PORT = 8050
 DEFAULT_DASHBOARD_REFRESH_S = 5.0
+# ... and how often at most it LISTs (the catalog, a game's versions, the dead letters) when nothing said they changed.
+DEFAULT_DASHBOARD_LIST_S = 60.0
 
 
 class SqliteSettings(BaseSettings):

@@ -150,11 +150,13 @@ def dashboard_env(cassandra_settings: Settings) -> Iterator[tuple[dict[str, str]
 
 @pytest.fixture
 def dashboard(dashboard_env, tmp_path: Path) -> Iterator[str]:
-    """The address of ``rlplatform dashboard`` running against ``dashboard_env``, refreshing every second."""
+    """The address of ``rlplatform dashboard`` running against ``dashboard_env``, refreshing and listing every
+    second."""
     env, _, _, _ = dashboard_env
     port = aws.free_port()
     log = (tmp_path / "dashboard.log").open("wb")
     argv = [sys.executable, "-m", "rlplatform", "dashboard", "--port", str(port), "--refresh-seconds", "1"]
+    argv += ["--list-seconds", "1"]  # a game declared: seen within a second
     proc = processes.spawn(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: port_open(port), 60, "the dashboard to listen", running({"dashboard": proc}))

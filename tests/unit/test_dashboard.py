@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlplatform.dashboard.bench import CountingStore
+from rlplatform.dashboard.bench import CountingStore, counted_s3_requests
 from rlplatform.dashboard.collect import Collector, GameView, Snapshot, VersionView, rank
 from rlplatform.dashboard.page import VERSIONS_SHOWN, build_app, ingest, page, shown_versions, versions_table
 from rlplatform.dashboard.server import TOKEN_COOKIE, loopback, require_token
 from rlplatform.games import GameCatalog, game_spec
 from rlplatform.ingest.dead_letters import DeadLetterReport, read_dead_letters
+from rlplatform.ingest.status import INGEST_STATUS_KEY
 from rlplatform.settings import Settings, SqliteSettings
 from rlplatform.store.live import MAX_POINTS, SERIES_GROUP, GameLive, VersionLive
 from rlplatform.store.sqlite import SqliteStore
+from rlplatform.train.status import status_key
 from rlplatform_client.models import ModelManifest, latest_key, publish_model
 from tests.contract.test_store_contract import episode
 from tests.support import SIGNING_KEY
@@ -38,18 +40,30 @@ def store(tmp_path: Path):
         yield KeptOpen(s)
 
 
-def collector(tmp_path: Path, store: KeptOpen | None = None, bucket: str = BUCKET) -> Collector:
+def collector(
+    tmp_path: Path, store: KeptOpen | None = None, bucket: str = BUCKET, list_s: float = 0.0, clock=None
+) -> Collector:
+    """A collector of the test's bucket and store; listing at every refresh unless ``list_s`` says otherwise."""
     settings = Settings(bucket=bucket, sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
-    return Collector(settings, store_factory=(lambda _: store) if store else SqliteStore.from_settings)
+    factory = (lambda _: store) if store else SqliteStore.from_settings
+    return Collector(settings, store_factory=factory, list_s=list_s, **({"clock": clock} if clock else {}))
 
 
-def publish(s3, version: int, eval_return: float | None = None) -> None:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def publish(s3, version: int, eval_return: float | None = None, pointer: bool = True) -> None:
     manifest = ModelManifest.create(
         GAME, version, b"onnx", algorithm="DQN", learner_step=100 * version,
         observation_space={"type": "box", "shape": [4], "dtype": "float32"},
         action_space={"type": "discrete", "n": 2}, eval_return=eval_return,
     )  # fmt: skip
-    publish_model(s3, BUCKET, manifest, b"onnx", SIGNING_KEY)
+    publish_model(s3, BUCKET, manifest, b"onnx", SIGNING_KEY, pointer=pointer)
 
 
 def versions(view: GameView) -> dict[int, VersionView]:
@@ -210,3 +224,39 @@ def test_the_ingest_panel_tells_an_idle_job_from_one_that_stopped_reporting(
     snap = Snapshot(1, now, BUCKET, "sqlite", [], job, DeadLetterReport(), {}, 0.0)
     rendered = json.dumps(ingest(snap), default=lambda o: o.to_plotly_json())
     assert says in rendered
+
+
+def test_listings_wait_for_their_period_unless_a_read_says_they_changed(s3, store, tmp_path: Path) -> None:
+    """A LIST costs 12 GETs: an idle refresh makes none; a new version or new rejects are listed at once."""
+    clock = Clock()
+    GameCatalog(BUCKET, wait=False).register(game_spec(GAME))
+    publish(s3, 1)
+    c = collector(tmp_path, store, list_s=60.0, clock=clock)
+    with counted_s3_requests() as requests:
+        c.refresh()
+        assert requests["ListObjectsV2"] == 4  # catalog, games with models, the game's versions, dead letters
+        requests.clear()
+        clock.now += 5
+        c.refresh()
+        # The game's release state, trainer status and pointer, and ingest's status: all GETs.
+        assert dict(requests) == {"GetObject": 4}
+
+        publish(s3, 2, pointer=False)  # a version the release has not moved to: only the trainer's status says so
+        s3.put_object(Bucket=BUCKET, Key=status_key(GAME), Body=json.dumps({"state": "running", "version": 2}))
+        clock.now += 5
+        requests.clear()
+        (game,) = c.refresh().games
+        assert 2 in versions(game) and requests["ListObjectsV2"] == 1
+
+        s3.put_object(Bucket=BUCKET, Key="dead-letters/x.jsonl", Body=b"")
+        job = {"job_id": "j", "rejected": {"not_json": 1}}
+        s3.put_object(Bucket=BUCKET, Key=INGEST_STATUS_KEY, Body=json.dumps(job))
+        clock.now += 5
+        requests.clear()
+        c.refresh()
+        assert requests["ListObjectsV2"] == 1  # ingest counted a reject: the dead letters are listed
+
+        clock.now += 60
+        requests.clear()
+        c.refresh()
+        assert requests["ListObjectsV2"] == 4  # the period passed: everything is listed again

@@ -23,7 +23,12 @@ from rlplatform.cli.common import (
 from rlplatform.cli.games import games_app
 from rlplatform.cli.keys import keys_app
 from rlplatform.cli.models import models_app
-from rlplatform.settings import DEFAULT_DASHBOARD_PORT, DEFAULT_DASHBOARD_REFRESH_S, load_settings
+from rlplatform.settings import (
+    DEFAULT_DASHBOARD_LIST_S,
+    DEFAULT_DASHBOARD_PORT,
+    DEFAULT_DASHBOARD_REFRESH_S,
+    load_settings,
+)
 from rlplatform_client.games import DEFAULT_GAME
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train RL bots from real play.")
@@ -366,6 +371,14 @@ def dashboard(
     refresh_seconds: Annotated[
         float, typer.Option("--refresh-seconds", min=1.0, help="How often the bucket and the store are read.")
     ] = DEFAULT_DASHBOARD_REFRESH_S,
+    list_seconds: Annotated[
+        float,
+        typer.Option(
+            "--list-seconds",
+            min=1.0,
+            help="How often at most the catalog, versions and dead letters are listed when no read says they changed.",
+        ),
+    ] = DEFAULT_DASHBOARD_LIST_S,
     token: Annotated[
         str | None,
         typer.Option("--token", help="What every request must carry off loopback. Default: RLP_DASHBOARD_TOKEN."),
@@ -382,7 +395,7 @@ def dashboard(
     aws.fail_fast()  # a refresh against an unreachable bucket reports it at once instead of retrying for minutes
     try:
         token = token or (settings.dashboard_token.get_secret_value() if settings.dashboard_token else None)
-        serve(settings, host, port, refresh_seconds, token or None, announce=lambda line: typer.echo(line))
+        serve(settings, host, port, refresh_seconds, list_seconds, token or None, announce=typer.echo)
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -3,7 +3,10 @@
 
 Cheap to run beside a large store: live returns are counted from the steps stored since the last refresh
 (``store.live.GameLive``), dead letters from the objects written since (``read_dead_letters`` with the last report),
-and what never changes once written (manifests, release history entries) is read once. A source that fails
+and what never changes once written (manifests, release history entries) is read once. Cheap on S3 too: a LIST
+costs 12 GETs and lists what rarely changes, so the catalog, a game's versions and the dead letters are listed at
+most every ``list_s``, and at once when a GET made anyway says they changed (the trainer's status names a new
+version, the release state or the latest pointer moved, ingest's status counts new rejects). A source that fails
 (bucket or store unreachable) leaves what was last read in place and puts its error on the page; the next
 refresh tries again, so the page recovers by itself.
 """
@@ -26,7 +29,7 @@ from rlplatform.ingest.dead_letters import DeadLetterReport, read_dead_letters
 from rlplatform.ingest.status import read_ingest_status
 from rlplatform.registry.report import read_manifest
 from rlplatform.release.state import Change, history_key, peek_release
-from rlplatform.settings import Settings
+from rlplatform.settings import DEFAULT_DASHBOARD_LIST_S, Settings
 from rlplatform.store import ExperienceStore, open_store, store_endpoint
 from rlplatform.store.live import GameLive, SeriesPoint
 from rlplatform.train.status import read_status
@@ -109,6 +112,9 @@ class _Game:
     release: ReleaseState | None = None
     history: dict[int, Change] = field(default_factory=dict)
     pointer_error: str | None = None
+    # What the last listing of the versions saw: the trainer's newest version, the release revision, the pointer.
+    seen: tuple = ()
+    pointer: str | None = None  # the sha256 the pointer named when its model was last checked ("broken": unreadable)
     stored: int = 0
     retained: int = 0
     stored_at: float | None = None
@@ -123,15 +129,19 @@ class Collector:
         settings: Settings,
         store_factory: Callable[[Settings], ExperienceStore] = open_store,
         clock: Callable[[], float] = time.time,
+        list_s: float = DEFAULT_DASHBOARD_LIST_S,
     ) -> None:
         self.settings = settings
         self.store_factory = store_factory
         self.clock = clock
-        self.catalog = GameCatalog(settings.bucket, wait=False, recheck_s=0.0)
+        self.list_s = list_s
+        self.catalog = GameCatalog(settings.bucket, wait=False, recheck_s=list_s, clock=clock)
         self._store: ExperienceStore | None = None
         self._games: dict[str, _Game] = {}
         self._ingest: dict[str, Any] | None = None
         self._dead = DeadLetterReport()
+        self._rejects_seen: tuple = ()
+        self._listed_at: dict[str, float] = {}
         self._seq = 0
 
     def refresh(self) -> Snapshot:
@@ -174,33 +184,64 @@ class Collector:
 
     def _read_bucket(self) -> None:
         bucket = self.settings.bucket
-        ids = set(self.catalog.declared_ids()) | _games_with_models(bucket)
-        for game_id in sorted(ids):
-            g = self._games.setdefault(game_id, _Game(GameLive(game_id)))
+        if self._due("games"):
+            for game_id in set(self.catalog.declared_ids()) | _games_with_models(bucket):
+                self._games.setdefault(game_id, _Game(GameLive(game_id)))
+            self._listed("games")
+        for game_id, g in sorted(self._games.items()):
             if g.spec is None:
                 g.spec = self.catalog.declared(game_id)
-            self._read_models(game_id, g)
             self._read_trainer(game_id, g)
+            self._read_models(game_id, g)
         self._ingest = read_ingest_status(bucket)
-        self._dead = read_dead_letters(bucket, DEAD_LETTER_SAMPLES, self._dead)
+        job = self._ingest or {}
+        rejects = (job.get("job_id"), sum(job.get("rejected", {}).values()))
+        if self._due("dead-letters", changed=rejects != self._rejects_seen):
+            self._dead = read_dead_letters(bucket, DEAD_LETTER_SAMPLES, self._dead)
+            self._rejects_seen = rejects
+            self._listed("dead-letters")
 
     def _read_models(self, game_id: str, g: _Game) -> None:
         bucket = self.settings.bucket
-        g.versions = registry.published_versions(bucket, game_id)
-        for version in g.versions:
-            if g.manifests.get(version) is None:  # a manifest never changes once written
-                g.manifests[version] = read_manifest(bucket, game_id, version)
         g.release = peek_release(bucket, game_id)
+        try:
+            manifest = registry.latest_manifest(bucket, game_id)
+            pointer = None if manifest is None else manifest.sha256
+        except ModelError as exc:
+            manifest, pointer = None, "broken"
+            g.pointer_error = f"the latest pointer is broken: {exc}"
+        seen = ((g.trainer or {}).get("version"), None if g.release is None else g.release.revision, pointer)
+        listing = f"versions/{game_id}"
+        due = self._due(listing, changed=seen != g.seen)
+        if due:
+            g.versions = registry.published_versions(bucket, game_id)
+            for version in g.versions:
+                if g.manifests.get(version) is None:  # a manifest never changes once written
+                    g.manifests[version] = read_manifest(bucket, game_id, version)
+        if pointer != "broken" and (due or pointer != g.pointer):  # the model named: it may have been deleted
+            try:
+                if manifest is not None:
+                    registry.check_model(bucket, manifest)
+                g.pointer_error = None
+            except ModelError as exc:
+                g.pointer_error = f"the latest pointer is broken: {exc}"
+        g.pointer = pointer
+        if due:
+            g.seen = seen
+            self._listed(listing)
         if g.release is not None:
             for revision in range(max(1, g.release.revision - HISTORY_SHOWN + 1), g.release.revision + 1):
                 if revision not in g.history and (body := aws.object_or_none(bucket, history_key(game_id, revision))):
                     g.history[revision] = Change(**json.loads(body))
             g.history = {r: c for r, c in g.history.items() if r > g.release.revision - HISTORY_SHOWN}
-        try:
-            registry.check_pointer(bucket, game_id)
-            g.pointer_error = None
-        except ModelError as exc:
-            g.pointer_error = f"the latest pointer is broken: {exc}"
+
+    def _due(self, listing: str, changed: bool = False) -> bool:
+        """Whether to make ``listing`` now: it changed, was never made, or was made ``list_s`` ago."""
+        at = self._listed_at.get(listing)
+        return changed or at is None or self.clock() - at >= self.list_s
+
+    def _listed(self, listing: str) -> None:
+        self._listed_at[listing] = self.clock()
 
     def _read_trainer(self, game_id: str, g: _Game) -> None:
         before, g.trainer = g.trainer, read_status(self.settings.bucket, game_id)

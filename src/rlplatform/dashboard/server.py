@@ -18,7 +18,7 @@ from flask import Flask, Response, redirect, request
 
 from rlplatform.dashboard.collect import Collector, Snapshot
 from rlplatform.dashboard.page import build_app
-from rlplatform.settings import DEFAULT_DASHBOARD_REFRESH_S, Settings
+from rlplatform.settings import DEFAULT_DASHBOARD_LIST_S, DEFAULT_DASHBOARD_REFRESH_S, Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def serve(
     host: str,
     port: int,
     refresh_s: float = DEFAULT_DASHBOARD_REFRESH_S,
+    list_s: float = DEFAULT_DASHBOARD_LIST_S,
     token: str | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
@@ -84,7 +85,7 @@ def serve(
 
     if not loopback(host) and not token:
         token = secrets.token_urlsafe(24)
-    refresher = Refresher(Collector(settings), refresh_s)
+    refresher = Refresher(Collector(settings, list_s=list_s), refresh_s)
     app = build_app(lambda: refresher.latest, refresh_s)
     if token:
         require_token(app.server, token)

@@ -22,7 +22,7 @@ from rlplatform_client.models import (
 )
 from rlplatform_client.subscriber import missing_model_raises
 
-__all__ = ["check_pointer", "latest_manifest", "next_version", "publish", "published_versions"]
+__all__ = ["check_model", "check_pointer", "latest_manifest", "next_version", "publish", "published_versions"]
 
 _VERSION_DIR = re.compile(r"/v(\d{6,})/$")
 
@@ -59,8 +59,12 @@ def check_pointer(bucket: str, game_id: str) -> None:
     ``ManifestError``: not a valid manifest; ``ModelMissingError``: it names a model that does not exist.
     """
     manifest = latest_manifest(bucket, game_id)
-    if manifest is None:
-        return
+    if manifest is not None:
+        check_model(bucket, manifest)
+
+
+def check_model(bucket: str, manifest: ModelManifest) -> None:
+    """``ModelMissingError`` when the model ``manifest`` names does not exist."""
     with missing_model_raises(bucket, manifest):
         aws.s3_client().head_object(Bucket=bucket, Key=manifest.onnx_key)
 
