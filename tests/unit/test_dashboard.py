@@ -125,6 +125,10 @@ def test_bad_states_are_named_and_what_was_read_stays(s3, store, tmp_path: Path)
     c.store_factory = lambda _: store
     assert c.refresh().errors == {}
 
+    for item in s3.list_objects_v2(Bucket=BUCKET)["Contents"]:
+        s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+    assert c.refresh().games == []  # its declaration and models deleted: it leaves the page
+
 
 def test_games_rank_by_how_much_better_their_newest_version_plays() -> None:
     def game(game_id: str, returns: dict[int, tuple[float, float, int]]) -> GameView:

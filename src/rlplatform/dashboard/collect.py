@@ -185,8 +185,11 @@ class Collector:
     def _read_bucket(self) -> None:
         bucket = self.settings.bucket
         if self._due("games"):
-            for game_id in set(self.catalog.declared_ids()) | _games_with_models(bucket):
+            ids = set(self.catalog.declared_ids()) | _games_with_models(bucket)
+            for game_id in ids:
                 self._games.setdefault(game_id, _Game(GameLive(game_id)))
+            for gone in set(self._games) - ids:  # its declaration and models were deleted
+                del self._games[gone]
             self._listed("games")
         for game_id, g in sorted(self._games.items()):
             if g.spec is None:
