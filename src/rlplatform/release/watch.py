@@ -20,10 +20,9 @@ from collections.abc import Callable
 import numpy as np
 
 from rlplatform.store import ExperienceStore, TransitionBatch
+from rlplatform.store.base import READ_STEPS
 from rlplatform.store.episodes import EpisodeAssembler
 
-# Steps read from the store per read at most (a watch that falls behind catches up over several updates).
-READ_STEPS = 65_536
 # An unfinished episode without a new step for this long was abandoned by its client.
 STALE_S = 120.0
 

@@ -9,6 +9,11 @@ import numpy as np
 
 from rlplatform.settings import Settings
 
+# Steps a reader of stored steps in seq order (``ExperienceStore.read_seqs``: the replay mirror, the release
+# watch, live returns) asks for in one request: a reader that falls behind catches up over several reads
+# instead of holding one for the whole backlog.
+READ_STEPS = 65_536
+
 
 @dataclass(frozen=True)
 class TransitionBatch:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from rlplatform.store.base import ExperienceStore, LiveReturns
+from rlplatform.store.base import READ_STEPS, ExperienceStore, LiveReturns
 from rlplatform.store.episodes import EpisodeAssembler
 
-# Steps read per store request, and at most per refresh: a dashboard opened on a large store catches up over
+# Steps read at most per refresh (in requests of READ_STEPS): a dashboard opened on a large store catches up over
 # several refreshes instead of holding one for minutes.
-READ_STEPS = 65_536
 MAX_STEPS_PER_REFRESH = 8 * READ_STEPS
 # Episodes per point of a version's curve at first: each point is the mean and spread of that many consecutive
 # episodes. A curve that reaches MAX_POINTS points merges them in pairs (and its groups double), so a version's

@@ -20,13 +20,10 @@ from dataclasses import fields
 import numpy as np
 
 from rlplatform.store import ExperienceStore, TransitionBatch
-from rlplatform.store.base import GameShapes
+from rlplatform.store.base import READ_STEPS, GameShapes
 
 log = logging.getLogger(__name__)
 
-# Steps read from the store per refresh at most: a trainer that starts against a full store fills its mirror
-# over a few refreshes rather than in one read of the whole window.
-READ_STEPS = 65_536
 # A seq missing this long below newer stored steps is a hole (a writer that reserved it and died), not a write
 # still in flight: the mirror stops waiting for it.
 HOLE_AFTER_S = 30.0
@@ -55,7 +52,8 @@ class ReplayMirror:
         return int(np.count_nonzero(self.slot_seq >= max(self.lo, self.hi - self.capacity + 1)))
 
     def refresh(self) -> int:
-        """Read the steps stored since the last refresh (at most ``READ_STEPS``); returns how many were read."""
+        """Read the steps stored since the last refresh (at most ``READ_STEPS``: a trainer that starts against a
+        full store fills its mirror over a few refreshes); returns how many were read."""
         self._refreshed_at = time.monotonic()
         self.lo, self.hi = self.store.seq_bounds(self.game_id)
         first = max(self.cursor, self.lo, self.hi - self.capacity + 1)
