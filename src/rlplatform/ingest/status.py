@@ -82,7 +82,7 @@ class StatusPublisher:
         self._attempted_at: float | None = None
         self._failing = False
         # Batches (Spark's foreachBatch thread) and heartbeats (the driver's loop) publish from two threads.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def on_batch(self, batch_id: int, visible_at: float, result: Counts) -> None:
         """Count one micro-batch whose rows became visible at ``visible_at`` (its lag from the arrival times of
