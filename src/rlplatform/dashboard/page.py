@@ -103,7 +103,7 @@ def ranking(snap: Snapshot) -> html.Section:
                 html.H2("Games"),
                 html.P(
                     f"No games: the catalog in s3://{snap.bucket} is empty and no model is published. Declare a game "
-                    "with `rlplatform games declare`, or start `rlplatform up`.",
+                    "with `rlplatform games register`, or start `rlplatform up`.",
                     id="no-games",
                 ),
             ]
