@@ -25,6 +25,17 @@ from rlplatform.store.base import ExperienceStore
 from rlplatform_client.contract import decode_chunk
 from rlplatform_client.signing import public_pem
 
+
+class Clock:
+    """A clock the test moves by hand (``clock.now += 5``), so periods and backoffs are checked without sleeping."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 # The test session's model signing key: tests/conftest.py gives it to every trainer a test starts
 # (RLP_SIGNING_KEY_FILE) and its public key to every simulated client (RLP_TRUSTED_KEYS).
 SIGNING_KEY = Ed25519PrivateKey.generate()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from rlplatform.store.sqlite import SqliteStore
 from rlplatform.train.status import status_key
 from rlplatform_client.models import ModelManifest, latest_key, publish_model
 from tests.contract.test_store_contract import episode
-from tests.support import SIGNING_KEY
+from tests.support import SIGNING_KEY, Clock
 
 GAME = "CartPole-v1"
 BUCKET = "rlp-models"
@@ -41,20 +43,16 @@ def store(tmp_path: Path):
 
 
 def collector(
-    tmp_path: Path, store: KeptOpen | None = None, bucket: str = BUCKET, list_s: float = 0.0, clock=None
+    tmp_path: Path,
+    store: KeptOpen | None = None,
+    bucket: str = BUCKET,
+    list_s: float = 0.0,
+    clock: Callable[[], float] = time.time,
 ) -> Collector:
     """A collector of the test's bucket and store; listing at every refresh unless ``list_s`` says otherwise."""
     settings = Settings(bucket=bucket, sqlite=SqliteSettings(path=tmp_path / "s.sqlite"))
     factory = (lambda _: store) if store else SqliteStore.from_settings
-    return Collector(settings, store_factory=factory, list_s=list_s, **({"clock": clock} if clock else {}))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+    return Collector(settings, store_factory=factory, clock=clock, list_s=list_s)
 
 
 def publish(s3, version: int, eval_return: float | None = None, pointer: bool = True) -> None:
@@ -233,7 +231,7 @@ def test_the_ingest_panel_tells_an_idle_job_from_one_that_stopped_reporting(
 
 def test_listings_wait_for_their_period_unless_a_read_says_they_changed(s3, store, tmp_path: Path) -> None:
     """A LIST costs 12 GETs: an idle refresh makes none; a new version or new rejects are listed at once."""
-    clock = Clock()
+    clock = Clock(1_000.0)
     GameCatalog(BUCKET, wait=False).register(game_spec(GAME))
     publish(s3, 1)
     c = collector(tmp_path, store, list_s=60.0, clock=clock)

@@ -19,6 +19,7 @@ from rlplatform.store.sqlite import SqliteStore
 from rlplatform_client import declare_game
 from rlplatform_client.contract import Chunk, Step, encode_chunk
 from rlplatform_client.retry import RetryStopped
+from tests.support import Clock
 
 BUCKET = "rlp-models"
 RACER = {
@@ -26,14 +27,6 @@ RACER = {
     "observation_space": {"type": "box", "shape": [3], "dtype": "float32"},
     "action_space": {"type": "box", "low": [-1, 0], "high": [1, None]},
 }
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_declared_spec_round_trips_and_declaring_it_again_is_a_no_op(s3) -> None:

@@ -15,16 +15,9 @@ from moto.server import ThreadedMotoServer
 from rlplatform.infra import aws
 from rlplatform.ingest.job import BatchResult, merge_results
 from rlplatform.ingest.status import INGEST_STATUS_KEY, StatusPublisher, read_ingest_status
+from tests.support import Clock
 
 BUCKET = "rlp-models"
-
-
-class Clock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def result(
@@ -35,7 +28,7 @@ def result(
 
 
 def test_writes_at_most_every_interval_with_totals_and_the_worst_lag_since_the_last_write(s3) -> None:
-    clock = Clock()
+    clock = Clock(1_000.0)
     status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
     # The first batch is written at once: 2 s and 0.5 s from arrival to visible.
     status.on_batch(0, 1_000.0, result(4, 30, 998.0, 999.5, not_json=1))
@@ -77,7 +70,7 @@ def test_writes_at_most_every_interval_with_totals_and_the_worst_lag_since_the_l
 
 
 def test_a_batch_that_stored_nothing_has_no_lag_and_a_stop_writes_at_once(s3) -> None:
-    clock = Clock()
+    clock = Clock(1_000.0)
     status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
     # Every record rejected: the executors report no arrival, nor is one used if given.
     status.on_batch(0, 1_000.0, result(2, 0, 900.0, 950.0, not_json=2))
@@ -96,7 +89,7 @@ def test_an_unreachable_s3_never_fails_ingest_and_is_written_to_once_back(
 ) -> None:
     port = aws.free_port()  # nothing listens there yet: connections are refused
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
-    clock, bucket = Clock(), f"status-{uuid.uuid4().hex[:8]}"
+    clock, bucket = Clock(1_000.0), f"status-{uuid.uuid4().hex[:8]}"
     status = StatusPublisher(bucket, "job-1", every_s=10.0, clock=clock)
     with caplog.at_level(logging.WARNING, logger="rlplatform.ingest.status"):
         status.on_batch(0, 1_000.0, result(1, 3, 999.0, 999.0))
@@ -121,7 +114,7 @@ def test_an_unreachable_s3_never_fails_ingest_and_is_written_to_once_back(
 def test_a_missing_bucket_is_a_warning_and_the_next_batch_writes_once_it_exists(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = Clock(1_000.0)
     with mock_aws(), caplog.at_level(logging.WARNING, logger="rlplatform.ingest.status"):
         status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
         status.on_batch(0, 1_000.0, result(1, 1, 999.0, 999.0))
@@ -132,7 +125,7 @@ def test_a_missing_bucket_is_a_warning_and_the_next_batch_writes_once_it_exists(
 
 
 def test_an_idle_job_still_writes_every_interval_so_it_reads_alive(s3) -> None:
-    clock = Clock()
+    clock = Clock(1_000.0)
     status = StatusPublisher(BUCKET, "job-1", every_s=10.0, clock=clock)
     status.heartbeat()  # a job that started says so before any batch
     assert read_ingest_status(BUCKET)["updated_at"] == 1_000.0 and read_ingest_status(BUCKET)["batches"] == 0

@@ -34,7 +34,7 @@ from rlplatform_client.subscriber import (
     ModelSubscriber,
     NoModelError,
 )
-from tests.support import SIGNING_KEY, TRUSTED_KEYS
+from tests.support import SIGNING_KEY, TRUSTED_KEYS, Clock
 
 BUCKET = "rlplatform-models"
 GAME = "CartPole-v1"
@@ -286,22 +286,12 @@ def test_manifest_rejects_non_json() -> None:
         ModelManifest.from_json(b"\x00garbage")
 
 
-class Clock:
-    """A clock the test moves by hand, so backoff is checked without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def model_gets(spy: SpyS3, key: str) -> int:
     return sum(1 for kwargs, _ in spy.gets if kwargs["Key"] == key)
 
 
 def test_missing_model_names_key_and_version_and_backs_off(s3: Any) -> None:
-    spy, clock = SpyS3(s3), Clock()
+    spy, clock = SpyS3(s3), Clock(1000.0)
     sub = ModelSubscriber(
         BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=spy, backoff=Backoff(base_s=10, cap_s=40), clock=clock
     )
@@ -342,7 +332,7 @@ def test_missing_model_names_key_and_version_and_backs_off(s3: Any) -> None:
 
 
 def test_missing_model_is_loaded_once_it_appears_after_the_backoff(s3: Any) -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     sub = ModelSubscriber(
         BUCKET, GAME, trusted_keys=TRUSTED_KEYS, s3=s3, backoff=Backoff(base_s=10, cap_s=40), clock=clock
     )

@@ -16,17 +16,10 @@ from rlplatform.stack.launcher import LaunchConfig, Progress, Stack, _drain
 from rlplatform.stack.supervisor import StageFailed, Supervisor
 from rlplatform.stack.view import _fmt_restarts
 from rlplatform_client.retry import Backoff
+from tests.support import Clock
 
 CRASH = [sys.executable, "-c", "import sys; print('started', flush=True); sys.exit(3)"]
 RUN = [sys.executable, "-c", "import time; time.sleep(120)"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
