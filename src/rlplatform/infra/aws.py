@@ -63,8 +63,8 @@ _CLIENTS_LOCK = threading.Lock()
 
 def _client(service: str):
     """This process's client of ``service`` for the SDK variables and retry policy in force now, made once and
-    shared: a client costs ~4 ms of CPU and a new connection pool to make (half of a dashboard refresh's CPU
-    when each read made its own), and boto3's clients are thread safe where making them is not. Another
+    shared: a client costs ~5 ms of CPU and a new connection pool to make (three quarters of a dashboard
+    refresh's CPU when each read made its own), and boto3's clients are thread safe where making them is not. Another
     endpoint, region, credentials or policy (an emulator's ``apply_env``, ``fail_fast``) or a forked process
     gets a new one."""
     made_for = (os.getpid(), _config, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
